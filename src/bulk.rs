@@ -1,0 +1,291 @@
+//! `_bulk` bodies and their answers: packing changes into byte-bounded NDJSON bodies, and
+//! turning a `_bulk` response back into one outcome per action, by position.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::change::{Action, Change};
+
+/// One `_bulk` request body and the changes it carries, in body order.
+#[derive(Debug, Clone)]
+pub struct BulkBody {
+    pub changes: Vec<usize>,
+    pub bytes: Bytes,
+}
+
+/// Packs `pending` changes (indices into `changes`) into bodies of at most `max_bytes` bytes
+/// (every newline counted) and `max_actions` actions, in the order given. A change larger than
+/// `max_bytes` on its own still gets a body of its own; planning rejects those before here.
+pub fn pack(
+    changes: &[Change],
+    pending: &[usize],
+    max_bytes: usize,
+    max_actions: usize,
+) -> Vec<BulkBody> {
+    let mut bodies = Vec::new();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut members = Vec::new();
+    for &i in pending {
+        let lines = &changes[i].lines;
+        if !members.is_empty()
+            && (buf.len() + lines.len() > max_bytes || members.len() == max_actions)
+        {
+            bodies.push(BulkBody {
+                changes: std::mem::take(&mut members),
+                bytes: Bytes::from(std::mem::take(&mut buf)),
+            });
+        }
+        if buf.capacity() == 0 {
+            buf.reserve(max_bytes.min(lines.len() * 16));
+        }
+        buf.extend_from_slice(lines);
+        members.push(i);
+    }
+    if !members.is_empty() {
+        bodies.push(BulkBody {
+            changes: members,
+            bytes: Bytes::from(buf),
+        });
+    }
+    bodies
+}
+
+/// What happened to one action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemOutcome {
+    /// The document is in the index.
+    Indexed,
+    /// The document is gone (deleted now, or was not there).
+    Deleted,
+    /// Under external versioning the index already holds this version or a newer one (409):
+    /// the change is durably represented; nothing to do.
+    Superseded,
+    /// Could succeed later: 429, 5xx, a failed request, or not attempted before the deadline.
+    Retry(String),
+    /// Can never succeed as sent: mapping, parsing, validation.
+    Permanent(String),
+}
+
+impl ItemOutcome {
+    pub fn is_retry(&self) -> bool {
+        matches!(self, ItemOutcome::Retry(_))
+    }
+}
+
+/// Error types that mean "the cluster is busy or blocked", whatever the status says.
+const RETRYABLE_ERROR_TYPES: &[&str] = &[
+    "rejected_execution_exception",
+    "es_rejected_execution_exception",
+    "circuit_breaking_exception",
+    "cluster_block_exception",
+    "unavailable_shards_exception",
+    "process_cluster_event_timeout_exception",
+    "node_not_connected_exception",
+    "node_closed_exception",
+    "no_shard_available_action_exception",
+];
+
+/// Classifies one bulk item from its status and error.
+pub fn classify(
+    action: Action,
+    status: Option<u16>,
+    error_type: Option<&str>,
+    reason: Option<&str>,
+) -> ItemOutcome {
+    let Some(status) = status else {
+        return ItemOutcome::Retry("bulk item has no status".into());
+    };
+    let describe = || {
+        format!(
+            "{status} {}: {}",
+            error_type.unwrap_or("error"),
+            reason.unwrap_or("no reason given")
+        )
+    };
+    if error_type.is_some_and(|t| RETRYABLE_ERROR_TYPES.contains(&t)) {
+        return ItemOutcome::Retry(describe());
+    }
+    match (status, action) {
+        (200..=299, Action::Index) => ItemOutcome::Indexed,
+        (200..=299, Action::Delete) | (404, Action::Delete) => ItemOutcome::Deleted,
+        (409, _) if error_type.is_none_or(|t| t == "version_conflict_engine_exception") => {
+            ItemOutcome::Superseded
+        }
+        (429, _) | (500..=599, _) | (408, _) => ItemOutcome::Retry(describe()),
+        _ => ItemOutcome::Permanent(describe()),
+    }
+}
+
+#[derive(Deserialize)]
+struct BulkResponse<'a> {
+    #[serde(borrow)]
+    items: Vec<BulkItem<'a>>,
+}
+
+/// `{"index": {...}}`, `{"delete": {...}}` (or `create`/`update`, which we never send).
+#[derive(Deserialize)]
+struct BulkItem<'a> {
+    #[serde(borrow)]
+    index: Option<ItemResult<'a>>,
+    #[serde(borrow)]
+    delete: Option<ItemResult<'a>>,
+    #[serde(borrow)]
+    create: Option<ItemResult<'a>>,
+    #[serde(borrow)]
+    update: Option<ItemResult<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ItemResult<'a> {
+    status: Option<u16>,
+    #[serde(borrow)]
+    error: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ItemError<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    reason: Option<Cow<'a, str>>,
+}
+
+/// Maps a `_bulk` response to one outcome per action of the body, by position. Items without a
+/// status, a response with the wrong number of items, or one that does not parse make the
+/// affected actions retryable: an outcome is never guessed.
+pub fn outcomes(response: &[u8], actions: &[Action]) -> Vec<ItemOutcome> {
+    let parsed: BulkResponse = match serde_json::from_slice(response) {
+        Ok(p) => p,
+        Err(e) => {
+            return vec![
+                ItemOutcome::Retry(format!("unreadable bulk response: {e}"));
+                actions.len()
+            ];
+        }
+    };
+    if parsed.items.len() != actions.len() {
+        let reason = format!(
+            "bulk response has {} items for {} actions",
+            parsed.items.len(),
+            actions.len()
+        );
+        return vec![ItemOutcome::Retry(reason); actions.len()];
+    }
+    parsed
+        .items
+        .iter()
+        .zip(actions)
+        .map(|(item, &action)| {
+            let Some(result) = item
+                .index
+                .as_ref()
+                .or(item.delete.as_ref())
+                .or(item.create.as_ref())
+                .or(item.update.as_ref())
+            else {
+                return ItemOutcome::Retry("bulk item has no action result".into());
+            };
+            let error = result.error.map(|raw| {
+                serde_json::from_str::<ItemError>(raw.get())
+                    .map(|e| (e.kind.map(Cow::into_owned), e.reason.map(Cow::into_owned)))
+                    .unwrap_or_else(|_| (None, Some(raw.get().to_string())))
+            });
+            let (kind, reason) = error.unwrap_or((None, None));
+            classify(action, result.status, kind.as_deref(), reason.as_deref())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(lines: &str) -> Change {
+        Change {
+            id: "x".into(),
+            action: Action::Index,
+            ttl: false,
+            lines: lines.as_bytes().to_vec(),
+            record: 0,
+        }
+    }
+
+    #[test]
+    fn packs_up_to_exactly_the_byte_limit() {
+        // Each change is 10 bytes including its newlines.
+        let changes: Vec<Change> = (0..5).map(|_| change("{\"a\":1}\n{}\n")).collect();
+        assert_eq!(changes[0].lines.len(), 10);
+        let all: Vec<usize> = (0..5).collect();
+        let bodies = pack(&changes, &all, 20, 100);
+        assert_eq!(
+            bodies.iter().map(|b| b.bytes.len()).collect::<Vec<_>>(),
+            vec![20, 20, 10]
+        );
+        assert_eq!(bodies[0].changes, vec![0, 1]);
+        let bodies = pack(&changes, &all, 19, 100);
+        assert_eq!(bodies.len(), 5, "one byte under two actions must split");
+        let bodies = pack(&changes, &all, 1000, 2);
+        assert_eq!(
+            bodies.iter().map(|b| b.changes.len()).collect::<Vec<_>>(),
+            vec![2, 2, 1]
+        );
+    }
+
+    #[test]
+    fn handles_partial_error_response_by_position() {
+        let response = br#"{"took":3,"errors":true,"items":[
+            {"index":{"_index":"t","_id":"a","_version":5,"result":"created","status":201}},
+            {"index":{"_index":"t","_id":"b","status":429,"error":{"type":"es_rejected_execution_exception","reason":"rejected execution of coordinating operation"}}},
+            {"index":{"_index":"t","_id":"c","status":400,"error":{"type":"mapper_parsing_exception","reason":"failed to parse field [n] of type [double]"}}},
+            {"delete":{"_index":"t","_id":"d","status":404,"result":"not_found"}},
+            {"index":{"_index":"t","_id":"e","status":409,"error":{"type":"version_conflict_engine_exception","reason":"[e]: version conflict, current version [9] is higher than or equal to the one provided [8]"}}},
+            {"index":{"_index":"t","_id":"f","status":503,"error":{"type":"unavailable_shards_exception","reason":"primary shard is not active"}}},
+            {"delete":{"_index":"t","_id":"g","status":200,"result":"deleted"}},
+            {"index":{"_index":"t","_id":"h","status":400,"error":{"type":"illegal_argument_exception","reason":"mapper [x] cannot be changed from type [long] to [float]"}}},
+            {"index":{"_index":"t","_id":"i","status":403,"error":{"type":"cluster_block_exception","reason":"index [t] blocked by: [TOO_MANY_REQUESTS/12/disk usage exceeded flood-stage watermark]"}}}
+        ]}"#;
+        use Action::*;
+        let got = outcomes(
+            response,
+            &[
+                Index, Index, Index, Delete, Index, Index, Delete, Index, Index,
+            ],
+        );
+        assert_eq!(got[0], ItemOutcome::Indexed);
+        assert!(
+            matches!(&got[1], ItemOutcome::Retry(r) if r.contains("es_rejected_execution_exception"))
+        );
+        assert_eq!(
+            got[2],
+            ItemOutcome::Permanent(
+                "400 mapper_parsing_exception: failed to parse field [n] of type [double]".into()
+            )
+        );
+        assert_eq!(got[3], ItemOutcome::Deleted);
+        assert_eq!(got[4], ItemOutcome::Superseded);
+        assert!(got[5].is_retry());
+        assert_eq!(got[6], ItemOutcome::Deleted);
+        assert!(matches!(&got[7], ItemOutcome::Permanent(r) if r.contains("cannot be changed")));
+        assert!(
+            got[8].is_retry(),
+            "flood-stage block is retryable: {:?}",
+            got[8]
+        );
+    }
+
+    #[test]
+    fn a_missing_status_or_item_count_mismatch_is_retryable_never_misaligned() {
+        let response = br#"{"errors":true,"items":[{"index":{"_id":"a"}},{"index":{"_id":"b","status":201}}]}"#;
+        let got = outcomes(response, &[Action::Index, Action::Index]);
+        assert!(got[0].is_retry());
+        assert_eq!(got[1], ItemOutcome::Indexed);
+        let response = br#"{"errors":false,"items":[{"index":{"_id":"a","status":201}}]}"#;
+        let got = outcomes(response, &[Action::Index, Action::Index]);
+        assert!(got.iter().all(ItemOutcome::is_retry), "{got:?}");
+        let got = outcomes(b"<html>Bad gateway</html>", &[Action::Delete]);
+        assert!(got[0].is_retry());
+    }
+}

@@ -1,0 +1,329 @@
+//! Stream batch → changes: one index or delete per document id, the last change per key winning.
+//!
+//! The event is read with borrowed types instead of `aws_lambda_events::event::dynamodb::Event`:
+//! that type deserializes every image into a `serde_dynamo::Item` (a map per record, every
+//! binary decoded), which is the slow part of a naive pipeline and which we would then throw
+//! away. Here each image stays a `&RawValue` slice of the payload until [`crate::convert`]
+//! writes it out once. The wire shape is the same; tests check fixtures parse both ways.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::convert::{self, Decimal};
+use crate::docid::{self, RAW_KEY_FIELD};
+
+/// The payload is not a DynamoDB Streams event at all (no `Records` list).
+#[derive(Debug, thiserror::Error)]
+#[error("payload is not a DynamoDB Streams event: {0}")]
+pub struct NotAStreamEvent(pub String);
+
+#[derive(Deserialize)]
+struct EventShape<'a> {
+    #[serde(rename = "Records", borrow)]
+    records: Vec<&'a RawValue>,
+}
+
+/// One stream record as it arrives, fields borrowed from the payload.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamRecord<'a> {
+    #[serde(rename = "eventID", borrow)]
+    pub event_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub event_name: Option<Cow<'a, str>>,
+    #[serde(rename = "eventSourceARN", borrow)]
+    pub event_source_arn: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub user_identity: Option<UserIdentity<'a>>,
+    #[serde(borrow)]
+    pub dynamodb: Option<StreamData<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserIdentity<'a> {
+    #[serde(rename = "type", borrow)]
+    pub kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub principal_id: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct StreamData<'a> {
+    #[serde(borrow)]
+    pub keys: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub new_image: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub old_image: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub sequence_number: Option<Cow<'a, str>>,
+    pub approximate_creation_date_time: Option<f64>,
+    #[serde(borrow)]
+    pub stream_view_type: Option<Cow<'a, str>>,
+}
+
+/// One record of the batch: its raw text (kept for quarantine), its sequence number if it has
+/// one, and what it means.
+pub struct Record<'a> {
+    pub raw: &'a RawValue,
+    pub sequence_number: Option<String>,
+    pub event_id: Option<String>,
+    pub disposition: Disposition,
+}
+
+/// What became of a record while planning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// It is the winning change `changes[i]` for its key.
+    Change(usize),
+    /// A later record of the same key won; this one shares `changes[i]`'s outcome.
+    Superseded(usize),
+    /// It can never be applied as it is; the reason names what is wrong.
+    Invalid(String),
+}
+
+/// Index or delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Index,
+    Delete,
+}
+
+/// One bulk action for one document id.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub id: String,
+    pub action: Action,
+    /// A REMOVE made by DynamoDB's TTL process rather than by a caller.
+    pub ttl: bool,
+    /// The NDJSON lines for this action: the action line and, for an index, the document; every
+    /// line ends in `\n`, so bodies are plain concatenations.
+    pub lines: Vec<u8>,
+    /// Position in the batch of the record this change came from.
+    pub record: usize,
+}
+
+/// Where versions come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionSource {
+    /// The stream record's `ApproximateCreationDateTime`, in milliseconds.
+    StreamTime,
+    /// A top-level numeric attribute of the item.
+    Attribute(String),
+}
+
+/// The changes of a batch and what became of every record.
+pub struct Plan<'a> {
+    pub records: Vec<Record<'a>>,
+    pub changes: Vec<Change>,
+}
+
+/// How writes are versioned, explained in the README ("Versions"): `external_gte`, because
+/// `ApproximateCreationDateTime` has whole seconds and two changes of one item in one second
+/// must both apply, in stream order.
+pub const VERSION_TYPE: &str = "external_gte";
+
+/// Splits the payload into records and plans one change per document id.
+pub fn plan<'a>(
+    payload: &'a str,
+    versions: &VersionSource,
+    max_lines_bytes: usize,
+) -> Result<Plan<'a>, NotAStreamEvent> {
+    let shape: EventShape<'a> =
+        serde_json::from_str(payload).map_err(|e| NotAStreamEvent(e.to_string()))?;
+    let mut records: Vec<Record<'a>> = Vec::with_capacity(shape.records.len());
+    let mut changes: Vec<Change> = Vec::with_capacity(shape.records.len());
+    let mut by_id: HashMap<String, usize> = HashMap::with_capacity(shape.records.len());
+    for (position, raw) in shape.records.into_iter().enumerate() {
+        let parsed: Result<StreamRecord<'a>, _> = serde_json::from_str(raw.get());
+        let (sequence_number, event_id, result) = match parsed {
+            Ok(rec) => {
+                let seq = rec
+                    .dynamodb
+                    .as_ref()
+                    .and_then(|d| d.sequence_number.as_deref())
+                    .map(str::to_string);
+                let event_id = rec.event_id.as_deref().map(str::to_string);
+                (
+                    seq,
+                    event_id,
+                    to_change(&rec, position, versions, max_lines_bytes),
+                )
+            }
+            Err(e) => (
+                None,
+                None,
+                Err(format!("record is not a stream record: {e}")),
+            ),
+        };
+        let disposition = match result {
+            Err(reason) => Disposition::Invalid(reason),
+            Ok(change) => match by_id.get(&change.id) {
+                Some(&earlier) => {
+                    // Stream order is modification order per item: the later record wins, and
+                    // every record it replaces follows its outcome.
+                    let loser = changes[earlier].record;
+                    records[loser].disposition = Disposition::Superseded(earlier);
+                    changes[earlier] = change;
+                    Disposition::Change(earlier)
+                }
+                None => {
+                    by_id.insert(change.id.clone(), changes.len());
+                    changes.push(change);
+                    Disposition::Change(changes.len() - 1)
+                }
+            },
+        };
+        records.push(Record {
+            raw,
+            sequence_number,
+            event_id,
+            disposition,
+        });
+    }
+    Ok(Plan { records, changes })
+}
+
+fn to_change(
+    rec: &StreamRecord<'_>,
+    position: usize,
+    versions: &VersionSource,
+    max_lines_bytes: usize,
+) -> Result<Change, String> {
+    let data = rec
+        .dynamodb
+        .as_ref()
+        .ok_or("record has no dynamodb section")?;
+    if data.sequence_number.as_deref().is_none_or(str::is_empty) {
+        return Err("record has no SequenceNumber".into());
+    }
+    let keys = data.keys.ok_or("record has no Keys")?;
+    let id = docid::doc_id(keys.get()).map_err(|e| format!("Keys: {e}"))?;
+    let event_name = rec.event_name.as_deref().ok_or("record has no eventName")?;
+    let stream_version = || -> Result<u64, String> {
+        let t = data
+            .approximate_creation_date_time
+            .ok_or("record has no ApproximateCreationDateTime")?;
+        if !(0.0..9.0e15).contains(&t) {
+            return Err(format!("ApproximateCreationDateTime {t} is out of range"));
+        }
+        Ok((t.floor() as u64) * 1000)
+    };
+    let mut lines = Vec::new();
+    match event_name {
+        "INSERT" | "MODIFY" => {
+            let image = data.new_image.ok_or_else(|| {
+                let view = data.stream_view_type.as_deref().unwrap_or("unknown");
+                format!(
+                    "{event_name} record has no NewImage: the stream view type ({view}) must be NEW_IMAGE or NEW_AND_OLD_IMAGES"
+                )
+            })?;
+            // The action line is written after the document, once the version is known; the
+            // document goes to a scratch buffer first.
+            let mut doc = Vec::with_capacity(image.get().len());
+            let attr = match versions {
+                VersionSource::Attribute(name) => Some(name.as_str()),
+                VersionSource::StreamTime => None,
+            };
+            let span = convert::write_document_with_version(image.get(), &mut doc, attr)
+                .map_err(|e| format!("NewImage: {e}"))?;
+            let version = match versions {
+                VersionSource::StreamTime => Some(stream_version()?),
+                VersionSource::Attribute(name) => {
+                    Some(attribute_version(name, span.map(|s| &doc[s]))?)
+                }
+            };
+            if let Some(raw) = &id.raw {
+                // Keep the full key beside a hashed id, so the document can be found by its key.
+                doc.pop();
+                if doc.len() > 1 {
+                    doc.push(b',');
+                }
+                convert::write_json_str(&mut doc, RAW_KEY_FIELD);
+                doc.push(b':');
+                convert::write_json_str(&mut doc, raw);
+                doc.push(b'}');
+            }
+            write_action(&mut lines, "index", &id.id, version);
+            lines.extend_from_slice(&doc);
+            lines.push(b'\n');
+        }
+        "REMOVE" => {
+            let version = match versions {
+                VersionSource::StreamTime => Some(stream_version()?),
+                // Versioned from the OldImage when the stream carries it; otherwise unversioned
+                // (README: "Versions" says what that gives up).
+                VersionSource::Attribute(name) => match data.old_image {
+                    Some(old) => {
+                        let mut scratch = Vec::with_capacity(old.get().len());
+                        let span = convert::write_document_with_version(
+                            old.get(),
+                            &mut scratch,
+                            Some(name),
+                        )
+                        .map_err(|e| format!("OldImage: {e}"))?;
+                        Some(attribute_version(name, span.map(|s| &scratch[s]))?)
+                    }
+                    None => None,
+                },
+            };
+            write_action(&mut lines, "delete", &id.id, version);
+        }
+        other => return Err(format!("unknown eventName {other:?}")),
+    }
+    if lines.len() > max_lines_bytes {
+        return Err(format!(
+            "document is {} bytes as a bulk action, over the BULK_MAX_BYTES limit of {max_lines_bytes}",
+            lines.len()
+        ));
+    }
+    let ttl = event_name == "REMOVE"
+        && rec.user_identity.as_ref().is_some_and(|u| {
+            u.kind.as_deref() == Some("Service")
+                && u.principal_id.as_deref() == Some("dynamodb.amazonaws.com")
+        });
+    let action = if event_name == "REMOVE" {
+        Action::Delete
+    } else {
+        Action::Index
+    };
+    Ok(Change {
+        id: id.id,
+        action,
+        ttl,
+        lines,
+        record: position,
+    })
+}
+
+fn attribute_version(name: &str, text: Option<&[u8]>) -> Result<u64, String> {
+    let text = text.ok_or_else(|| format!("version attribute {name} is missing"))?;
+    let text = std::str::from_utf8(text).unwrap_or("");
+    Decimal::parse(text)
+        .and_then(|d| d.as_version())
+        .ok_or_else(|| {
+            format!(
+                "version attribute {name} is {text}, not a number from 0 to 9223372036854775807"
+            )
+        })
+}
+
+fn write_action(out: &mut Vec<u8>, verb: &str, id: &str, version: Option<u64>) {
+    out.extend_from_slice(b"{\"");
+    out.extend_from_slice(verb.as_bytes());
+    out.extend_from_slice(b"\":{\"_id\":");
+    convert::write_json_str(out, id);
+    if let Some(v) = version {
+        out.extend_from_slice(b",\"version\":");
+        out.extend_from_slice(v.to_string().as_bytes());
+        out.extend_from_slice(b",\"version_type\":\"");
+        out.extend_from_slice(VERSION_TYPE.as_bytes());
+        out.push(b'"');
+    }
+    out.extend_from_slice(b"}}\n");
+}

@@ -1,0 +1,261 @@
+//! Configuration from environment variables, validated once at cold start.
+
+use std::time::Duration;
+
+use url::Url;
+
+/// Everything the function and the backfill read from the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `OPENSEARCH_URL` (required): the cluster endpoint, e.g. `https://search-x.eu-west-1.es.amazonaws.com`.
+    pub url: Url,
+    /// `OPENSEARCH_INDEX` (required): the index or alias written to. An alias needs a write index.
+    pub index: String,
+    /// `OPENSEARCH_AUTH` (default `none`): `none`, `basic` (with `OPENSEARCH_USERNAME` and
+    /// `OPENSEARCH_PASSWORD`) or `sigv4` (service from `OPENSEARCH_SIGV4_SERVICE`, `es` or
+    /// `aoss`, default `es`; region from `AWS_REGION`).
+    pub auth: Auth,
+    /// `BULK_MAX_BYTES` (default 5 MiB = 5242880): the most bytes in one `_bulk` body, every
+    /// newline counted. Amazon OpenSearch Service refuses requests over 10 MiB on small instances.
+    pub bulk_max_bytes: usize,
+    /// `BULK_MAX_ACTIONS` (default 1000): the most actions in one `_bulk` body.
+    pub bulk_max_actions: usize,
+    /// `BULK_CONCURRENCY` (default 4): the most `_bulk` requests in flight at once.
+    pub bulk_concurrency: usize,
+    /// `REQUEST_TIMEOUT_MS` (default 30000): the longest one `_bulk` request may take; also
+    /// capped by the time the invocation has left.
+    pub request_timeout: Duration,
+    /// `VERSION_ATTRIBUTE` (default unset): a top-level numeric attribute that increases with
+    /// every change of an item (a counter, or `updatedAt` in ms), used as the external version.
+    /// Unset: the version is the stream record's `ApproximateCreationDateTime` in milliseconds.
+    pub version_attribute: Option<String>,
+    /// `DEADLINE_MARGIN_MS` (default 3000): retries stop this long before the Lambda deadline,
+    /// leaving time to write quarantine entries and return the response.
+    pub deadline_margin: Duration,
+    /// `RETRY_BASE_MS` (default 200): the first backoff ceiling; it doubles per attempt.
+    pub retry_base: Duration,
+    /// `RETRY_MAX_MS` (default 10000): the largest backoff ceiling.
+    pub retry_max: Duration,
+    /// `QUARANTINE_INDEX` (default unset = off): the OpenSearch index that keeps records no index
+    /// can accept. Off: such records are reported in `batchItemFailures` instead.
+    pub quarantine_index: Option<String>,
+}
+
+/// How requests to OpenSearch authenticate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Auth {
+    None,
+    Basic { username: String, password: String },
+    SigV4 { service: String, region: String },
+}
+
+/// A missing or bad value, naming the variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("configuration: {variable}: {reason}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub reason: String,
+}
+
+fn err(variable: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        variable,
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads configuration through `lookup` (the environment, or a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let get = |name: &'static str| lookup(name).filter(|v| !v.trim().is_empty());
+        let required = |name: &'static str| get(name).ok_or_else(|| err(name, "is required"));
+
+        let url_text = required("OPENSEARCH_URL")?;
+        let url = Url::parse(url_text.trim())
+            .map_err(|e| err("OPENSEARCH_URL", format!("{url_text:?} is not a URL ({e})")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(err(
+                "OPENSEARCH_URL",
+                format!("scheme must be http or https, not {:?}", url.scheme()),
+            ));
+        }
+        let index = required("OPENSEARCH_INDEX")?.trim().to_string();
+        validate_index_name("OPENSEARCH_INDEX", &index)?;
+
+        let auth = match get("OPENSEARCH_AUTH").as_deref().map(str::trim) {
+            None | Some("none") => Auth::None,
+            Some("basic") => Auth::Basic {
+                username: required("OPENSEARCH_USERNAME")?,
+                password: required("OPENSEARCH_PASSWORD")?,
+            },
+            Some("sigv4") => {
+                let service = get("OPENSEARCH_SIGV4_SERVICE").unwrap_or_else(|| "es".into());
+                if service != "es" && service != "aoss" {
+                    return Err(err(
+                        "OPENSEARCH_SIGV4_SERVICE",
+                        format!("must be es or aoss, not {service:?}"),
+                    ));
+                }
+                Auth::SigV4 {
+                    service,
+                    region: required("AWS_REGION")?,
+                }
+            }
+            Some(other) => {
+                return Err(err(
+                    "OPENSEARCH_AUTH",
+                    format!("must be none, basic or sigv4, not {other:?}"),
+                ));
+            }
+        };
+
+        let number =
+            |name: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
+                match get(name) {
+                    None => Ok(default),
+                    Some(text) => {
+                        let v: u64 = text
+                            .trim()
+                            .parse()
+                            .map_err(|_| err(name, format!("{text:?} is not a whole number")))?;
+                        if v < min || v > max {
+                            return Err(err(name, format!("{v} is outside {min}..={max}")));
+                        }
+                        Ok(v)
+                    }
+                }
+            };
+
+        let quarantine_index = get("QUARANTINE_INDEX").map(|s| s.trim().to_string());
+        if let Some(q) = &quarantine_index {
+            validate_index_name("QUARANTINE_INDEX", q)?;
+            if *q == index {
+                return Err(err("QUARANTINE_INDEX", "must differ from OPENSEARCH_INDEX"));
+            }
+        }
+        let retry_base = Duration::from_millis(number("RETRY_BASE_MS", 200, 1, 60_000)?);
+        let retry_max = Duration::from_millis(number("RETRY_MAX_MS", 10_000, 1, 600_000)?);
+        if retry_max < retry_base {
+            return Err(err("RETRY_MAX_MS", "must be at least RETRY_BASE_MS"));
+        }
+        Ok(Config {
+            url,
+            index,
+            auth,
+            // 1 KiB floor: a body must hold at least an action line and a small document.
+            bulk_max_bytes: number("BULK_MAX_BYTES", 5 * 1024 * 1024, 1024, 100 * 1024 * 1024)?
+                as usize,
+            bulk_max_actions: number("BULK_MAX_ACTIONS", 1000, 1, 100_000)? as usize,
+            bulk_concurrency: number("BULK_CONCURRENCY", 4, 1, 64)? as usize,
+            request_timeout: Duration::from_millis(number(
+                "REQUEST_TIMEOUT_MS",
+                30_000,
+                100,
+                900_000,
+            )?),
+            version_attribute: get("VERSION_ATTRIBUTE").map(|s| s.trim().to_string()),
+            deadline_margin: Duration::from_millis(number(
+                "DEADLINE_MARGIN_MS",
+                3_000,
+                0,
+                600_000,
+            )?),
+            retry_base,
+            retry_max,
+            quarantine_index,
+        })
+    }
+}
+
+/// OpenSearch index names: lowercase, no `\ / * ? " < > | space , #`, not starting with `-_+`.
+fn validate_index_name(variable: &'static str, name: &str) -> Result<(), ConfigError> {
+    let bad = name.is_empty()
+        || name.len() > 255
+        || name.starts_with(['-', '_', '+'])
+        || name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c.is_uppercase() || "\\/*?\"<>| ,#:".contains(c));
+    if bad {
+        return Err(err(
+            variable,
+            format!("{name:?} is not a valid index or alias name"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    const BASE: [(&str, &str); 2] = [
+        ("OPENSEARCH_URL", "http://localhost:9200"),
+        ("OPENSEARCH_INDEX", "items"),
+    ];
+
+    #[test]
+    fn defaults_apply_when_only_required_values_are_set() {
+        let c = config(&BASE).unwrap();
+        assert_eq!(c.index, "items");
+        assert_eq!(c.auth, Auth::None);
+        assert_eq!(c.bulk_max_bytes, 5 * 1024 * 1024);
+        assert_eq!(c.bulk_max_actions, 1000);
+        assert_eq!(c.bulk_concurrency, 4);
+        assert_eq!(c.request_timeout, Duration::from_secs(30));
+        assert_eq!(c.version_attribute, None);
+        assert_eq!(c.quarantine_index, None);
+    }
+
+    #[test]
+    fn missing_or_bad_values_name_the_variable() {
+        assert_eq!(config(&[]).unwrap_err().variable, "OPENSEARCH_URL");
+        assert_eq!(config(&BASE[..1]).unwrap_err().variable, "OPENSEARCH_INDEX");
+        let mut v = BASE.to_vec();
+        v.push(("BULK_MAX_BYTES", "lots"));
+        let e = config(&v).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "configuration: BULK_MAX_BYTES: \"lots\" is not a whole number"
+        );
+        let mut v = BASE.to_vec();
+        v.push(("BULK_CONCURRENCY", "0"));
+        assert_eq!(config(&v).unwrap_err().variable, "BULK_CONCURRENCY");
+        let mut v = BASE.to_vec();
+        v.push(("OPENSEARCH_AUTH", "sigv4"));
+        assert_eq!(config(&v).unwrap_err().variable, "AWS_REGION");
+        v.push(("AWS_REGION", "eu-west-1"));
+        assert_eq!(
+            config(&v).unwrap().auth,
+            Auth::SigV4 {
+                service: "es".into(),
+                region: "eu-west-1".into()
+            }
+        );
+        let v = [
+            ("OPENSEARCH_URL", "localhost:9200"),
+            ("OPENSEARCH_INDEX", "items"),
+        ];
+        assert_eq!(config(&v).unwrap_err().variable, "OPENSEARCH_URL");
+        let v = [
+            ("OPENSEARCH_URL", "http://h"),
+            ("OPENSEARCH_INDEX", "Items"),
+        ];
+        assert_eq!(config(&v).unwrap_err().variable, "OPENSEARCH_INDEX");
+    }
+}

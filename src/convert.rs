@@ -1,0 +1,592 @@
+//! DynamoDB JSON (an item image) → OpenSearch document JSON, written straight into a buffer.
+//!
+//! Why by hand: `serde_dynamo` into `serde_json::Value` rounds every `N` through i64/u64/f64
+//! ("123456789012345678901234567890" becomes 1.2345678901234568e29) and fails the whole item on
+//! `B`/`BS` ("invalid type: byte array"). It also builds a tree per record, which costs more
+//! than the rest of the pipeline together. This walk is a serde `DeserializeSeed` that writes
+//! the document while the image is being parsed: strings are copied as the already-escaped JSON
+//! tokens they arrive as, numbers are emitted as their exact decimal text, binaries stay base64.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use base64::Engine as _;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// Converts one item image (a JSON object of attribute name → typed attribute value) into a
+/// document appended to `out`. On error `out` may hold a partial document; callers truncate.
+pub fn write_document(image: &str, out: &mut Vec<u8>) -> Result<(), ConvertError> {
+    write_document_with_version(image, out, None).map(|_| ())
+}
+
+/// Like [`write_document`], and also finds the top-level attribute `version_attr`: returns the
+/// range of `out` holding its JSON text (a number's exact text, or a string token), if present.
+pub fn write_document_with_version(
+    image: &str,
+    out: &mut Vec<u8>,
+    version_attr: Option<&str>,
+) -> Result<Option<std::ops::Range<usize>>, ConvertError> {
+    let mut de = serde_json::Deserializer::from_str(image);
+    let mut sink = Sink {
+        out: std::mem::take(out),
+        trail: Vec::new(),
+        version_attr,
+        version_span: None,
+    };
+    let result = ItemSeed {
+        sink: &mut sink,
+        top: true,
+    }
+    .deserialize(&mut de)
+    .and_then(|()| de.end());
+    *out = sink.out;
+    let version_span = sink.version_span;
+    result.map(|()| version_span).map_err(|e| {
+        let reason = strip_position(e.to_string());
+        if sink.trail.is_empty() {
+            return ConvertError(reason);
+        }
+        let mut path = String::new();
+        for seg in sink.trail.iter().rev() {
+            if !path.is_empty() && !seg.starts_with('[') {
+                path.push('.');
+            }
+            path.push_str(seg);
+        }
+        ConvertError(format!("{path}: {reason}"))
+    })
+}
+
+/// The output buffer, and on error the attribute path from the failing value outwards
+/// (collected while the error unwinds, so the happy path pays nothing for it).
+struct Sink<'v> {
+    out: Vec<u8>,
+    trail: Vec<String>,
+    version_attr: Option<&'v str>,
+    version_span: Option<std::ops::Range<usize>>,
+}
+
+/// Why an image could not be converted, naming the attribute path (e.g. `a.b[2]: ...`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConvertError(pub String);
+
+/// serde_json appends " at line L column C" to errors; the attribute path says more to a user
+/// and the column of a minified event line says nothing.
+fn strip_position(mut msg: String) -> String {
+    if let Some(i) = msg.rfind(" at line ") {
+        msg.truncate(i);
+    }
+    msg
+}
+
+/// The JSON text of a DynamoDB number, exact. DynamoDB sends normalised text that is already a
+/// JSON number; anything else that is still a decimal number (`+5`, `.5`, `5.`, `007`) is
+/// rewritten to the same value in JSON grammar, and anything that is not a number is an error.
+pub fn number_json(text: &str) -> Result<Cow<'_, str>, String> {
+    if is_json_number(text) {
+        return Ok(Cow::Borrowed(text));
+    }
+    let parsed = Decimal::parse(text).ok_or_else(|| format!("invalid number text {text:?}"))?;
+    Ok(Cow::Owned(parsed.json_text()))
+}
+
+/// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`, the JSON number grammar (RFC 8259 §6).
+fn is_json_number(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut i = 0;
+    if b.first() == Some(&b'-') {
+        i += 1;
+    }
+    match b.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => {
+            while matches!(b.get(i), Some(b'0'..=b'9')) {
+                i += 1;
+            }
+        }
+        _ => return false,
+    }
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while matches!(b.get(i), Some(b'0'..=b'9')) {
+            i += 1;
+        }
+        if i == start {
+            return false;
+        }
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(b.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        let start = i;
+        while matches!(b.get(i), Some(b'0'..=b'9')) {
+            i += 1;
+        }
+        if i == start {
+            return false;
+        }
+    }
+    i == b.len()
+}
+
+/// A decimal number as sign, significant digits (no leading or trailing zeros) and a power of
+/// ten: value = ±digits × 10^exponent. Two texts of the same value parse to the same `Decimal`,
+/// which is what document ids need (`1.0` and `1` are one DynamoDB key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decimal {
+    negative: bool,
+    digits: String,
+    exponent: i64,
+}
+
+impl Decimal {
+    pub fn parse(text: &str) -> Option<Decimal> {
+        let (negative, rest) = match text.as_bytes().first()? {
+            b'-' => (true, &text[1..]),
+            b'+' => (false, &text[1..]),
+            _ => (false, text),
+        };
+        let (mantissa, exp) = match rest.find(['e', 'E']) {
+            Some(i) => {
+                let e = &rest[i + 1..];
+                let e = e.strip_prefix('+').unwrap_or(e);
+                if e.is_empty()
+                    || e.len() > 18
+                    || !e
+                        .trim_start_matches('-')
+                        .bytes()
+                        .all(|c| c.is_ascii_digit())
+                    || e == "-"
+                {
+                    return None;
+                }
+                (&rest[..i], e.parse::<i64>().ok()?)
+            }
+            None => (rest, 0),
+        };
+        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        if int.is_empty() && frac.is_empty() {
+            return None;
+        }
+        if !int.bytes().chain(frac.bytes()).all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        let all: String = int.chars().chain(frac.chars()).collect();
+        let trimmed_lead = all.trim_start_matches('0');
+        let digits = trimmed_lead.trim_end_matches('0');
+        if digits.is_empty() {
+            return Some(Decimal {
+                negative: false,
+                digits: "0".into(),
+                exponent: 0,
+            });
+        }
+        let trailing = (trimmed_lead.len() - digits.len()) as i64;
+        let exponent = exp - frac.len() as i64 + trailing;
+        Some(Decimal {
+            negative,
+            digits: digits.to_string(),
+            exponent,
+        })
+    }
+
+    /// The canonical text: plain decimal notation while it stays short, otherwise
+    /// `d.dddE±x`. The choice depends only on the value, so equal values give equal text and
+    /// different values different text.
+    pub fn canonical_text(&self) -> String {
+        let mut s = String::new();
+        if self.negative {
+            s.push('-');
+        }
+        let n = self.digits.len() as i64;
+        let point = n + self.exponent; // digits before the decimal point
+        if self.exponent >= 0 && point <= 40 {
+            s.push_str(&self.digits);
+            s.extend(std::iter::repeat_n('0', self.exponent as usize));
+        } else if self.exponent < 0 && point > 0 {
+            s.push_str(&self.digits[..point as usize]);
+            s.push('.');
+            s.push_str(&self.digits[point as usize..]);
+        } else if self.exponent < 0 && point > -6 {
+            s.push_str("0.");
+            s.extend(std::iter::repeat_n('0', (-point) as usize));
+            s.push_str(&self.digits);
+        } else {
+            s.push_str(&self.digits[..1]);
+            if n > 1 {
+                s.push('.');
+                s.push_str(&self.digits[1..]);
+            }
+            s.push('E');
+            s.push_str(&(point - 1).to_string());
+        }
+        s
+    }
+
+    fn json_text(&self) -> String {
+        // canonical_text is valid JSON number grammar by construction.
+        self.canonical_text()
+    }
+
+    /// The value as a non-negative integer that fits a Java long, if it is one.
+    pub fn as_version(&self) -> Option<u64> {
+        if self.negative || self.exponent < 0 {
+            return None;
+        }
+        if self.digits == "0" {
+            return Some(0);
+        }
+        let mut text = self.digits.clone();
+        text.extend(std::iter::repeat_n(
+            '0',
+            usize::try_from(self.exponent).ok()?.min(40),
+        ));
+        let v: u64 = text.parse().ok()?;
+        (v <= i64::MAX as u64).then_some(v)
+    }
+}
+
+fn check_base64(text: &str) -> Result<(), String> {
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map(|_| ())
+        .map_err(|e| format!("invalid base64 ({e})"))
+}
+
+/// Writes `s` as a JSON string. Attribute names arrive unescaped from serde, so they are
+/// escaped again here; the fast path copies names that need no escaping.
+pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|c| c >= 0x20 && c != b'"' && c != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
+    }
+}
+
+/// Attribute name → value map (an item image or an `M`).
+struct ItemSeed<'o, 'v> {
+    sink: &'o mut Sink<'v>,
+    top: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for ItemSeed<'_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ItemSeed<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a map of attribute name to DynamoDB attribute value")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        self.sink.out.push(b'{');
+        let mut first = true;
+        while let Some(name) = map.next_key::<Cow<'de, str>>()? {
+            if !first {
+                self.sink.out.push(b',');
+            }
+            first = false;
+            write_json_str(&mut self.sink.out, &name);
+            self.sink.out.push(b':');
+            let start = self.sink.out.len();
+            if let Err(e) = map.next_value_seed(AttributeSeed {
+                sink: &mut *self.sink,
+            }) {
+                self.sink.trail.push(name.into_owned());
+                return Err(e);
+            }
+            if self.top && self.sink.version_attr == Some(&*name) {
+                self.sink.version_span = Some(start..self.sink.out.len());
+            }
+        }
+        self.sink.out.push(b'}');
+        Ok(())
+    }
+}
+
+/// One typed attribute value: `{"S": ...}`, `{"N": ...}`, and so on.
+struct AttributeSeed<'o, 'v> {
+    sink: &'o mut Sink<'v>,
+}
+
+impl<'de> DeserializeSeed<'de> for AttributeSeed<'_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for AttributeSeed<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a DynamoDB attribute value such as {\"S\": \"text\"}")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let Some(tag) = map.next_key::<Cow<'de, str>>()? else {
+            return Err(de::Error::custom("attribute value has no type"));
+        };
+        let sink = self.sink;
+        let out = &mut sink.out;
+        match &*tag {
+            "S" => {
+                let raw: &'de RawValue = map.next_value()?;
+                write_string_token(out, raw)?;
+            }
+            "N" => {
+                let text: Cow<'de, str> = map.next_value()?;
+                out.extend_from_slice(number_json(&text).map_err(de::Error::custom)?.as_bytes());
+            }
+            "B" => {
+                let text: Cow<'de, str> = map.next_value()?;
+                check_base64(&text).map_err(de::Error::custom)?;
+                write_json_str(out, &text);
+            }
+            "BOOL" => {
+                let b: bool = map.next_value()?;
+                out.extend_from_slice(if b { b"true" } else { b"false" });
+            }
+            "NULL" => {
+                let _: bool = map.next_value()?;
+                out.extend_from_slice(b"null");
+            }
+            "M" => map.next_value_seed(ItemSeed { sink, top: false })?,
+            "L" => map.next_value_seed(ListSeed {
+                sink,
+                kind: ListKind::Attributes,
+            })?,
+            "SS" => map.next_value_seed(ListSeed {
+                sink,
+                kind: ListKind::Strings,
+            })?,
+            "NS" => map.next_value_seed(ListSeed {
+                sink,
+                kind: ListKind::Numbers,
+            })?,
+            "BS" => map.next_value_seed(ListSeed {
+                sink,
+                kind: ListKind::Binaries,
+            })?,
+            other => {
+                return Err(de::Error::custom(format!(
+                    "unknown attribute type {other:?}"
+                )));
+            }
+        }
+        if map.next_key::<de::IgnoredAny>()?.is_some() {
+            return Err(de::Error::custom(format!(
+                "attribute value has more than one type (first {tag:?})"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Copies a JSON string token verbatim: it is already valid, escaped JSON, so no decoding and
+/// re-encoding is needed (and no character can be altered on the way).
+fn write_string_token<E: de::Error>(out: &mut Vec<u8>, raw: &RawValue) -> Result<(), E> {
+    let text = raw.get();
+    if !text.starts_with('"') {
+        return Err(E::custom(format!(
+            "S value is not a string: {}",
+            preview(text)
+        )));
+    }
+    out.extend_from_slice(text.as_bytes());
+    Ok(())
+}
+
+fn preview(text: &str) -> String {
+    let mut end = text.len().min(40);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+#[derive(Clone, Copy)]
+enum ListKind {
+    Attributes,
+    Strings,
+    Numbers,
+    Binaries,
+}
+
+struct ListSeed<'o, 'v> {
+    sink: &'o mut Sink<'v>,
+    kind: ListKind,
+}
+
+impl<'de> DeserializeSeed<'de> for ListSeed<'_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ListSeed<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.sink.out.push(b'[');
+        let mut index = 0usize;
+        loop {
+            let mark = self.sink.out.len();
+            if index > 0 {
+                self.sink.out.push(b',');
+            }
+            let more = match self.kind {
+                ListKind::Attributes => seq.next_element_seed(AttributeSeed {
+                    sink: &mut *self.sink,
+                }),
+                ListKind::Strings => {
+                    seq.next_element::<&'de RawValue>()
+                        .and_then(|raw| match raw {
+                            Some(raw) => {
+                                write_string_token(&mut self.sink.out, raw).map(|()| Some(()))
+                            }
+                            None => Ok(None),
+                        })
+                }
+                ListKind::Numbers => seq.next_element::<Cow<'de, str>>().and_then(|t| match t {
+                    Some(t) => {
+                        let json = number_json(&t).map_err(de::Error::custom)?;
+                        self.sink.out.extend_from_slice(json.as_bytes());
+                        Ok(Some(()))
+                    }
+                    None => Ok(None),
+                }),
+                ListKind::Binaries => seq.next_element::<Cow<'de, str>>().and_then(|t| match t {
+                    Some(t) => {
+                        check_base64(&t).map_err(de::Error::custom)?;
+                        write_json_str(&mut self.sink.out, &t);
+                        Ok(Some(()))
+                    }
+                    None => Ok(None),
+                }),
+            }
+            .inspect_err(|_| self.sink.trail.push(format!("[{index}]")))?;
+            if more.is_none() {
+                self.sink.out.truncate(mark);
+                break;
+            }
+            index += 1;
+        }
+        self.sink.out.push(b']');
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn convert(image: &str) -> Result<String, ConvertError> {
+        let mut out = Vec::new();
+        write_document(image, &mut out).map(|()| String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn keeps_38_digit_numbers_and_exponents_exact() {
+        let doc = convert(
+            r#"{"a":{"N":"12345678901234567890123456789012345678"},"b":{"N":"1E+30"},"c":{"N":"-1E-130"},"d":{"N":"0.10"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            doc,
+            r#"{"a":12345678901234567890123456789012345678,"b":1E+30,"c":-1E-130,"d":0.10}"#
+        );
+    }
+
+    #[test]
+    fn rewrites_numbers_outside_json_grammar_to_the_same_value() {
+        assert_eq!(number_json("+5").unwrap(), "5");
+        assert_eq!(number_json(".5").unwrap(), "0.5");
+        assert_eq!(number_json("5.").unwrap(), "5");
+        assert_eq!(number_json("007").unwrap(), "7");
+        assert_eq!(number_json("-.25e3").unwrap(), "-250");
+        assert!(number_json("1e").is_err());
+        assert!(number_json("abc").is_err());
+        assert!(number_json("").is_err());
+        assert!(number_json("NaN").is_err());
+        assert!(number_json("1.2.3").is_err());
+    }
+
+    #[test]
+    fn canonical_number_text_is_equal_for_equal_values_only() {
+        let c = |s: &str| Decimal::parse(s).unwrap().canonical_text();
+        assert_eq!(c("1"), "1");
+        assert_eq!(c("1.0"), "1");
+        assert_eq!(c("10"), "10");
+        assert_eq!(c("1E+1"), "10");
+        assert_eq!(c("0.001"), "0.001");
+        assert_eq!(c("-0"), "0");
+        assert_eq!(c("1E+125"), "1E125");
+        assert_eq!(c("-1.5E-130"), "-1.5E-130");
+        assert_ne!(c("1E+40"), c("1E+41"));
+        assert_eq!(
+            c("12345678901234567890123456789012345678"),
+            "12345678901234567890123456789012345678"
+        );
+    }
+
+    #[test]
+    fn versions_are_non_negative_longs() {
+        let v = |s: &str| Decimal::parse(s).unwrap().as_version();
+        assert_eq!(v("1700000000123"), Some(1_700_000_000_123));
+        assert_eq!(v("1E+3"), Some(1000));
+        assert_eq!(v("9223372036854775807"), Some(i64::MAX as u64));
+        assert_eq!(v("9223372036854775808"), None);
+        assert_eq!(v("-1"), None);
+        assert_eq!(v("1.5"), None);
+    }
+
+    #[test]
+    fn converts_every_attribute_type() {
+        let doc = convert(
+            r#"{"s":{"S":"héllo \"q\" \u00e9 😀\n"},"n":{"N":"3"},"b":{"B":"AAEC/w=="},"t":{"BOOL":true},"f":{"BOOL":false},"z":{"NULL":true},"ss":{"SS":["a","b"]},"ns":{"NS":["1","2.5"]},"bs":{"BS":["AA==","AQ=="]},"l":{"L":[{"S":"x"},{"N":"1"},{"L":[]},{"M":{}}]},"m":{"M":{"k":{"M":{"deep":{"N":"-0.5"}}}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            doc,
+            r#"{"s":"héllo \"q\" \u00e9 😀\n","n":3,"b":"AAEC/w==","t":true,"f":false,"z":null,"ss":["a","b"],"ns":[1,2.5],"bs":["AA==","AQ=="],"l":["x",1,[],{}],"m":{"k":{"deep":-0.5}}}"#
+        );
+        let v: serde_json::Value = serde_json::from_str(&doc).unwrap();
+        assert_eq!(v["s"], "héllo \"q\" é 😀\n");
+    }
+
+    #[test]
+    fn escapes_attribute_names() {
+        let doc = convert(r#"{"a\"b\\c\u0001":{"S":"x"}}"#).unwrap();
+        assert_eq!(doc, r#"{"a\"b\\c\u0001":"x"}"#);
+    }
+
+    #[test]
+    fn names_the_attribute_path_of_a_bad_value() {
+        let err = convert(r#"{"ok":{"S":"x"},"m":{"M":{"list":{"L":[{"S":"x"},{"N":"12abc"}]}}}}"#)
+            .unwrap_err();
+        assert_eq!(err.0, r#"m.list[1]: invalid number text "12abc""#);
+        let err = convert(r#"{"bin":{"B":"not base64!"}}"#).unwrap_err();
+        assert!(err.0.starts_with("bin: invalid base64"), "{err}");
+        let err = convert(r#"{"x":{"Q":"1"}}"#).unwrap_err();
+        assert_eq!(err.0, r#"x: unknown attribute type "Q""#);
+        let err = convert(r#"{"x":{"S":"1","N":"1"}}"#).unwrap_err();
+        assert_eq!(
+            err.0,
+            r#"x: attribute value has more than one type (first "S")"#
+        );
+        let err = convert(r#"{"x":{"S":5}}"#).unwrap_err();
+        assert_eq!(err.0, "x: S value is not a string: 5");
+    }
+}

@@ -1,0 +1,226 @@
+//! Document ids from an item's key attributes.
+//!
+//! The id is a function of the key alone, so every change to an item (and the backfill's copy
+//! of it) addresses the same document. Rules:
+//! - key attributes are taken in attribute-name order (a stream record's `Keys` map carries no
+//!   hash/range roles and JSON maps have no order, but a table's key names never change);
+//! - each component is the key value as text: `S` as is, `N` in canonical decimal text (so `1`
+//!   and `1.0`, one DynamoDB key, give one id), `B` as base64;
+//! - components are escaped (`\` → `\\`, `|` → `\|`) and joined with `|`, so no two different
+//!   keys of one table can give the same id, whatever their values contain;
+//! - an id longer than OpenSearch's 512-byte limit becomes `\#` + the SHA-256 of the full id in
+//!   hex. Escaped ids never contain `\#`, so a hashed id cannot equal an unhashed one. The full
+//!   id is then kept in the document under [`RAW_KEY_FIELD`].
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use sha2::{Digest, Sha256};
+
+use crate::convert::Decimal;
+
+/// OpenSearch rejects `_id`s longer than this many bytes.
+pub const MAX_ID_BYTES: usize = 512;
+
+/// Document field holding the full key text when the `_id` had to be hashed.
+pub const RAW_KEY_FIELD: &str = "dynamodb_raw_key";
+
+/// A document id, and whether it is the hashed form of a longer one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocId {
+    pub id: String,
+    /// The full, unhashed id when `id` is a hash.
+    pub raw: Option<String>,
+}
+
+/// Why a `Keys` map could not be turned into an id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct KeyError(pub String);
+
+/// Builds the id from a `Keys` map in DynamoDB JSON (`{"pk":{"S":"a"},"sk":{"N":"1"}}`).
+pub fn doc_id(keys_json: &str) -> Result<DocId, KeyError> {
+    let keys: KeyMap = serde_json::from_str(keys_json).map_err(|e| {
+        let msg = e.to_string();
+        KeyError(msg.split(" at line ").next().unwrap_or(&msg).to_string())
+    })?;
+    let mut parts = keys.0;
+    if parts.is_empty() {
+        return Err(KeyError("Keys is empty".into()));
+    }
+    if parts.len() > 2 {
+        return Err(KeyError(format!(
+            "Keys has {} attributes; a table key has one or two",
+            parts.len()
+        )));
+    }
+    parts.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut id = String::new();
+    for (i, (_, value)) in parts.iter().enumerate() {
+        if i > 0 {
+            id.push('|');
+        }
+        for c in value.chars() {
+            if c == '\\' || c == '|' {
+                id.push('\\');
+            }
+            id.push(c);
+        }
+    }
+    Ok(finish(id))
+}
+
+fn finish(id: String) -> DocId {
+    if id.len() <= MAX_ID_BYTES {
+        return DocId { id, raw: None };
+    }
+    let digest = Sha256::digest(id.as_bytes());
+    let mut hashed = String::with_capacity(2 + 64);
+    hashed.push_str("\\#");
+    for b in digest {
+        hashed.push_str(&format!("{b:02x}"));
+    }
+    DocId {
+        id: hashed,
+        raw: Some(id),
+    }
+}
+
+/// Key attribute name → component text.
+struct KeyMap(Vec<(String, String)>);
+
+impl<'de> Deserialize<'de> for KeyMap {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(KeyMapVisitor)
+    }
+}
+
+struct KeyMapVisitor;
+
+impl<'de> Visitor<'de> for KeyMapVisitor {
+    type Value = KeyMap;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a map of key attribute name to S, N or B value")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeyMap, A::Error> {
+        let mut parts = Vec::with_capacity(2);
+        while let Some(name) = map.next_key::<Cow<'de, str>>()? {
+            let value: KeyValue = map.next_value()?;
+            let text = match value {
+                KeyValue::S(s) if s.is_empty() => {
+                    return Err(de::Error::custom(format!(
+                        "key attribute {name} is an empty string"
+                    )));
+                }
+                KeyValue::S(s) => s,
+                KeyValue::N(n) => Decimal::parse(&n)
+                    .ok_or_else(|| {
+                        de::Error::custom(format!(
+                            "key attribute {name}: invalid number text {n:?}"
+                        ))
+                    })?
+                    .canonical_text(),
+                KeyValue::B(b) => {
+                    use base64::Engine as _;
+                    base64::engine::general_purpose::STANDARD
+                        .decode(&b)
+                        .map_err(|e| {
+                            de::Error::custom(format!("key attribute {name}: invalid base64 ({e})"))
+                        })?;
+                    b
+                }
+            };
+            parts.push((name.into_owned(), text));
+        }
+        Ok(KeyMap(parts))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+enum KeyValue {
+    S(String),
+    N(String),
+    B(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(keys: &str) -> String {
+        doc_id(keys).unwrap().id
+    }
+
+    #[test]
+    fn hash_key_alone_is_its_value() {
+        assert_eq!(id(r#"{"pk":{"S":"user#1"}}"#), "user#1");
+        assert_eq!(id(r#"{"pk":{"N":"42"}}"#), "42");
+        assert_eq!(id(r#"{"pk":{"B":"AAE="}}"#), "AAE=");
+    }
+
+    #[test]
+    fn composite_keys_are_ordered_by_attribute_name_whatever_the_json_order() {
+        assert_eq!(id(r#"{"sk":{"N":"7"},"pk":{"S":"a"}}"#), "a|7");
+        assert_eq!(id(r#"{"pk":{"S":"a"},"sk":{"N":"7"}}"#), "a|7");
+    }
+
+    #[test]
+    fn separators_inside_values_cannot_collide() {
+        let a = id(r#"{"pk":{"S":"a|b"},"sk":{"S":"c"}}"#);
+        let b = id(r#"{"pk":{"S":"a"},"sk":{"S":"b|c"}}"#);
+        assert_ne!(a, b);
+        let c = id(r#"{"pk":{"S":"a\\"},"sk":{"S":"|c"}}"#);
+        let d = id(r#"{"pk":{"S":"a"},"sk":{"S":"\\|c"}}"#);
+        assert_ne!(c, d);
+        assert_ne!(a, c);
+        assert_eq!(a, r"a\|b|c");
+    }
+
+    #[test]
+    fn equal_numbers_give_one_id_and_different_numbers_different_ids() {
+        assert_eq!(id(r#"{"pk":{"N":"1.0"}}"#), id(r#"{"pk":{"N":"1"}}"#));
+        assert_ne!(id(r#"{"pk":{"N":"1E+1"}}"#), id(r#"{"pk":{"N":"1"}}"#));
+        assert_ne!(id(r#"{"pk":{"N":"-1"}}"#), id(r#"{"pk":{"N":"1"}}"#));
+        assert_ne!(
+            id(r#"{"pk":{"N":"12345678901234567890123456789012345678"}}"#),
+            id(r#"{"pk":{"N":"12345678901234567890123456789012345679"}}"#)
+        );
+    }
+
+    #[test]
+    fn long_ids_become_stable_hashes_that_cannot_equal_a_plain_id() {
+        let long = "x".repeat(600);
+        let keys = format!(r#"{{"pk":{{"S":"{long}"}}}}"#);
+        let a = doc_id(&keys).unwrap();
+        assert_eq!(a, doc_id(&keys).unwrap());
+        assert!(a.id.starts_with("\\#") && a.id.len() == 66, "{}", a.id);
+        assert_eq!(a.raw.as_deref(), Some(long.as_str()));
+        // A literal key that looks like the hash is escaped, so it stays distinct.
+        let literal = format!(r#"{{"pk":{{"S":"{}"}}}}"#, a.id.replace('\\', "\\\\"));
+        assert_ne!(doc_id(&literal).unwrap().id, a.id);
+        // Exactly 512 bytes stays plain.
+        let edge = "y".repeat(512);
+        assert_eq!(id(&format!(r#"{{"pk":{{"S":"{edge}"}}}}"#)), edge);
+    }
+
+    #[test]
+    fn rejects_bad_keys_with_a_reason() {
+        assert!(doc_id("{}").unwrap_err().0.contains("empty"));
+        assert!(doc_id(r#"{"pk":{"BOOL":true}}"#).is_err());
+        assert!(
+            doc_id(r#"{"pk":{"N":"x1"}}"#)
+                .unwrap_err()
+                .0
+                .contains("invalid number")
+        );
+        assert!(
+            doc_id(r#"{"pk":{"B":"!!"}}"#)
+                .unwrap_err()
+                .0
+                .contains("invalid base64")
+        );
+    }
+}

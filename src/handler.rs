@@ -1,0 +1,324 @@
+//! One invocation: stream batch → changes → bulk delivery → quarantine → `batchItemFailures`,
+//! with one log line that accounts for every record.
+
+use std::time::Duration;
+
+use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
+use tokio::time::Instant;
+
+use crate::backoff::Backoff;
+use crate::bulk::ItemOutcome;
+use crate::change::{self, Disposition, NotAStreamEvent, VersionSource};
+use crate::config::Config;
+use crate::dispatch::{self, Limits};
+use crate::quarantine::{Entry, Quarantine};
+use crate::transport::OpenSearch;
+
+/// What became of one record of the batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordOutcome {
+    Indexed,
+    Deleted,
+    /// Already represented in the index: a 409 under external versioning, or a later record
+    /// of the same key in this batch that was applied.
+    Superseded,
+    /// Could never succeed; stored in the quarantine index with its payload.
+    Quarantined(String),
+    /// Reported in `batchItemFailures` for Lambda to deliver again.
+    Reported(String),
+}
+
+/// Counts for the invocation's log line. `records` equals the sum of the outcome counts
+/// unless `unaccounted` is non-zero.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub records: usize,
+    pub indexed: usize,
+    pub deleted: usize,
+    pub ttl_deleted: usize,
+    pub superseded: usize,
+    pub quarantined: usize,
+    /// Reported for retry: retryable failures still unconfirmed when time ran out.
+    pub retryable: usize,
+    /// Reported for retry: permanent failures that could not be quarantined (or quarantine off).
+    pub permanent: usize,
+    pub unaccounted: usize,
+    pub bulk_requests: u64,
+    pub bulk_bytes: u64,
+    pub millis: u64,
+}
+
+/// The invocation failed as a whole: Lambda retries the entire batch.
+#[derive(Debug, thiserror::Error)]
+pub enum InvocationError {
+    #[error(transparent)]
+    NotAStreamEvent(#[from] NotAStreamEvent),
+    /// Records that cannot be named by a sequence number and could not be quarantined: failing
+    /// the whole batch is the only way not to lose them.
+    #[error(
+        "{count} record(s) have no SequenceNumber and could not be quarantined (positions {positions:?}): {reason}"
+    )]
+    Unreportable {
+        count: usize,
+        positions: Vec<usize>,
+        reason: String,
+    },
+}
+
+/// Everything an invocation needs, built once at cold start.
+#[derive(Clone)]
+pub struct Indexer {
+    pub config: Config,
+    pub opensearch: OpenSearch,
+    pub quarantine: Option<Quarantine>,
+}
+
+impl Indexer {
+    pub async fn new(config: Config) -> Result<Indexer, crate::transport::ClientError> {
+        let opensearch = OpenSearch::connect(&config).await?;
+        let quarantine = config
+            .quarantine_index
+            .clone()
+            .map(|index| Quarantine { index });
+        Ok(Indexer {
+            config,
+            opensearch,
+            quarantine,
+        })
+    }
+
+    fn versions(&self) -> VersionSource {
+        match &self.config.version_attribute {
+            Some(name) => VersionSource::Attribute(name.clone()),
+            None => VersionSource::StreamTime,
+        }
+    }
+
+    /// Handles one batch. `deadline` is when Lambda ends the invocation.
+    pub async fn handle(
+        &self,
+        payload: &str,
+        deadline: Instant,
+    ) -> Result<(DynamoDbEventResponse, Summary), InvocationError> {
+        let started = Instant::now();
+        let cfg = &self.config;
+        let plan = change::plan(payload, &self.versions(), cfg.bulk_max_bytes)?;
+        let stop_at = deadline.checked_sub(cfg.deadline_margin).unwrap_or(started);
+        let limits = Limits {
+            max_bytes: cfg.bulk_max_bytes,
+            max_actions: cfg.bulk_max_actions,
+            concurrency: cfg.bulk_concurrency,
+            request_timeout: cfg.request_timeout,
+            backoff: Backoff {
+                base: cfg.retry_base,
+                max: cfg.retry_max,
+            },
+            stop_at,
+        };
+        let (change_outcomes, stats) =
+            dispatch::deliver(&self.opensearch, &cfg.index, &plan.changes, &limits).await;
+
+        // Each record's outcome: its own change's, or the change that superseded it in-batch.
+        let mut outcomes: Vec<ItemOutcome> = plan
+            .records
+            .iter()
+            .map(|r| match &r.disposition {
+                Disposition::Change(i) | Disposition::Superseded(i) => change_outcomes[*i].clone(),
+                Disposition::Invalid(reason) => ItemOutcome::Permanent(reason.clone()),
+            })
+            .collect();
+
+        // Quarantine the permanent failures: invalid records, and winning changes the index
+        // refused. In-batch superseded records follow their winner and are not stored twice.
+        let mut quarantined = vec![false; plan.records.len()];
+        if let Some(q) = &self.quarantine {
+            let targets: Vec<usize> = (0..plan.records.len())
+                .filter(|&p| {
+                    matches!(outcomes[p], ItemOutcome::Permanent(_))
+                        && !matches!(plan.records[p].disposition, Disposition::Superseded(_))
+                })
+                .collect();
+            if !targets.is_empty() {
+                let entries: Vec<Entry> = targets
+                    .iter()
+                    .map(|&p| {
+                        let r = &plan.records[p];
+                        let ItemOutcome::Permanent(reason) = &outcomes[p] else {
+                            unreachable!()
+                        };
+                        Entry::new(
+                            &cfg.index,
+                            reason,
+                            r.sequence_number.as_deref(),
+                            r.event_id.as_deref(),
+                            r.raw.get(),
+                        )
+                    })
+                    .collect();
+                let left = deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(500));
+                let stored = q
+                    .put(&self.opensearch, &entries, cfg.request_timeout.min(left))
+                    .await;
+                for (&p, ok) in targets.iter().zip(stored) {
+                    quarantined[p] = ok;
+                }
+                for (p, r) in plan.records.iter().enumerate() {
+                    if let Disposition::Superseded(i) = r.disposition {
+                        let winner = plan.changes[i].record;
+                        quarantined[p] = quarantined[winner];
+                    }
+                }
+            }
+        }
+
+        let mut summary = Summary {
+            records: plan.records.len(),
+            bulk_requests: stats.requests,
+            bulk_bytes: stats.bytes,
+            ..Summary::default()
+        };
+        let mut response = DynamoDbEventResponse::default();
+        let mut unreportable = Vec::new();
+        let mut first_unreportable_reason = String::new();
+        let mut record_outcomes = Vec::with_capacity(plan.records.len());
+        for (p, r) in plan.records.iter().enumerate() {
+            let outcome = std::mem::replace(&mut outcomes[p], ItemOutcome::Superseded);
+            let in_batch_superseded = matches!(r.disposition, Disposition::Superseded(_));
+            let record_outcome = match outcome {
+                ItemOutcome::Indexed | ItemOutcome::Deleted if in_batch_superseded => {
+                    RecordOutcome::Superseded
+                }
+                ItemOutcome::Indexed => RecordOutcome::Indexed,
+                ItemOutcome::Deleted => RecordOutcome::Deleted,
+                ItemOutcome::Superseded => RecordOutcome::Superseded,
+                ItemOutcome::Permanent(reason) if quarantined[p] => {
+                    RecordOutcome::Quarantined(reason)
+                }
+                ItemOutcome::Permanent(reason) | ItemOutcome::Retry(reason) => {
+                    RecordOutcome::Reported(reason)
+                }
+            };
+            match &record_outcome {
+                RecordOutcome::Indexed => summary.indexed += 1,
+                RecordOutcome::Deleted => {
+                    summary.deleted += 1;
+                    if let Disposition::Change(i) = r.disposition {
+                        if plan.changes[i].ttl {
+                            summary.ttl_deleted += 1;
+                        }
+                    }
+                }
+                RecordOutcome::Superseded => summary.superseded += 1,
+                RecordOutcome::Quarantined(_) => summary.quarantined += 1,
+                RecordOutcome::Reported(reason) => match &r.sequence_number {
+                    Some(seq) if !seq.is_empty() => {
+                        let mut failure = DynamoDbBatchItemFailure::default();
+                        failure.item_identifier = Some(seq.clone());
+                        response.batch_item_failures.push(failure);
+                        if matches!(r.disposition, Disposition::Invalid(_))
+                            || matches!(
+                                change_outcomes_of(&plan, &change_outcomes, p),
+                                Some(ItemOutcome::Permanent(_))
+                            )
+                        {
+                            summary.permanent += 1;
+                        } else {
+                            summary.retryable += 1;
+                        }
+                    }
+                    _ => {
+                        summary.unaccounted += 1;
+                        if unreportable.is_empty() {
+                            first_unreportable_reason = reason.clone();
+                        }
+                        unreportable.push(p);
+                    }
+                },
+            }
+            record_outcomes.push(record_outcome);
+        }
+        summary.millis = started.elapsed().as_millis() as u64;
+        log_summary(&summary, &plan.records, &record_outcomes);
+        if !unreportable.is_empty() {
+            return Err(InvocationError::Unreportable {
+                count: unreportable.len(),
+                positions: unreportable,
+                reason: first_unreportable_reason,
+            });
+        }
+        Ok((response, summary))
+    }
+}
+
+fn change_outcomes_of<'o>(
+    plan: &change::Plan<'_>,
+    outcomes: &'o [ItemOutcome],
+    p: usize,
+) -> Option<&'o ItemOutcome> {
+    match plan.records[p].disposition {
+        Disposition::Change(i) | Disposition::Superseded(i) => outcomes.get(i),
+        Disposition::Invalid(_) => None,
+    }
+}
+
+/// How many failed records the log names one by one per invocation.
+const MAX_NAMED_FAILURES: usize = 10;
+
+/// One line per invocation: counts only, never item contents. Failed records are named by
+/// sequence number and reason (reasons carry attribute names and error types, not values).
+fn log_summary(s: &Summary, records: &[change::Record<'_>], outcomes: &[RecordOutcome]) {
+    let accounted =
+        s.indexed + s.deleted + s.superseded + s.quarantined + s.retryable + s.permanent;
+    let complete = accounted == s.records && s.unaccounted == 0;
+    tracing::info!(
+        records = s.records,
+        indexed = s.indexed,
+        deleted = s.deleted,
+        ttl_deleted = s.ttl_deleted,
+        superseded = s.superseded,
+        quarantined = s.quarantined,
+        retryable = s.retryable,
+        permanent = s.permanent,
+        unaccounted = s.unaccounted,
+        bulk_requests = s.bulk_requests,
+        bulk_bytes = s.bulk_bytes,
+        ms = s.millis,
+        complete,
+        "{}",
+        if complete {
+            format!("all {} records accounted for", s.records)
+        } else {
+            format!(
+                "{} of {} records unaccounted for",
+                s.records - accounted.min(s.records),
+                s.records
+            )
+        }
+    );
+    // Name the failed records, a bounded few: an outage can fail a whole batch of 10,000.
+    let mut named = 0;
+    for (r, o) in records.iter().zip(outcomes) {
+        if named == MAX_NAMED_FAILURES {
+            let rest = s.quarantined + s.retryable + s.permanent + s.unaccounted - named;
+            tracing::warn!(more = rest, "further failed records not named");
+            break;
+        }
+        if matches!(
+            o,
+            RecordOutcome::Quarantined(_) | RecordOutcome::Reported(_)
+        ) {
+            named += 1;
+        }
+        match o {
+            RecordOutcome::Quarantined(reason) => {
+                tracing::warn!(sequence_number = r.sequence_number.as_deref(), event_id = r.event_id.as_deref(), reason = %reason, "record quarantined")
+            }
+            RecordOutcome::Reported(reason) => {
+                tracing::warn!(sequence_number = r.sequence_number.as_deref(), event_id = r.event_id.as_deref(), reason = %reason, "record reported for retry")
+            }
+            _ => {}
+        }
+    }
+}

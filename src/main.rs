@@ -1,0 +1,42 @@
+//! The Lambda function: attached to a DynamoDB Stream, keeps the OpenSearch index in step.
+
+use std::time::{Duration, SystemTime};
+
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use serde_json::value::RawValue;
+use stream_indexer::config::Config;
+use stream_indexer::handler::Indexer;
+use stream_indexer::telemetry;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    telemetry::init();
+    let config = Config::from_env()?;
+    let indexer = Indexer::new(config).await?;
+    if let Some(q) = &indexer.quarantine {
+        // Best effort: a missing quarantine index is created by the first entry's write too.
+        if let Err(e) = q
+            .ensure_index(&indexer.opensearch, Duration::from_secs(10))
+            .await
+        {
+            tracing::warn!(error = %e, "could not create the quarantine index with its mapping");
+        }
+    }
+    let indexer = &indexer;
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<Box<RawValue>>| async move {
+            let deadline = to_instant(event.context.deadline());
+            let (response, _summary) = indexer.handle(event.payload.get(), deadline).await?;
+            Ok::<_, Error>(response)
+        },
+    ))
+    .await
+}
+
+/// Lambda gives the deadline as wall-clock time; retries measure it on tokio's clock.
+fn to_instant(deadline: SystemTime) -> tokio::time::Instant {
+    let left = deadline
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    tokio::time::Instant::now() + left
+}
