@@ -215,17 +215,17 @@ mod tests {
 
     #[test]
     fn packs_up_to_exactly_the_byte_limit() {
-        // Each change is 10 bytes including its newlines.
+        // Each change is 11 bytes including its newlines.
         let changes: Vec<Change> = (0..5).map(|_| change("{\"a\":1}\n{}\n")).collect();
-        assert_eq!(changes[0].lines.len(), 10);
+        assert_eq!(changes[0].lines.len(), 11);
         let all: Vec<usize> = (0..5).collect();
-        let bodies = pack(&changes, &all, 20, 100);
+        let bodies = pack(&changes, &all, 22, 100);
         assert_eq!(
             bodies.iter().map(|b| b.bytes.len()).collect::<Vec<_>>(),
-            vec![20, 20, 10]
+            vec![22, 22, 11]
         );
         assert_eq!(bodies[0].changes, vec![0, 1]);
-        let bodies = pack(&changes, &all, 19, 100);
+        let bodies = pack(&changes, &all, 21, 100);
         assert_eq!(bodies.len(), 5, "one byte under two actions must split");
         let bodies = pack(&changes, &all, 1000, 2);
         assert_eq!(
