@@ -1,0 +1,264 @@
+//! Test support: a real OpenSearch-compatible server (the one in `OPENSEARCH_URL`, or an
+//! osmem-server started for this test process), indices created from the repository's template,
+//! and readers that return `_source` as exact JSON text.
+#![allow(dead_code)]
+
+pub mod proxy;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+use serde_json::value::RawValue;
+use stream_indexer::config::Config;
+use stream_indexer::handler::Indexer;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+struct Server {
+    url: String,
+    _child: Option<Child>,
+}
+
+static SERVER: OnceLock<Server> = OnceLock::new();
+
+/// The base URL of the server under test, started on first use.
+pub fn opensearch_url() -> String {
+    SERVER.get_or_init(start_server).url.clone()
+}
+
+fn start_server() -> Server {
+    if let Ok(url) = std::env::var("OPENSEARCH_URL") {
+        return Server {
+            url: url.trim_end_matches('/').to_string(),
+            _child: None,
+        };
+    }
+    let bin = std::env::var("OSMEM_SERVER_BIN").unwrap_or_else(|_| {
+        let out = Command::new(repo_root().join("infra/local.sh"))
+            .arg("osmem-bin")
+            .output()
+            .expect("run infra/local.sh osmem-bin");
+        assert!(
+            out.status.success(),
+            "infra/local.sh osmem-bin failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    });
+    // stdin stays open for the life of this process; the server exits when it closes.
+    let mut child = Command::new(&bin)
+        .args([
+            "-addr",
+            "127.0.0.1:0",
+            "-parent-pid",
+            &std::process::id().to_string(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {bin}: {e}"));
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read osmem-server's ready line");
+    let ready: Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("osmem-server said {line:?}: {e}"));
+    let url = ready["url"]
+        .as_str()
+        .expect("ready line has a url")
+        .trim_end_matches('/')
+        .to_string();
+    std::mem::forget(child.stdin.take());
+    Server {
+        url,
+        _child: Some(child),
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh index name, unique in this process and across runs against a shared server.
+pub fn unique_index(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// Installs `infra/index-template.json` for indices matching `pattern`.
+pub async fn apply_template(name: &str, pattern: &str) {
+    let body = std::fs::read_to_string(repo_root().join("infra/index-template.json"))
+        .unwrap()
+        .replace("INDEX_PATTERN", pattern);
+    let res = http()
+        .put(format!("{}/_index_template/{name}", opensearch_url()))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        res.status().is_success(),
+        "template: {}",
+        res.text().await.unwrap()
+    );
+}
+
+/// Creates `index` under the repository's template.
+pub async fn create_index(index: &str) {
+    apply_template(&format!("tpl-{index}"), index).await;
+    let res = http()
+        .put(format!("{}/{index}", opensearch_url()))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        res.status().is_success(),
+        "create {index}: {}",
+        res.text().await.unwrap()
+    );
+}
+
+/// Configuration for `index` on `url` (the server, or a proxy in front of it).
+pub fn config_for(url: &str, index: &str, extra: &[(&str, &str)]) -> Config {
+    let mut vars: Vec<(String, String)> = vec![
+        ("OPENSEARCH_URL".into(), url.into()),
+        ("OPENSEARCH_INDEX".into(), index.into()),
+    ];
+    vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    Config::from_lookup(|name| {
+        vars.iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    })
+    .unwrap()
+}
+
+pub async fn indexer(url: &str, index: &str, extra: &[(&str, &str)]) -> Indexer {
+    Indexer::new(config_for(url, index, extra)).await.unwrap()
+}
+
+/// A deadline far enough away that it never matters.
+pub fn far_deadline() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(600)
+}
+
+pub fn fixture(name: &str) -> String {
+    std::fs::read_to_string(repo_root().join("events").join(name)).unwrap()
+}
+
+/// `_source` of one document as its exact JSON text, or None if absent.
+pub async fn source_text(index: &str, id: &str) -> Option<String> {
+    let url = format!("{}/{index}/_doc/{}", opensearch_url(), urlencode(id));
+    let res = http().get(url).send().await.unwrap();
+    if res.status().as_u16() == 404 {
+        return None;
+    }
+    let text = res.text().await.unwrap();
+    #[derive(serde::Deserialize)]
+    struct Doc<'a> {
+        found: bool,
+        #[serde(borrow, rename = "_source")]
+        source: Option<&'a RawValue>,
+    }
+    let doc: Doc = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    if !doc.found {
+        return None;
+    }
+    Some(doc.source.unwrap().get().to_string())
+}
+
+/// Every document of `index` as (id, exact `_source` text), sorted by id.
+pub async fn all_sources(index: &str) -> Vec<(String, String)> {
+    let _ = http()
+        .post(format!("{}/{index}/_refresh", opensearch_url()))
+        .send()
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut query =
+            serde_json::json!({"size": 1000, "sort": [{"_id": "asc"}], "query": {"match_all": {}}});
+        if let Some(a) = &after {
+            query["search_after"] = serde_json::json!([a]);
+        }
+        let text = http()
+            .post(format!("{}/{index}/_search", opensearch_url()))
+            .json(&query)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        #[derive(serde::Deserialize)]
+        struct Res<'a> {
+            #[serde(borrow)]
+            hits: Hits<'a>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Hits<'a> {
+            #[serde(borrow)]
+            hits: Vec<Hit<'a>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Hit<'a> {
+            #[serde(rename = "_id")]
+            id: String,
+            #[serde(borrow, rename = "_source")]
+            source: &'a RawValue,
+        }
+        let res: Res = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        if res.hits.hits.is_empty() {
+            break;
+        }
+        after = Some(res.hits.hits.last().unwrap().id.clone());
+        out.extend(
+            res.hits
+                .hits
+                .into_iter()
+                .map(|h| (h.id, h.source.get().to_string())),
+        );
+    }
+    out
+}
+
+pub fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+/// The sequence numbers in a response, in order.
+pub fn failures(
+    response: &aws_lambda_events::event::streams::DynamoDbEventResponse,
+) -> Vec<String> {
+    response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone().unwrap())
+        .collect()
+}
