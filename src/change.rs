@@ -67,12 +67,10 @@ pub struct StreamData<'a> {
     pub stream_view_type: Option<Cow<'a, str>>,
 }
 
-/// One record of the batch: its raw text (kept for quarantine), its sequence number if it has
-/// one, and what it means.
+/// One record of the batch: its sequence number if it has one, and what it means.
 pub struct Record<'a> {
-    pub raw: &'a RawValue,
-    pub sequence_number: Option<String>,
-    pub event_id: Option<String>,
+    pub sequence_number: Option<Cow<'a, str>>,
+    pub event_id: Option<Cow<'a, str>>,
     pub disposition: Disposition,
 }
 
@@ -119,6 +117,7 @@ pub enum VersionSource {
 
 /// The changes of a batch and what became of every record.
 pub struct Plan<'a> {
+    payload: &'a str,
     pub records: Vec<Record<'a>>,
     pub changes: Vec<Change>,
 }
@@ -128,38 +127,45 @@ pub struct Plan<'a> {
 /// must both apply, in stream order.
 pub const VERSION_TYPE: &str = "external_gte";
 
+/// Room reserved for an action line: `{"index":{"_id":…,"version":…,"version_type":…}}`.
+const ACTION_LINE_ROOM: usize = 128;
+
 /// Splits the payload into records and plans one change per document id.
 pub fn plan<'a>(
     payload: &'a str,
     versions: &VersionSource,
     max_lines_bytes: usize,
 ) -> Result<Plan<'a>, NotAStreamEvent> {
-    let shape: EventShape<'a> =
-        serde_json::from_str(payload).map_err(|e| NotAStreamEvent(e.to_string()))?;
-    let mut records: Vec<Record<'a>> = Vec::with_capacity(shape.records.len());
-    let mut changes: Vec<Change> = Vec::with_capacity(shape.records.len());
-    let mut by_id: HashMap<String, usize> = HashMap::with_capacity(shape.records.len());
-    for (position, raw) in shape.records.into_iter().enumerate() {
-        let parsed: Result<StreamRecord<'a>, _> = serde_json::from_str(raw.get());
+    // Fast path: the whole batch in one pass. Only if some record does not even parse as a
+    // stream record does the batch get split into raw records, to judge each on its own.
+    let parsed: Vec<Result<StreamRecord<'a>, String>> =
+        match serde_json::from_str::<FastShape<'a>>(payload) {
+            Ok(shape) => shape.records.into_iter().map(Ok).collect(),
+            Err(_) => {
+                let shape: EventShape<'a> =
+                    serde_json::from_str(payload).map_err(|e| NotAStreamEvent(e.to_string()))?;
+                shape
+                    .records
+                    .into_iter()
+                    .map(|raw| {
+                        serde_json::from_str::<StreamRecord<'a>>(raw.get())
+                            .map_err(|e| format!("record is not a stream record: {e}"))
+                    })
+                    .collect()
+            }
+        };
+    let mut records: Vec<Record<'a>> = Vec::with_capacity(parsed.len());
+    let mut changes: Vec<Change> = Vec::with_capacity(parsed.len());
+    let mut by_id: HashMap<String, usize> = HashMap::with_capacity(parsed.len());
+    for (position, parsed) in parsed.into_iter().enumerate() {
         let (sequence_number, event_id, result) = match parsed {
             Ok(rec) => {
-                let seq = rec
-                    .dynamodb
-                    .as_ref()
-                    .and_then(|d| d.sequence_number.as_deref())
-                    .map(str::to_string);
-                let event_id = rec.event_id.as_deref().map(str::to_string);
-                (
-                    seq,
-                    event_id,
-                    to_change(&rec, position, versions, max_lines_bytes),
-                )
+                let change = to_change(&rec, position, versions, max_lines_bytes);
+                let seq = rec.dynamodb.and_then(|d| d.sequence_number);
+                let event_id = rec.event_id;
+                (seq, event_id, change)
             }
-            Err(e) => (
-                None,
-                None,
-                Err(format!("record is not a stream record: {e}")),
-            ),
+            Err(reason) => (None, None, Err(reason)),
         };
         let disposition = match result {
             Err(reason) => Disposition::Invalid(reason),
@@ -180,13 +186,32 @@ pub fn plan<'a>(
             },
         };
         records.push(Record {
-            raw,
             sequence_number,
             event_id,
             disposition,
         });
     }
-    Ok(Plan { records, changes })
+    Ok(Plan {
+        payload,
+        records,
+        changes,
+    })
+}
+
+impl<'a> Plan<'a> {
+    /// The raw JSON text of each record, for quarantine. Parsed again on demand: only batches
+    /// with permanent failures need it.
+    pub fn raw_records(&self) -> Vec<&'a RawValue> {
+        serde_json::from_str::<EventShape<'a>>(self.payload)
+            .map(|s| s.records)
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Deserialize)]
+struct FastShape<'a> {
+    #[serde(rename = "Records", borrow)]
+    records: Vec<StreamRecord<'a>>,
 }
 
 fn to_change(
@@ -223,9 +248,10 @@ fn to_change(
                     "{event_name} record has no NewImage: the stream view type ({view}) must be NEW_IMAGE or NEW_AND_OLD_IMAGES"
                 )
             })?;
-            // The action line is written after the document, once the version is known; the
-            // document goes to a scratch buffer first.
-            let mut doc = Vec::with_capacity(image.get().len());
+            // The document is written first and the action line put in front of it once the
+            // version is known (it may come from the document): one buffer, one small move.
+            let raw_len = id.raw.as_ref().map_or(0, |r| r.len() + 32);
+            let mut doc = Vec::with_capacity(image.get().len() + raw_len + ACTION_LINE_ROOM);
             let attr = match versions {
                 VersionSource::Attribute(name) => Some(name.as_str()),
                 VersionSource::StreamTime => None,
@@ -249,9 +275,11 @@ fn to_change(
                 convert::write_json_str(&mut doc, raw);
                 doc.push(b'}');
             }
-            write_action(&mut lines, "index", &id.id, version);
-            lines.extend_from_slice(&doc);
-            lines.push(b'\n');
+            doc.push(b'\n');
+            let mut action = Vec::with_capacity(ACTION_LINE_ROOM);
+            write_action(&mut action, "index", &id.id, version);
+            doc.splice(0..0, action);
+            lines = doc;
         }
         "REMOVE" => {
             let version = match versions {

@@ -251,6 +251,49 @@ impl Decimal {
     }
 }
 
+/// A string borrowed from the input when it has no escapes. serde's own `Cow<str>` impl
+/// always allocates (it only borrows through `#[serde(borrow)]` on derived fields), which cost
+/// one allocation per attribute name and value.
+pub struct CowStr<'de>(pub Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for CowStr<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = CowStr<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<CowStr<'de>, E> {
+                Ok(CowStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<CowStr<'de>, E> {
+                Ok(CowStr(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl fmt::Debug for CowStr<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for CowStr<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::ops::Deref for CowStr<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
 fn check_base64(text: &str) -> Result<(), String> {
     base64::engine::general_purpose::STANDARD
         .decode(text)
@@ -291,7 +334,7 @@ impl<'de> Visitor<'de> for ItemSeed<'_, '_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         self.sink.out.push(b'{');
         let mut first = true;
-        while let Some(name) = map.next_key::<Cow<'de, str>>()? {
+        while let Some(name) = map.next_key::<CowStr<'de>>()? {
             if !first {
                 self.sink.out.push(b',');
             }
@@ -302,7 +345,7 @@ impl<'de> Visitor<'de> for ItemSeed<'_, '_> {
             if let Err(e) = map.next_value_seed(AttributeSeed {
                 sink: &mut *self.sink,
             }) {
-                self.sink.trail.push(name.into_owned());
+                self.sink.trail.push(name.0.into_owned());
                 return Err(e);
             }
             if self.top && self.sink.version_attr == Some(&*name) {
@@ -332,7 +375,7 @@ impl<'de> Visitor<'de> for AttributeSeed<'_, '_> {
         f.write_str("a DynamoDB attribute value such as {\"S\": \"text\"}")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let Some(tag) = map.next_key::<Cow<'de, str>>()? else {
+        let Some(tag) = map.next_key::<CowStr<'de>>()? else {
             return Err(de::Error::custom("attribute value has no type"));
         };
         let sink = self.sink;
@@ -343,11 +386,11 @@ impl<'de> Visitor<'de> for AttributeSeed<'_, '_> {
                 write_string_token(out, raw)?;
             }
             "N" => {
-                let text: Cow<'de, str> = map.next_value()?;
+                let text: CowStr<'de> = map.next_value()?;
                 out.extend_from_slice(number_json(&text).map_err(de::Error::custom)?.as_bytes());
             }
             "B" => {
-                let text: Cow<'de, str> = map.next_value()?;
+                let text: CowStr<'de> = map.next_value()?;
                 check_base64(&text).map_err(de::Error::custom)?;
                 write_json_str(out, &text);
             }
@@ -459,7 +502,7 @@ impl<'de> Visitor<'de> for ListSeed<'_, '_> {
                             None => Ok(None),
                         })
                 }
-                ListKind::Numbers => seq.next_element::<Cow<'de, str>>().and_then(|t| match t {
+                ListKind::Numbers => seq.next_element::<CowStr<'de>>().and_then(|t| match t {
                     Some(t) => {
                         let json = number_json(&t).map_err(de::Error::custom)?;
                         self.sink.out.extend_from_slice(json.as_bytes());
@@ -467,7 +510,7 @@ impl<'de> Visitor<'de> for ListSeed<'_, '_> {
                     }
                     None => Ok(None),
                 }),
-                ListKind::Binaries => seq.next_element::<Cow<'de, str>>().and_then(|t| match t {
+                ListKind::Binaries => seq.next_element::<CowStr<'de>>().and_then(|t| match t {
                     Some(t) => {
                         check_base64(&t).map_err(de::Error::custom)?;
                         write_json_str(&mut self.sink.out, &t);

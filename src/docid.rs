@@ -12,7 +12,6 @@
 //!   hex. Escaped ids never contain `\#`, so a hashed id cannot equal an unhashed one. The full
 //!   id is then kept in the document under [`RAW_KEY_FIELD`].
 
-use std::borrow::Cow;
 use std::fmt;
 
 use serde::Deserialize;
@@ -106,7 +105,7 @@ impl<'de> Visitor<'de> for KeyMapVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeyMap, A::Error> {
         let mut parts = Vec::with_capacity(2);
-        while let Some(name) = map.next_key::<Cow<'de, str>>()? {
+        while let Some(name) = map.next_key::<crate::convert::CowStr<'de>>()? {
             let value: KeyValue = map.next_value()?;
             let text = match value {
                 KeyValue::S(s) if s.is_empty() => {
@@ -132,7 +131,7 @@ impl<'de> Visitor<'de> for KeyMapVisitor {
                     b
                 }
             };
-            parts.push((name.into_owned(), text));
+            parts.push((name.0.into_owned(), text));
         }
         Ok(KeyMap(parts))
     }

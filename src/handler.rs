@@ -139,6 +139,7 @@ impl Indexer {
                 })
                 .collect();
             if !targets.is_empty() {
+                let raws = plan.raw_records();
                 let entries: Vec<Entry> = targets
                     .iter()
                     .map(|&p| {
@@ -151,7 +152,7 @@ impl Indexer {
                             reason,
                             r.sequence_number.as_deref(),
                             r.event_id.as_deref(),
-                            r.raw.get(),
+                            raws.get(p).map_or("", |raw| raw.get()),
                         )
                     })
                     .collect();
@@ -204,10 +205,10 @@ impl Indexer {
                 RecordOutcome::Indexed => summary.indexed += 1,
                 RecordOutcome::Deleted => {
                     summary.deleted += 1;
-                    if let Disposition::Change(i) = r.disposition {
-                        if plan.changes[i].ttl {
-                            summary.ttl_deleted += 1;
-                        }
+                    if let Disposition::Change(i) = r.disposition
+                        && plan.changes[i].ttl
+                    {
+                        summary.ttl_deleted += 1;
                     }
                 }
                 RecordOutcome::Superseded => summary.superseded += 1,
@@ -215,7 +216,7 @@ impl Indexer {
                 RecordOutcome::Reported(reason) => match &r.sequence_number {
                     Some(seq) if !seq.is_empty() => {
                         let mut failure = DynamoDbBatchItemFailure::default();
-                        failure.item_identifier = Some(seq.clone());
+                        failure.item_identifier = Some(seq.to_string());
                         response.batch_item_failures.push(failure);
                         if matches!(r.disposition, Disposition::Invalid(_))
                             || matches!(

@@ -150,14 +150,7 @@ impl OpenSearch {
         };
         let response = self
             .client
-            .send(
-                method.clone(),
-                path,
-                headers,
-                None::<&()>,
-                body,
-                Some(timeout),
-            )
+            .send(method, path, headers, None::<&()>, body, Some(timeout))
             .await
             .map_err(|e| fail(None, e.to_string()))?;
         let status = response.status_code().as_u16();
