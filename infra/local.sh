@@ -31,7 +31,8 @@ osmem_bin() {
   "$venv/bin/python" -c "from osmem_server import resolve_binary; print(resolve_binary())"
 }
 
-running() { [ -f "$state/$1.pid" ] && kill -0 "$(cat "$state/$1.pid")" 2>/dev/null; }
+pidfile() { case "$1" in os) echo "$state/os-$os_port.pid" ;; ddb) echo "$state/ddb-$ddb_port.pid" ;; esac; }
+running() { [ -f "$(pidfile "$1")" ] && kill -0 "$(cat "$(pidfile "$1")")" 2>/dev/null; }
 
 wait_http() {
   for _ in $(seq 1 100); do
@@ -46,23 +47,23 @@ wait_http() {
 
 start_os() {
   if running os; then return 0; fi
-  nohup "$(osmem_bin)" -addr "127.0.0.1:$os_port" -no-stdin-watch >"$state/os.log" 2>&1 </dev/null &
-  echo $! >"$state/os.pid"
+  nohup "$(osmem_bin)" -addr "127.0.0.1:$os_port" -no-stdin-watch >"$state/os-$os_port.log" 2>&1 </dev/null &
+  echo $! >"$(pidfile os)"
   wait_http "http://127.0.0.1:$os_port/"
   echo "OpenSearch-compatible server on http://127.0.0.1:$os_port"
 }
 
 start_ddb() {
   if running ddb; then return 0; fi
-  nohup "$venv/bin/moto_server" -H 127.0.0.1 -p "$ddb_port" >"$state/ddb.log" 2>&1 </dev/null &
-  echo $! >"$state/ddb.pid"
+  nohup "$venv/bin/moto_server" -H 127.0.0.1 -p "$ddb_port" >"$state/ddb-$ddb_port.log" 2>&1 </dev/null &
+  echo $! >"$(pidfile ddb)"
   wait_http "http://127.0.0.1:$ddb_port/moto-api/"
   echo "DynamoDB (moto) on http://127.0.0.1:$ddb_port"
 }
 
 stop_one() {
-  if running "$1"; then kill "$(cat "$state/$1.pid")" 2>/dev/null || true; fi
-  rm -f "$state/$1.pid"
+  if running "$1"; then kill "$(cat "$(pidfile "$1")")" 2>/dev/null || true; fi
+  rm -f "$(pidfile "$1")"
 }
 
 cmd="${1:-}"

@@ -13,3 +13,4 @@ pub mod handler;
 pub mod quarantine;
 pub mod telemetry;
 pub mod transport;
+pub mod template;

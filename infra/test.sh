@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs every test: installs the local servers' venv if needed, then the whole cargo test suite.
+# Tests start their own OpenSearch-compatible server, or use OPENSEARCH_URL when it is set.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+infra/local.sh install
+OSMEM_SERVER_BIN="$(infra/local.sh osmem-bin)"
+export OSMEM_SERVER_BIN
+cargo test "$@"

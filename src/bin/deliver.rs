@@ -1,0 +1,96 @@
+//! Delivers event files to the function's handler in-process, the way Lambda would invoke it,
+//! and prints each response and what landed. For trying the function locally.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use stream_indexer::config::Config;
+use stream_indexer::handler::Indexer;
+use stream_indexer::{telemetry, template};
+
+/// Deliver DynamoDB Streams event files (e.g. events/*.json) to the handler, in order.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Event files, each one Lambda invocation payload.
+    #[arg(required = true)]
+    events: Vec<PathBuf>,
+    /// Install the index template for OPENSEARCH_INDEX and create the index first.
+    #[arg(long)]
+    apply_template: bool,
+    /// Print the index's documents after the last event.
+    #[arg(long)]
+    show: bool,
+    /// Seconds each invocation may take, as a Lambda timeout.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init();
+    let args = Args::parse();
+    let config = Config::from_env()?;
+    let index = config.index.clone();
+    let indexer = Indexer::new(config).await?;
+    if args.apply_template {
+        template::apply(&indexer.opensearch, &format!("{index}-template"), &index).await?;
+        template::create_index(&indexer.opensearch, &index).await?;
+    }
+    for path in &args.events {
+        let payload = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
+        let (response, summary) = indexer.handle(&payload, deadline).await?;
+        println!("{}: {}", path.display(), serde_json::to_string(&response)?);
+        println!(
+            "  records {} indexed {} deleted {} superseded {} quarantined {} reported {}",
+            summary.records,
+            summary.indexed,
+            summary.deleted,
+            summary.superseded,
+            summary.quarantined,
+            summary.retryable + summary.permanent
+        );
+    }
+    if args.show {
+        show(&indexer, &index).await?;
+    }
+    Ok(())
+}
+
+async fn show(indexer: &Indexer, index: &str) -> anyhow::Result<()> {
+    use opensearch::http::Method;
+    let t = Duration::from_secs(30);
+    indexer.opensearch.request(Method::Post, &format!("/{index}/_refresh"), None, t).await?;
+    let query = br#"{"size":100,"version":true,"sort":[{"_id":"asc"}],"query":{"match_all":{}}}"#.to_vec();
+    let (_, body) = indexer.opensearch.request(Method::Post, &format!("/{index}/_search"), Some(query), t).await?;
+    #[derive(serde::Deserialize)]
+    struct Res<'a> {
+        #[serde(borrow)]
+        hits: Hits<'a>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Hits<'a> {
+        #[serde(borrow)]
+        hits: Vec<Hit<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Hit<'a> {
+        #[serde(rename = "_id")]
+        id: String,
+        #[serde(rename = "_version")]
+        version: Option<u64>,
+        #[serde(borrow, rename = "_source")]
+        source: &'a serde_json::value::RawValue,
+    }
+    let res: Res = serde_json::from_slice(&body)?;
+    println!("\n{} document(s) in {index}:", res.hits.hits.len());
+    for h in res.hits.hits {
+        let text = h.source.get();
+        let shown = if text.len() > 300 { format!("{}… ({} bytes)", &text[..text.floor_char_boundary(300)], text.len()) } else { text.to_string() };
+        println!("  {} (version {}): {shown}", h.id, h.version.map_or("-".into(), |v| v.to_string()));
+    }
+    Ok(())
+}
