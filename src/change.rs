@@ -122,10 +122,21 @@ pub struct Plan<'a> {
     pub changes: Vec<Change>,
 }
 
-/// How writes are versioned, explained in the README ("Versions"): `external_gte`, because
-/// `ApproximateCreationDateTime` has whole seconds and two changes of one item in one second
-/// must both apply, in stream order.
-pub const VERSION_TYPE: &str = "external_gte";
+impl VersionSource {
+    /// The OpenSearch version type for writes, explained in the README ("Versions").
+    /// Stream time has whole seconds: two changes of one item in one second carry the same
+    /// version and must both apply, in stream order, so an equal version must win
+    /// (`external_gte`). A version attribute grows with every change, so an equal version is
+    /// the same change and strict `external` turns duplicates into harmless 409s; it also closes
+    /// the one gap `external_gte` leaves (a timed-out write the cluster applies late, after a
+    /// newer change of the same second).
+    pub fn version_type(&self) -> &'static str {
+        match self {
+            VersionSource::StreamTime => "external_gte",
+            VersionSource::Attribute(_) => "external",
+        }
+    }
+}
 
 /// Room reserved for an action line: `{"index":{"_id":…,"version":…,"version_type":…}}`.
 const ACTION_LINE_ROOM: usize = 128;
@@ -277,7 +288,13 @@ fn to_change(
             }
             doc.push(b'\n');
             let mut action = Vec::with_capacity(ACTION_LINE_ROOM);
-            write_action(&mut action, "index", &id.id, version);
+            write_action(
+                &mut action,
+                "index",
+                &id.id,
+                version,
+                versions.version_type(),
+            );
             doc.splice(0..0, action);
             lines = doc;
         }
@@ -295,12 +312,27 @@ fn to_change(
                             Some(name),
                         )
                         .map_err(|e| format!("OldImage: {e}"))?;
-                        Some(attribute_version(name, span.map(|s| &scratch[s]))?)
+                        // One above the deleted item's version: strictly newer than the write
+                        // it removes, as `external` requires.
+                        let v = attribute_version(name, span.map(|s| &scratch[s]))?;
+                        Some(
+                            v.checked_add(1)
+                                .filter(|v| *v <= i64::MAX as u64)
+                                .ok_or_else(|| {
+                                    format!("version attribute {name} is at the largest version")
+                                })?,
+                        )
                     }
                     None => None,
                 },
             };
-            write_action(&mut lines, "delete", &id.id, version);
+            write_action(
+                &mut lines,
+                "delete",
+                &id.id,
+                version,
+                versions.version_type(),
+            );
         }
         other => return Err(format!("unknown eventName {other:?}")),
     }
@@ -341,7 +373,7 @@ fn attribute_version(name: &str, text: Option<&[u8]>) -> Result<u64, String> {
         })
 }
 
-fn write_action(out: &mut Vec<u8>, verb: &str, id: &str, version: Option<u64>) {
+fn write_action(out: &mut Vec<u8>, verb: &str, id: &str, version: Option<u64>, version_type: &str) {
     out.extend_from_slice(b"{\"");
     out.extend_from_slice(verb.as_bytes());
     out.extend_from_slice(b"\":{\"_id\":");
@@ -350,7 +382,7 @@ fn write_action(out: &mut Vec<u8>, verb: &str, id: &str, version: Option<u64>) {
         out.extend_from_slice(b",\"version\":");
         out.extend_from_slice(v.to_string().as_bytes());
         out.extend_from_slice(b",\"version_type\":\"");
-        out.extend_from_slice(VERSION_TYPE.as_bytes());
+        out.extend_from_slice(version_type.as_bytes());
         out.push(b'"');
     }
     out.extend_from_slice(b"}}\n");

@@ -48,6 +48,15 @@ pub struct Summary {
     pub millis: u64,
 }
 
+/// The result of one batch.
+#[derive(Debug)]
+pub struct Handled {
+    pub response: DynamoDbEventResponse,
+    pub summary: Summary,
+    /// One per record, in batch order.
+    pub outcomes: Vec<RecordOutcome>,
+}
+
 /// The invocation failed as a whole: Lambda retries the entire batch.
 #[derive(Debug, thiserror::Error)]
 pub enum InvocationError {
@@ -76,10 +85,7 @@ pub struct Indexer {
 impl Indexer {
     pub async fn new(config: Config) -> Result<Indexer, crate::transport::ClientError> {
         let opensearch = OpenSearch::connect(&config).await?;
-        let quarantine = config
-            .quarantine_index
-            .clone()
-            .map(|index| Quarantine { index });
+        let quarantine = config.quarantine_index.clone().map(Quarantine::new);
         Ok(Indexer {
             config,
             opensearch,
@@ -100,6 +106,17 @@ impl Indexer {
         payload: &str,
         deadline: Instant,
     ) -> Result<(DynamoDbEventResponse, Summary), InvocationError> {
+        self.handle_detailed(payload, deadline)
+            .await
+            .map(|h| (h.response, h.summary))
+    }
+
+    /// Like [`Indexer::handle`], also returning each record's outcome in batch order.
+    pub async fn handle_detailed(
+        &self,
+        payload: &str,
+        deadline: Instant,
+    ) -> Result<Handled, InvocationError> {
         let started = Instant::now();
         let cfg = &self.config;
         let plan = change::plan(payload, &self.versions(), cfg.bulk_max_bytes)?;
@@ -249,7 +266,11 @@ impl Indexer {
                 reason: first_unreportable_reason,
             });
         }
-        Ok((response, summary))
+        Ok(Handled {
+            response,
+            summary,
+            outcomes: record_outcomes,
+        })
     }
 }
 

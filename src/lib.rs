@@ -11,6 +11,7 @@ pub mod dispatch;
 pub mod docid;
 pub mod handler;
 pub mod quarantine;
+pub mod replay;
 pub mod telemetry;
-pub mod transport;
 pub mod template;
+pub mod transport;

@@ -6,6 +6,8 @@
 //! the same client. Its weakness, that it is down when the cluster is down, does not lose data:
 //! an entry that cannot be written leaves its record in `batchItemFailures`.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -85,9 +87,18 @@ impl Entry {
 #[derive(Clone)]
 pub struct Quarantine {
     pub index: String,
+    /// Set once the index is known to exist with its mapping (checked on first use).
+    ready: Arc<AtomicBool>,
 }
 
 impl Quarantine {
+    pub fn new(index: String) -> Quarantine {
+        Quarantine {
+            index,
+            ready: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
     /// Creates the quarantine index with its mapping if it does not exist yet.
     pub async fn ensure_index(
         &self,
@@ -103,16 +114,26 @@ impl Quarantine {
             )
             .await
         {
-            Ok(_) => Ok(()),
-            Err(e) if e.status == Some(400) && e.reason.contains("already_exists") => Ok(()),
-            Err(e) => Err(e),
+            Ok(_) => {}
+            Err(e) if e.status == Some(400) && e.reason.contains("already_exists") => {}
+            Err(e) => return Err(e),
         }
+        self.ready.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Writes entries; returns for each whether it is durably stored.
     pub async fn put(&self, os: &OpenSearch, entries: &[Entry], timeout: Duration) -> Vec<bool> {
         if entries.is_empty() {
             return Vec::new();
+        }
+        // Without its mapping the index would be created by dynamic mapping on first write,
+        // indexing every field of every stored record; if creating it fails, the write below
+        // still keeps the entries (dynamic mapping), and the next put tries again.
+        if !self.ready.load(Ordering::Relaxed)
+            && let Err(e) = self.ensure_index(os, timeout).await
+        {
+            tracing::warn!(error = %e, "could not create the quarantine index with its mapping");
         }
         let mut body = Vec::new();
         for e in entries {

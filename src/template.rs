@@ -17,14 +17,27 @@ pub fn template_for(pattern: &str) -> String {
 /// Installs the template as `_index_template/{name}` for `pattern`.
 pub async fn apply(os: &OpenSearch, name: &str, pattern: &str) -> Result<(), RequestError> {
     let path = format!("/_index_template/{name}");
-    os.request(Method::Put, &path, Some(template_for(pattern).into_bytes()), Duration::from_secs(30))
-        .await
-        .map(|_| ())
+    os.request(
+        Method::Put,
+        &path,
+        Some(template_for(pattern).into_bytes()),
+        Duration::from_secs(30),
+    )
+    .await
+    .map(|_| ())
 }
 
 /// Creates `index` (under whatever template matches it) unless it exists already.
 pub async fn create_index(os: &OpenSearch, index: &str) -> Result<(), RequestError> {
-    match os.request(Method::Put, &format!("/{index}"), None, Duration::from_secs(30)).await {
+    match os
+        .request(
+            Method::Put,
+            &format!("/{index}"),
+            None,
+            Duration::from_secs(30),
+        )
+        .await
+    {
         Ok(_) => Ok(()),
         Err(e) if e.status == Some(400) && e.reason.contains("already_exists") => Ok(()),
         Err(e) => Err(e),

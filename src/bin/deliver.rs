@@ -40,7 +40,8 @@ async fn main() -> anyhow::Result<()> {
         template::create_index(&indexer.opensearch, &index).await?;
     }
     for path in &args.events {
-        let payload = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let payload =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
         let (response, summary) = indexer.handle(&payload, deadline).await?;
         println!("{}: {}", path.display(), serde_json::to_string(&response)?);
@@ -63,9 +64,16 @@ async fn main() -> anyhow::Result<()> {
 async fn show(indexer: &Indexer, index: &str) -> anyhow::Result<()> {
     use opensearch::http::Method;
     let t = Duration::from_secs(30);
-    indexer.opensearch.request(Method::Post, &format!("/{index}/_refresh"), None, t).await?;
-    let query = br#"{"size":100,"version":true,"sort":[{"_id":"asc"}],"query":{"match_all":{}}}"#.to_vec();
-    let (_, body) = indexer.opensearch.request(Method::Post, &format!("/{index}/_search"), Some(query), t).await?;
+    indexer
+        .opensearch
+        .request(Method::Post, &format!("/{index}/_refresh"), None, t)
+        .await?;
+    let query =
+        br#"{"size":100,"version":true,"sort":[{"_id":"asc"}],"query":{"match_all":{}}}"#.to_vec();
+    let (_, body) = indexer
+        .opensearch
+        .request(Method::Post, &format!("/{index}/_search"), Some(query), t)
+        .await?;
     #[derive(serde::Deserialize)]
     struct Res<'a> {
         #[serde(borrow)]
@@ -89,8 +97,20 @@ async fn show(indexer: &Indexer, index: &str) -> anyhow::Result<()> {
     println!("\n{} document(s) in {index}:", res.hits.hits.len());
     for h in res.hits.hits {
         let text = h.source.get();
-        let shown = if text.len() > 300 { format!("{}… ({} bytes)", &text[..text.floor_char_boundary(300)], text.len()) } else { text.to_string() };
-        println!("  {} (version {}): {shown}", h.id, h.version.map_or("-".into(), |v| v.to_string()));
+        let shown = if text.len() > 300 {
+            format!(
+                "{}… ({} bytes)",
+                &text[..text.floor_char_boundary(300)],
+                text.len()
+            )
+        } else {
+            text.to_string()
+        };
+        println!(
+            "  {} (version {}): {shown}",
+            h.id,
+            h.version.map_or("-".into(), |v| v.to_string())
+        );
     }
     Ok(())
 }

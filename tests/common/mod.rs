@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod workload;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
