@@ -1,7 +1,19 @@
 //! Keeps an OpenSearch index in step with a DynamoDB table through its stream.
 //!
 //! # Layout
+//! - [`config`]: environment configuration, validated once at cold start.
 //! - [`convert`]: DynamoDB JSON image → exact document JSON, streamed, no value tree.
+//! - [`docid`]: key attributes → document `_id`, injective, hashed past 512 bytes.
+//! - [`change`]: stream batch → one versioned index/delete per document id (last change wins).
+//! - [`bulk`]: changes → byte-bounded NDJSON bodies; `_bulk` responses → outcomes by position.
+//! - [`transport`]: the only HTTP to OpenSearch.
+//! - [`backoff`]: exponential backoff with full jitter; the only sleep.
+//! - [`dispatch`]: bodies in flight under adaptive concurrency, retried until the deadline.
+//! - [`quarantine`]: records no index can accept, kept durably with their payload.
+//! - [`handler`]: one invocation end to end, `batchItemFailures` and the accounting log line.
+//! - [`replay`]: re-drives quarantined records.
+//! - [`template`]: the index template, embedded.
+//! - [`telemetry`]: logging setup.
 pub mod backoff;
 pub mod bulk;
 pub mod change;
