@@ -14,16 +14,23 @@
 //! - [`replay`]: re-drives quarantined records.
 //! - [`template`]: the index template, embedded.
 //! - [`telemetry`]: logging setup.
+//! - [`aws`], [`ddb_json`]: AWS SDK configuration; SDK attribute values → DynamoDB JSON.
+//! - [`verify`]: table versus index, item by item, values exact.
+//! - [`runner`]: polls a stream and invokes the function as Lambda's event source mapping does.
+pub mod aws;
 pub mod backoff;
 pub mod bulk;
 pub mod change;
 pub mod config;
 pub mod convert;
+pub mod ddb_json;
 pub mod dispatch;
 pub mod docid;
 pub mod handler;
 pub mod quarantine;
 pub mod replay;
+pub mod runner;
 pub mod telemetry;
 pub mod template;
 pub mod transport;
+pub mod verify;

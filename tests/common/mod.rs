@@ -263,3 +263,119 @@ pub fn failures(
         .map(|f| f.item_identifier.clone().unwrap())
         .collect()
 }
+
+struct Dynamo {
+    url: String,
+    _child: Option<Child>,
+}
+
+static DYNAMO: OnceLock<Dynamo> = OnceLock::new();
+
+/// A local DynamoDB API with Streams: `DYNAMODB_ENDPOINT` when set, else a moto server started
+/// for this test process on a free port.
+pub fn dynamodb_url() -> String {
+    DYNAMO.get_or_init(start_dynamo).url.clone()
+}
+
+fn start_dynamo() -> Dynamo {
+    if let Ok(url) = std::env::var("DYNAMODB_ENDPOINT") {
+        return Dynamo { url, _child: None };
+    }
+    let out = Command::new(repo_root().join("infra/local.sh"))
+        .arg("osmem-bin")
+        .output()
+        .expect("infra/local.sh");
+    assert!(
+        out.status.success(),
+        "infra/local.sh install failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // moto has no parent watch: a shell holds it and kills it when our stdin pipe closes,
+    // which happens when this test process exits, however it exits.
+    let moto = repo_root().join("infra/.venv/bin/moto_server");
+    let script = format!(
+        "'{}' -H 127.0.0.1 -p {port} >/dev/null 2>&1 & pid=$!; cat >/dev/null; kill $pid",
+        moto.display()
+    );
+    let mut child = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start moto_server");
+    std::mem::forget(child.stdin.take());
+    let url = format!("http://127.0.0.1:{port}");
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Dynamo {
+                url,
+                _child: Some(child),
+            };
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("moto_server did not start on {url}");
+}
+
+pub async fn dynamo_clients() -> (aws_sdk_dynamodb::Client, aws_sdk_dynamodbstreams::Client) {
+    let sdk = stream_indexer::aws::sdk_config(Some(&dynamodb_url())).await;
+    (
+        aws_sdk_dynamodb::Client::new(&sdk),
+        aws_sdk_dynamodbstreams::Client::new(&sdk),
+    )
+}
+
+/// Creates a table keyed `pk` (S) + `sk` (N) with a NEW_AND_OLD_IMAGES stream; returns its ARN.
+pub async fn create_table(ddb: &aws_sdk_dynamodb::Client, name: &str) -> String {
+    use aws_sdk_dynamodb::types::*;
+    let out = ddb
+        .create_table()
+        .table_name(name)
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("pk")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("sk")
+                .key_type(KeyType::Range)
+                .build()
+                .unwrap(),
+        )
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("pk")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("sk")
+                .attribute_type(ScalarAttributeType::N)
+                .build()
+                .unwrap(),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .stream_specification(
+            StreamSpecification::builder()
+                .stream_enabled(true)
+                .stream_view_type(StreamViewType::NewAndOldImages)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    out.table_description.unwrap().latest_stream_arn.unwrap()
+}
