@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
-# Runs the function locally: starts a local OpenSearch-compatible server, applies the index
-# template, delivers the events/ fixtures to the handler in order, prints the resulting
-# documents, and stops the server. Set OPENSEARCH_URL to use a running cluster instead.
+# Runs the whole pipeline locally: builds, starts a local OpenSearch-compatible server and a
+# local DynamoDB with Streams, creates a table with a stream and an index from the template,
+# writes a few hundred changes, delivers the stream to the function as Lambda would, prints what
+# landed and the table-versus-index check, and stops the servers.
+# OPENSEARCH_URL / DYNAMODB_ENDPOINT point it at servers you run yourself instead.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-export OPENSEARCH_PORT="${OPENSEARCH_PORT:-9200}"
-started=""
+export OPENSEARCH_PORT="${OPENSEARCH_PORT:-9200}" DYNAMODB_PORT="${DYNAMODB_PORT:-8000}"
+cargo build --release --quiet --bin demo
+started=()
+cleanup() { for s in "${started[@]}"; do infra/local.sh stop "$s"; done; }
+trap cleanup EXIT
 if [ -z "${OPENSEARCH_URL:-}" ]; then
   infra/local.sh start os
-  started=1
+  started+=(os)
   export OPENSEARCH_URL="http://127.0.0.1:$OPENSEARCH_PORT"
 fi
-trap '[ -n "$started" ] && infra/local.sh stop os' EXIT
-export OPENSEARCH_INDEX="${OPENSEARCH_INDEX:-demo-items}"
-cargo build --release --quiet --bin deliver
-target/release/deliver --apply-template --show \
-  events/every-type.json events/insert.json events/modify.json events/mixed.json \
-  events/large-item.json events/remove.json events/ttl-remove.json
+if [ -z "${DYNAMODB_ENDPOINT:-}" ]; then
+  infra/local.sh start ddb
+  started+=(ddb)
+  export DYNAMODB_ENDPOINT="http://127.0.0.1:$DYNAMODB_PORT"
+fi
+export OPENSEARCH_INDEX="${OPENSEARCH_INDEX:-demo-items}" RUST_LOG="${RUST_LOG:-warn}"
+target/release/demo "$@"
