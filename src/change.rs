@@ -113,6 +113,8 @@ pub enum VersionSource {
     StreamTime,
     /// A top-level numeric attribute of the item.
     Attribute(String),
+    /// One version for every write of the batch (the backfill: from the time of its read).
+    Fixed(u64),
 }
 
 /// The changes of a batch and what became of every record.
@@ -132,7 +134,7 @@ impl VersionSource {
     /// newer change of the same second).
     pub fn version_type(&self) -> &'static str {
         match self {
-            VersionSource::StreamTime => "external_gte",
+            VersionSource::StreamTime | VersionSource::Fixed(_) => "external_gte",
             VersionSource::Attribute(_) => "external",
         }
     }
@@ -265,12 +267,13 @@ fn to_change(
             let mut doc = Vec::with_capacity(image.get().len() + raw_len + ACTION_LINE_ROOM);
             let attr = match versions {
                 VersionSource::Attribute(name) => Some(name.as_str()),
-                VersionSource::StreamTime => None,
+                VersionSource::StreamTime | VersionSource::Fixed(_) => None,
             };
             let span = convert::write_document_with_version(image.get(), &mut doc, attr)
                 .map_err(|e| format!("NewImage: {e}"))?;
             let version = match versions {
                 VersionSource::StreamTime => Some(stream_version()?),
+                VersionSource::Fixed(v) => Some(*v),
                 VersionSource::Attribute(name) => {
                     Some(attribute_version(name, span.map(|s| &doc[s]))?)
                 }
@@ -301,6 +304,7 @@ fn to_change(
         "REMOVE" => {
             let version = match versions {
                 VersionSource::StreamTime => Some(stream_version()?),
+                VersionSource::Fixed(v) => Some(*v),
                 // Versioned from the OldImage when the stream carries it; otherwise unversioned
                 // (README: "Versions" says what that gives up).
                 VersionSource::Attribute(name) => match data.old_image {

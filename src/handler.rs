@@ -93,7 +93,8 @@ impl Indexer {
         })
     }
 
-    fn versions(&self) -> VersionSource {
+    /// Where this indexer's versions come from (configuration).
+    pub fn versions(&self) -> VersionSource {
         match &self.config.version_attribute {
             Some(name) => VersionSource::Attribute(name.clone()),
             None => VersionSource::StreamTime,
@@ -117,9 +118,21 @@ impl Indexer {
         payload: &str,
         deadline: Instant,
     ) -> Result<Handled, InvocationError> {
+        self.handle_versioned(payload, deadline, &self.versions())
+            .await
+    }
+
+    /// Handles a batch with the given versions: the backfill's records are versioned by the
+    /// time of their read, not by their (synthetic) stream time.
+    pub async fn handle_versioned(
+        &self,
+        payload: &str,
+        deadline: Instant,
+        versions: &VersionSource,
+    ) -> Result<Handled, InvocationError> {
         let started = Instant::now();
         let cfg = &self.config;
-        let plan = change::plan(payload, &self.versions(), cfg.bulk_max_bytes)?;
+        let plan = change::plan(payload, versions, cfg.bulk_max_bytes)?;
         let stop_at = deadline.checked_sub(cfg.deadline_margin).unwrap_or(started);
         let limits = Limits {
             max_bytes: cfg.bulk_max_bytes,

@@ -16,8 +16,11 @@
 //! - [`telemetry`]: logging setup.
 //! - [`aws`], [`ddb_json`]: AWS SDK configuration; SDK attribute values → DynamoDB JSON.
 //! - [`verify`]: table versus index, item by item, values exact.
+//! - [`backfill`]: parallel, resumable, rate-limited scan into the index beside the live stream.
+//! - [`rebuild`]: zero-downtime rebuilds behind a read alias and a write alias.
 //! - [`runner`]: polls a stream and invokes the function as Lambda's event source mapping does.
 pub mod aws;
+pub mod backfill;
 pub mod backoff;
 pub mod bulk;
 pub mod change;
@@ -28,6 +31,7 @@ pub mod dispatch;
 pub mod docid;
 pub mod handler;
 pub mod quarantine;
+pub mod rebuild;
 pub mod replay;
 pub mod runner;
 pub mod telemetry;

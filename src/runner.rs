@@ -172,7 +172,11 @@ pub async fn run<F: Function>(
                     .send()
                     .await
                     .map_err(|e| {
-                        RunnerError(format!("GetShardIterator {}: {}", shard.id, aws_error(&e)))
+                        RunnerError(format!(
+                            "GetShardIterator {}: {}",
+                            shard.id,
+                            crate::aws::error_chain(&e)
+                        ))
                     })?;
                 iterators.insert(shard.id.clone(), it.shard_iterator);
             }
@@ -220,7 +224,7 @@ async fn fill(
             .limit(settings.batch_size.min(1000) as i32)
             .send()
             .await
-            .map_err(|e| RunnerError(format!("GetRecords: {}", aws_error(&e))))?;
+            .map_err(|e| RunnerError(format!("GetRecords: {}", crate::aws::error_chain(&e))))?;
         *iterator = out.next_shard_iterator;
         let records = out.records.unwrap_or_default();
         read += records.len();
@@ -432,7 +436,7 @@ async fn describe_shards(client: &Client, stream_arn: &str) -> Result<Vec<ShardI
             .set_exclusive_start_shard_id(start.clone())
             .send()
             .await
-            .map_err(|e| RunnerError(format!("DescribeStream: {}", aws_error(&e))))?;
+            .map_err(|e| RunnerError(format!("DescribeStream: {}", crate::aws::error_chain(&e))))?;
         let desc = out
             .stream_description
             .ok_or_else(|| RunnerError("DescribeStream: no description".into()))?;
@@ -447,17 +451,6 @@ async fn describe_shards(client: &Client, stream_arn: &str) -> Result<Vec<ShardI
             None => return Ok(shards),
         }
     }
-}
-
-fn aws_error<E: std::error::Error>(e: &E) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
 }
 
 /// The stream could not be read.

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue as A, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, StreamSpecification,
-    StreamViewType,
+    AttributeDefinition, AttributeValue as A, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType, StreamSpecification, StreamViewType,
 };
 use clap::Parser;
 use opensearch::http::Method;
@@ -43,15 +43,28 @@ async fn main() -> anyhow::Result<()> {
     let sdk = aws::sdk_config(args.endpoint_url.as_deref()).await;
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
 
-    println!("1. table {} with a NEW_AND_OLD_IMAGES stream, index {index} from the template", args.table);
+    println!(
+        "1. table {} with a NEW_AND_OLD_IMAGES stream, index {index} from the template",
+        args.table
+    );
     let _ = ddb.delete_table().table_name(&args.table).send().await;
     let stream_arn = create_table(&ddb, &args.table).await?;
-    let _ = indexer.opensearch.request(Method::Delete, &format!("/{index}"), None, Duration::from_secs(30)).await;
+    let _ = indexer
+        .opensearch
+        .request(
+            Method::Delete,
+            &format!("/{index}"),
+            None,
+            Duration::from_secs(30),
+        )
+        .await;
     template::apply(&indexer.opensearch, &format!("{index}-template"), &index).await?;
     template::create_index(&indexer.opensearch, &index).await?;
 
     let (puts, updates, deletes) = write_changes(&ddb, &args.table, args.items).await?;
-    println!("2. wrote {puts} items, updated {updates}, deleted {deletes} (every attribute type, two items near 400 KB)");
+    println!(
+        "2. wrote {puts} items, updated {updates}, deleted {deletes} (every attribute type, two items near 400 KB)"
+    );
 
     let started = Instant::now();
     let streams = aws_sdk_dynamodbstreams::Client::new(&sdk);
@@ -63,7 +76,10 @@ async fn main() -> anyhow::Result<()> {
         bisect: true,
         stop_when_idle: Some(Duration::from_secs(1)),
     };
-    let function = InProcess { indexer: &indexer, timeout: Duration::from_secs(60) };
+    let function = InProcess {
+        indexer: &indexer,
+        timeout: Duration::from_secs(60),
+    };
     let report = runner::run(&streams, &stream_arn, &function, &settings).await?;
     println!(
         "3. stream drained in {:.1} s: {} invocations, {} records delivered, {} completed, {} re-delivered, {} given up",
@@ -76,10 +92,23 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let c = verify::compare(&ddb, &args.table, &indexer.opensearch, &index).await?;
-    let query = br#"{"size":3,"query":{"match":{"tags":"blue"}},"_source":["pk","sk","price","tags"]}"#.to_vec();
-    let (_, body) = indexer.opensearch.request(Method::Post, &format!("/{index}/_search"), Some(query), Duration::from_secs(30)).await?;
+    let query =
+        br#"{"size":3,"query":{"match":{"tags":"blue"}},"_source":["pk","sk","price","tags"]}"#
+            .to_vec();
+    let (_, body) = indexer
+        .opensearch
+        .request(
+            Method::Post,
+            &format!("/{index}/_search"),
+            Some(query),
+            Duration::from_secs(30),
+        )
+        .await?;
     let res: serde_json::Value = serde_json::from_slice(&body)?;
-    println!("4. sample search (tags: blue), {} hits, first three:", res["hits"]["total"]["value"]);
+    println!(
+        "4. sample search (tags: blue), {} hits, first three:",
+        res["hits"]["total"]["value"]
+    );
     for hit in res["hits"]["hits"].as_array().into_iter().flatten() {
         println!("   {} {}", hit["_id"], hit["_source"]);
     }
@@ -97,8 +126,18 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn create_table(ddb: &aws_sdk_dynamodb::Client, table: &str) -> anyhow::Result<String> {
-    let key = |name: &str, kind| KeySchemaElement::builder().attribute_name(name).key_type(kind).build();
-    let def = |name: &str, kind| AttributeDefinition::builder().attribute_name(name).attribute_type(kind).build();
+    let key = |name: &str, kind| {
+        KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(kind)
+            .build()
+    };
+    let def = |name: &str, kind| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(kind)
+            .build()
+    };
     let out = ddb
         .create_table()
         .table_name(table)
@@ -107,16 +146,27 @@ async fn create_table(ddb: &aws_sdk_dynamodb::Client, table: &str) -> anyhow::Re
         .attribute_definitions(def("pk", ScalarAttributeType::S)?)
         .attribute_definitions(def("sk", ScalarAttributeType::N)?)
         .billing_mode(BillingMode::PayPerRequest)
-        .stream_specification(StreamSpecification::builder().stream_enabled(true).stream_view_type(StreamViewType::NewAndOldImages).build()?)
+        .stream_specification(
+            StreamSpecification::builder()
+                .stream_enabled(true)
+                .stream_view_type(StreamViewType::NewAndOldImages)
+                .build()?,
+        )
         .send()
         .await
         .with_context(|| format!("CreateTable {table}"))?;
-    out.table_description.and_then(|t| t.latest_stream_arn).context("the table has no stream")
+    out.table_description
+        .and_then(|t| t.latest_stream_arn)
+        .context("the table has no stream")
 }
 
 /// Puts `n` items, then updates a quarter and deletes a tenth of them. A small deterministic
 /// generator keeps the demo reproducible without a random-number dependency.
-async fn write_changes(ddb: &aws_sdk_dynamodb::Client, table: &str, n: usize) -> anyhow::Result<(usize, usize, usize)> {
+async fn write_changes(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    n: usize,
+) -> anyhow::Result<(usize, usize, usize)> {
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut next = move || {
         seed ^= seed << 13;
@@ -129,25 +179,58 @@ async fn write_changes(ddb: &aws_sdk_dynamodb::Client, table: &str, n: usize) ->
         let mut m = HashMap::new();
         m.insert("pk".into(), A::S(format!("product#{i:04}")));
         m.insert("sk".into(), A::N(format!("{}", i % 7)));
-        m.insert("name".into(), A::S(format!("Prodüct {i} «{}»", colors[(r % 4) as usize])));
+        m.insert(
+            "name".into(),
+            A::S(format!("Prodüct {i} «{}»", colors[(r % 4) as usize])),
+        );
         m.insert("price".into(), A::N(format!("{}.{:02}", r % 1000, r % 100)));
         m.insert("stock".into(), A::N(format!("{}", (r % 5000) as i64 - 100)));
-        m.insert("precise".into(), A::N(format!("1234567890123456789012345678901234567{}", r % 10)));
+        m.insert(
+            "precise".into(),
+            A::N(format!("1234567890123456789012345678901234567{}", r % 10)),
+        );
         m.insert("tiny".into(), A::N(format!("{}E-130", 1 + r % 9)));
         m.insert("huge".into(), A::N(format!("{}E+125", 1 + r % 9)));
         m.insert("active".into(), A::Bool(r % 3 != 0));
         m.insert("discontinued".into(), A::Null(true));
-        m.insert("thumbnail".into(), A::B(Blob::new(r.to_le_bytes().repeat(4))));
-        m.insert("tags".into(), A::Ss(vec![colors[(r % 4) as usize].into(), format!("batch-{}", i / 50)]));
-        m.insert("sizes".into(), A::Ns(vec!["36".into(), "38.5".into(), "42".into()]));
-        m.insert("checksums".into(), A::Bs(vec![Blob::new(vec![1u8, 2, 3]), Blob::new(vec![(r % 256) as u8])]));
-        m.insert("history".into(), A::L(vec![A::S(format!("v{version}")), A::S("created".into())]));
+        m.insert(
+            "thumbnail".into(),
+            A::B(Blob::new(r.to_le_bytes().repeat(4))),
+        );
+        m.insert(
+            "tags".into(),
+            A::Ss(vec![
+                colors[(r % 4) as usize].into(),
+                format!("batch-{}", i / 50),
+            ]),
+        );
+        m.insert(
+            "sizes".into(),
+            A::Ns(vec!["36".into(), "38.5".into(), "42".into()]),
+        );
+        m.insert(
+            "checksums".into(),
+            A::Bs(vec![
+                Blob::new(vec![1u8, 2, 3]),
+                Blob::new(vec![(r % 256) as u8]),
+            ]),
+        );
+        m.insert(
+            "history".into(),
+            A::L(vec![A::S(format!("v{version}")), A::S("created".into())]),
+        );
         m.insert(
             "dimensions".into(),
             A::M(HashMap::from([
                 ("w".to_string(), A::N(format!("{}", r % 300))),
                 ("unit".to_string(), A::S("cm".into())),
-                ("box".to_string(), A::M(HashMap::from([("fragile".to_string(), A::Bool(r % 2 == 0))]))),
+                (
+                    "box".to_string(),
+                    A::M(HashMap::from([(
+                        "fragile".to_string(),
+                        A::Bool(r % 2 == 0),
+                    )])),
+                ),
             ])),
         );
         m.insert("version".into(), A::N(version.to_string()));
@@ -158,12 +241,22 @@ async fn write_changes(ddb: &aws_sdk_dynamodb::Client, table: &str, n: usize) ->
     };
     for i in 0..n {
         let r = next();
-        ddb.put_item().table_name(table).set_item(Some(item(i, 1, r))).send().await.context("PutItem")?;
+        ddb.put_item()
+            .table_name(table)
+            .set_item(Some(item(i, 1, r)))
+            .send()
+            .await
+            .context("PutItem")?;
     }
     let (mut updates, mut deletes) = (0, 0);
     for i in (0..n).step_by(4) {
         let r = next();
-        ddb.put_item().table_name(table).set_item(Some(item(i, 2, r))).send().await.context("PutItem")?;
+        ddb.put_item()
+            .table_name(table)
+            .set_item(Some(item(i, 2, r)))
+            .send()
+            .await
+            .context("PutItem")?;
         updates += 1;
     }
     for i in (3..n).step_by(10) {

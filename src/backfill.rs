@@ -1,0 +1,584 @@
+//! Backfill: a parallel, resumable, rate-limited scan of the table into the index, through the
+//! same conversion, ids, bulk path, outcomes, versions and quarantine as the stream function.
+//!
+//! Each scanned page becomes a synthetic stream batch (INSERT records with the item as
+//! `NewImage`) handled by [`Indexer::handle_versioned`]. Versions, so that running beside the live
+//! stream is safe (README, "Backfill beside the live stream"):
+//! - stream-time versions: a page read at time `r` is written with version
+//!   `floor(r − skew)·1000 − 1` ms, below every stream change made at or after the read (their
+//!   versions are whole seconds ≥ floor(r)·1000), and above every change made more than `skew`
+//!   before it. A stream change after the read always wins; the read wins over older records.
+//!   Losing to a change made shortly before the read is safe: the stream delivers that change's
+//!   image, or a later one.
+//! - a version attribute: the item's own version, as the stream uses; equal means same change.
+//!
+//! Deletes made during the run leave tombstones that keep the backfill's older copies out; they
+//! must outlive the run, so `index.gc_deletes` is raised for it and restored afterwards.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
+use opensearch::http::Method;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::change::VersionSource;
+use crate::ddb_json;
+use crate::handler::{Indexer, RecordOutcome};
+use crate::transport::RequestError;
+use crate::verify;
+
+/// How a backfill runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub table: String,
+    /// Parallel scan segments; `None`: from the table size (see [`default_segments`]).
+    pub segments: Option<u32>,
+    /// Items per Scan page.
+    pub page_size: u32,
+    /// Most items read per second across all segments.
+    pub max_items_per_second: Option<f64>,
+    /// Most read capacity units consumed per second across all segments.
+    pub max_read_units_per_second: Option<f64>,
+    /// How far the local clock may be ahead of DynamoDB's; widens the margin of read versions.
+    pub clock_skew: Duration,
+    /// `index.gc_deletes` for the run (restored afterwards); `None` leaves it alone.
+    pub gc_deletes: Option<String>,
+    pub checkpoint: PathBuf,
+    pub resume: bool,
+    pub dry_run: bool,
+    /// Time each page may take to land, retries included.
+    pub page_timeout: Duration,
+}
+
+/// What a backfill did; `unaccounted()` is zero when every scanned item is accounted for.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub scanned: u64,
+    pub indexed: u64,
+    pub superseded: u64,
+    pub quarantined: u64,
+    pub failed: u64,
+    pub pages: u64,
+    pub millis: u64,
+    pub interrupted: bool,
+}
+
+impl Summary {
+    pub fn unaccounted(&self) -> u64 {
+        self.scanned
+            .saturating_sub(self.indexed + self.superseded + self.quarantined)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    #[error("{0}")]
+    Dynamo(String),
+    #[error(transparent)]
+    OpenSearch(#[from] RequestError),
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint { path: String, reason: String },
+    #[error(transparent)]
+    Verify(#[from] verify::VerifyError),
+}
+
+/// Segment positions, written after each page is confirmed in OpenSearch.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub table: String,
+    pub index: String,
+    pub total_segments: u32,
+    pub segments: Vec<SegmentPosition>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SegmentPosition {
+    pub done: bool,
+    /// The scan's LastEvaluatedKey after the last confirmed page, as DynamoDB JSON.
+    pub last_key: Option<String>,
+    pub scanned: u64,
+}
+
+impl Checkpoint {
+    pub fn load(path: &Path) -> Result<Checkpoint, BackfillError> {
+        let text = std::fs::read_to_string(path).map_err(|e| BackfillError::Checkpoint {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        serde_json::from_str(&text).map_err(|e| BackfillError::Checkpoint {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Written to a temporary file and renamed over the old one: a crash leaves either the old
+    /// or the new checkpoint, never half of one.
+    pub fn save(&self, path: &Path) -> Result<(), BackfillError> {
+        let fail = |e: std::io::Error| BackfillError::Checkpoint {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        };
+        let tmp = path.with_extension("tmp");
+        let text = serde_json::to_vec_pretty(self).expect("a checkpoint serializes");
+        {
+            use std::io::Write as _;
+            let mut f = std::fs::File::create(&tmp).map_err(fail)?;
+            f.write_all(&text).map_err(fail)?;
+            f.sync_all().map_err(fail)?;
+        }
+        std::fs::rename(&tmp, path).map_err(fail)
+    }
+}
+
+/// A sensible number of segments: one per 512 MiB of table, at least 4 (two cores' worth of
+/// overlap between reading and writing) and at most 256.
+pub fn default_segments(table_size_bytes: i64) -> u32 {
+    let per = 512 * 1024 * 1024;
+    ((table_size_bytes.max(0) / per) as u32 + 1).clamp(4, 256)
+}
+
+/// A token bucket shared by all segments: `acquire(n)` waits until `n` more units fit the rate.
+pub struct RateLimiter {
+    per_second: f64,
+    next_free: Mutex<Instant>,
+}
+
+impl RateLimiter {
+    pub fn new(per_second: f64) -> RateLimiter {
+        RateLimiter {
+            per_second,
+            next_free: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Books `units` and waits until the booking starts.
+    pub async fn acquire(&self, units: f64) {
+        let start = {
+            let mut next = self.next_free.lock().await;
+            let now = Instant::now();
+            let start = (*next).max(now);
+            *next = start + Duration::from_secs_f64(units / self.per_second);
+            start
+        };
+        tokio::time::sleep_until(start).await;
+    }
+}
+
+struct Shared<'a> {
+    indexer: &'a Indexer,
+    ddb: &'a aws_sdk_dynamodb::Client,
+    opts: &'a Options,
+    key_names: Vec<String>,
+    checkpoint: Mutex<Checkpoint>,
+    items_limit: Option<RateLimiter>,
+    units_limit: Option<RateLimiter>,
+    stop: &'a AtomicBool,
+    scanned: &'a AtomicU64,
+    summary: Mutex<Summary>,
+}
+
+/// Runs the backfill. `scanned` counts items as they are read (for a progress bar); setting
+/// `stop` ends the run after the pages in flight, leaving a checkpoint to resume from.
+pub async fn run(
+    indexer: &Indexer,
+    ddb: &aws_sdk_dynamodb::Client,
+    opts: &Options,
+    stop: &AtomicBool,
+    scanned: &AtomicU64,
+) -> Result<Summary, BackfillError> {
+    let started = Instant::now();
+    let index = indexer.config.index.clone();
+    let key_names = verify::key_names(ddb, &opts.table).await?;
+    if key_names.is_empty() {
+        return Err(BackfillError::Dynamo(format!(
+            "table {} has no key schema",
+            opts.table
+        )));
+    }
+    let checkpoint = if opts.resume {
+        let c = Checkpoint::load(&opts.checkpoint)?;
+        if c.table != opts.table || c.index != index {
+            return Err(BackfillError::Checkpoint {
+                path: opts.checkpoint.display().to_string(),
+                reason: format!(
+                    "it is for table {} and index {}, not {} and {index}",
+                    c.table, c.index, opts.table
+                ),
+            });
+        }
+        scanned.store(
+            c.segments.iter().map(|s| s.scanned).sum(),
+            Ordering::Relaxed,
+        );
+        c
+    } else {
+        let total = match opts.segments {
+            Some(n) => n,
+            None => default_segments(table_size(ddb, &opts.table).await?.1),
+        };
+        Checkpoint {
+            table: opts.table.clone(),
+            index: index.clone(),
+            total_segments: total,
+            segments: vec![
+                SegmentPosition {
+                    done: false,
+                    last_key: None,
+                    scanned: 0
+                };
+                total as usize
+            ],
+        }
+    };
+    if !opts.dry_run {
+        checkpoint.save(&opts.checkpoint)?;
+    }
+    let previous_gc = match (&opts.gc_deletes, opts.dry_run) {
+        (Some(value), false) => Some(set_gc_deletes(indexer, &index, Some(value)).await?),
+        _ => None,
+    };
+    let total = checkpoint.total_segments;
+    let todo: Vec<u32> = (0..total)
+        .filter(|&i| !checkpoint.segments[i as usize].done)
+        .collect();
+    let shared = Shared {
+        indexer,
+        ddb,
+        opts,
+        key_names,
+        checkpoint: Mutex::new(checkpoint),
+        items_limit: opts.max_items_per_second.map(RateLimiter::new),
+        units_limit: opts.max_read_units_per_second.map(RateLimiter::new),
+        stop,
+        scanned,
+        summary: Mutex::new(Summary::default()),
+    };
+    let results = futures::future::join_all(
+        todo.into_iter()
+            .map(|segment| scan_segment(&shared, segment, total)),
+    )
+    .await;
+    if let Some(previous) = previous_gc {
+        set_gc_deletes(indexer, &index, previous.as_deref()).await?;
+    }
+    let mut summary = shared.summary.into_inner();
+    summary.millis = started.elapsed().as_millis() as u64;
+    summary.interrupted = stop.load(Ordering::Relaxed);
+    for r in results {
+        r?;
+    }
+    Ok(summary)
+}
+
+/// The table's estimated item count and size in bytes (DescribeTable, updated about every 6 h).
+pub async fn table_size(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> Result<(i64, i64), BackfillError> {
+    let t = ddb
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .map_err(|e| {
+            BackfillError::Dynamo(format!(
+                "DescribeTable {table}: {}",
+                crate::aws::error_chain(&e)
+            ))
+        })?
+        .table
+        .ok_or_else(|| BackfillError::Dynamo(format!("DescribeTable {table}: no table")))?;
+    Ok((t.item_count.unwrap_or(0), t.table_size_bytes.unwrap_or(0)))
+}
+
+async fn scan_segment(shared: &Shared<'_>, segment: u32, total: u32) -> Result<(), BackfillError> {
+    let opts = shared.opts;
+    let mut start_key: Option<HashMap<String, AttributeValue>> = {
+        let c = shared.checkpoint.lock().await;
+        c.segments[segment as usize]
+            .last_key
+            .as_deref()
+            .map(parse_key)
+            .transpose()?
+    };
+    let mut page_number = 0u64;
+    loop {
+        if shared.stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if let Some(l) = &shared.items_limit {
+            l.acquire(opts.page_size as f64).await;
+        }
+        // The read time is taken before the request: the page reflects the table at some point
+        // after it, so versions from it are never too high.
+        let read_at = SystemTime::now();
+        let page = shared
+            .ddb
+            .scan()
+            .table_name(&opts.table)
+            .segment(segment as i32)
+            .total_segments(total as i32)
+            .consistent_read(true)
+            .limit(opts.page_size as i32)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .set_exclusive_start_key(start_key.clone())
+            .send()
+            .await
+            .map_err(|e| {
+                BackfillError::Dynamo(format!(
+                    "Scan {} segment {segment}: {}",
+                    opts.table,
+                    crate::aws::error_chain(&e)
+                ))
+            })?;
+        if let (Some(l), Some(units)) = (
+            &shared.units_limit,
+            page.consumed_capacity
+                .as_ref()
+                .and_then(|c| c.capacity_units),
+        ) {
+            l.acquire(units).await;
+        }
+        let items = page.items.unwrap_or_default();
+        shared
+            .scanned
+            .fetch_add(items.len() as u64, Ordering::Relaxed);
+        page_number += 1;
+        if !items.is_empty() {
+            land_page(shared, segment, page_number, &items, read_at).await?;
+        }
+        let last = page.last_evaluated_key.filter(|k| !k.is_empty());
+        if !opts.dry_run {
+            let mut c = shared.checkpoint.lock().await;
+            let pos = &mut c.segments[segment as usize];
+            pos.scanned += items.len() as u64;
+            pos.done = last.is_none();
+            pos.last_key = last.as_ref().map(|k| {
+                let mut s = String::new();
+                ddb_json::table::write_item(&mut s, k);
+                s
+            });
+            c.save(&opts.checkpoint)?;
+        }
+        match last {
+            Some(k) => start_key = Some(k),
+            None => return Ok(()),
+        }
+    }
+}
+
+/// Writes one page through the handler and waits until every item is accounted for; returns
+/// an error (leaving the checkpoint before this page) if some item could not be confirmed.
+async fn land_page(
+    shared: &Shared<'_>,
+    segment: u32,
+    page: u64,
+    items: &[HashMap<String, AttributeValue>],
+    read_at: SystemTime,
+) -> Result<(), BackfillError> {
+    let opts = shared.opts;
+    let read_secs = read_at
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let safe_secs = read_secs.saturating_sub(opts.clock_skew.as_secs().max(1));
+    let versions = match &shared.indexer.config.version_attribute {
+        Some(name) => VersionSource::Attribute(name.clone()),
+        None => VersionSource::Fixed((safe_secs * 1000).saturating_sub(1)),
+    };
+    let payload = synthetic_batch(
+        &opts.table,
+        &shared.key_names,
+        segment,
+        page,
+        items,
+        safe_secs.saturating_sub(1),
+    );
+    if opts.dry_run {
+        let plan = crate::change::plan(&payload, &versions, shared.indexer.config.bulk_max_bytes)
+            .map_err(|e| BackfillError::Dynamo(e.to_string()))?;
+        let mut s = shared.summary.lock().await;
+        s.scanned += items.len() as u64;
+        s.pages += 1;
+        for r in &plan.records {
+            match &r.disposition {
+                crate::change::Disposition::Invalid(_) => s.failed += 1,
+                _ => s.indexed += 1,
+            }
+        }
+        return Ok(());
+    }
+    let deadline = Instant::now() + opts.page_timeout;
+    let handled = shared
+        .indexer
+        .handle_versioned(&payload, deadline, &versions)
+        .await
+        .map_err(|e| BackfillError::Dynamo(format!("segment {segment} page {page}: {e}")))?;
+    let mut s = shared.summary.lock().await;
+    s.scanned += items.len() as u64;
+    s.pages += 1;
+    let mut failed = 0;
+    for o in &handled.outcomes {
+        match o {
+            RecordOutcome::Indexed | RecordOutcome::Deleted => s.indexed += 1,
+            RecordOutcome::Superseded => s.superseded += 1,
+            RecordOutcome::Quarantined(_) => s.quarantined += 1,
+            RecordOutcome::Reported(_) => failed += 1,
+        }
+    }
+    s.failed += failed;
+    if failed > 0 {
+        let reason = handled
+            .outcomes
+            .iter()
+            .find_map(|o| match o {
+                RecordOutcome::Reported(r) => Some(r.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        return Err(BackfillError::Dynamo(format!(
+            "segment {segment} page {page}: {failed} item(s) not confirmed in time ({reason}); --resume continues from the last confirmed page"
+        )));
+    }
+    Ok(())
+}
+
+/// A page as a stream batch of INSERT records: the same conversion, ids and quarantine entries
+/// (with a replayable record) as the stream.
+pub fn synthetic_batch(
+    table: &str,
+    key_names: &[String],
+    segment: u32,
+    page: u64,
+    items: &[HashMap<String, AttributeValue>],
+    approximate_secs: u64,
+) -> String {
+    let mut out = String::from("{\"Records\":[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let keys: HashMap<String, AttributeValue> = key_names
+            .iter()
+            .filter_map(|k| item.get(k).map(|v| (k.clone(), v.clone())))
+            .collect();
+        let id = format!("backfill-{segment}-{page}-{i}");
+        out.push_str(&format!(
+            "{{\"eventID\":\"{id}\",\"eventName\":\"INSERT\",\"eventSource\":\"backfill\",\"eventSourceARN\":{},\"dynamodb\":{{\"ApproximateCreationDateTime\":{approximate_secs},\"SequenceNumber\":\"{id}\",\"StreamViewType\":\"NEW_IMAGE\",\"Keys\":",
+            serde_json::to_string(&format!("backfill:{table}")).expect("string")
+        ));
+        ddb_json::table::write_item(&mut out, &keys);
+        out.push_str(",\"NewImage\":");
+        ddb_json::table::write_item(&mut out, item);
+        out.push_str("}}");
+    }
+    out.push_str("]}");
+    out
+}
+
+fn parse_key(text: &str) -> Result<HashMap<String, AttributeValue>, BackfillError> {
+    #[derive(Deserialize)]
+    enum V {
+        S(String),
+        N(String),
+        B(String),
+    }
+    let bad = |e: String| BackfillError::Checkpoint {
+        path: "checkpoint".into(),
+        reason: format!("bad last_key: {e}"),
+    };
+    let map: HashMap<String, V> = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+    map.into_iter()
+        .map(|(k, v)| {
+            Ok((
+                k,
+                match v {
+                    V::S(s) => AttributeValue::S(s),
+                    V::N(n) => AttributeValue::N(n),
+                    V::B(b) => {
+                        use base64::Engine as _;
+                        let bytes = base64::engine::general_purpose::STANDARD
+                            .decode(b)
+                            .map_err(|e| bad(e.to_string()))?;
+                        AttributeValue::B(aws_sdk_dynamodb::primitives::Blob::new(bytes))
+                    }
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Sets `index.gc_deletes` on `index` (or resets it with `None`); returns the previous value
+/// (`None` when it was the default).
+pub async fn set_gc_deletes(
+    indexer: &Indexer,
+    index: &str,
+    value: Option<&str>,
+) -> Result<Option<String>, RequestError> {
+    let os = &indexer.opensearch;
+    let t = Duration::from_secs(30);
+    let (_, body) = os
+        .request(
+            Method::Get,
+            &format!("/{index}/_settings/index.gc_deletes"),
+            None,
+            t,
+        )
+        .await?;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let previous = v
+        .as_object()
+        .and_then(|m| m.values().next())
+        .and_then(|s| s["settings"]["index"]["gc_deletes"].as_str())
+        .map(str::to_string);
+    let body = serde_json::json!({"index": {"gc_deletes": value}});
+    os.request(
+        Method::Put,
+        &format!("/{index}/_settings"),
+        Some(body.to_string().into_bytes()),
+        t,
+    )
+    .await?;
+    Ok(previous)
+}
+
+/// Stops the run after the pages in flight on Ctrl-C.
+pub fn stop_on_ctrl_c(stop: Arc<AtomicBool>) {
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            stop.store(true, Ordering::Relaxed);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_grow_with_the_table() {
+        assert_eq!(default_segments(0), 4);
+        assert_eq!(default_segments(10 * 1024 * 1024 * 1024), 21);
+        assert_eq!(default_segments(i64::MAX), 256);
+    }
+
+    #[test]
+    fn a_key_survives_the_checkpoint() {
+        let mut key = HashMap::new();
+        key.insert("pk".to_string(), AttributeValue::S("a|\"b".into()));
+        key.insert("sk".to_string(), AttributeValue::N("1E+3".into()));
+        key.insert(
+            "bk".to_string(),
+            AttributeValue::B(aws_sdk_dynamodb::primitives::Blob::new(vec![0u8, 255])),
+        );
+        let mut s = String::new();
+        ddb_json::table::write_item(&mut s, &key);
+        assert_eq!(parse_key(&s).unwrap(), key);
+    }
+}

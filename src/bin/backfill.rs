@@ -1,0 +1,191 @@
+//! Copies the items already in a table into the index, safe while the stream is live.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use stream_indexer::backfill::{self, Options};
+use stream_indexer::config::Config;
+use stream_indexer::handler::Indexer;
+use stream_indexer::{aws, rebuild, telemetry};
+
+/// Backfill a DynamoDB table into OpenSearch with a parallel scan.
+///
+/// Uses the same OPENSEARCH_* (and VERSION_ATTRIBUTE, QUARANTINE_INDEX, BULK_*) configuration as
+/// the stream function, and the same conversion, ids, versions and quarantine, so it is safe to
+/// run while the stream function is live: a change the stream writes after the scan read an item
+/// always wins over the scanned copy.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// The table to scan.
+    #[arg(long, required_unless_present = "rollback")]
+    table: Option<String>,
+    /// DynamoDB endpoint (a local server); default: the AWS endpoint of the configured region.
+    #[arg(long, env = "DYNAMODB_ENDPOINT")]
+    endpoint_url: Option<String>,
+    /// Parallel scan segments. Default: one per 512 MiB of table, at least 4, at most 256.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    segments: Option<u32>,
+    /// Items per Scan page (each page is confirmed in OpenSearch before the next is read).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    page_size: u32,
+    /// Most items read per second, across all segments. Default: no limit.
+    #[arg(long)]
+    max_items_per_second: Option<f64>,
+    /// Most read capacity units consumed per second (consistent reads cost 1 per 4 KB).
+    /// Default: no limit. Keep it well under the table's provisioned or usual on-demand rate.
+    #[arg(long)]
+    max_read_units_per_second: Option<f64>,
+    /// How far this machine's clock may be ahead of DynamoDB's, in seconds. Scanned copies are
+    /// versioned this much earlier than their read, so no later stream change can lose to them.
+    #[arg(long, default_value_t = 5)]
+    clock_skew: u64,
+    /// index.gc_deletes during the run (restored afterwards): deletes stay remembered at least
+    /// this long, so a scanned copy of an item deleted meanwhile cannot come back. Must exceed
+    /// the run's length.
+    #[arg(long, default_value = "12h")]
+    gc_deletes: String,
+    /// Checkpoint file: each segment's position, written after its page is confirmed.
+    #[arg(long, default_value = "backfill.checkpoint.json")]
+    checkpoint: PathBuf,
+    /// Continue from the checkpoint file instead of starting over.
+    #[arg(long)]
+    resume: bool,
+    /// Convert and count without writing anything.
+    #[arg(long)]
+    dry_run: bool,
+    /// Seconds one page may take to land in OpenSearch, retries included.
+    #[arg(long, default_value_t = 300)]
+    page_timeout: u64,
+    /// Zero-downtime rebuild of NAME: create NAME-<timestamp> from the template, move the write
+    /// alias NAME-write (the stream function's OPENSEARCH_INDEX) to it, backfill it, then move
+    /// the read alias NAME to it atomically. The old index is kept for --rollback.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["resume", "dry_run"])]
+    rebuild: Option<String>,
+    /// Point the aliases NAME and NAME-write back at the index before the current one.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["rebuild", "resume", "dry_run"])]
+    rollback: Option<String>,
+    /// No progress bar (logs and the final summary only).
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init();
+    let args = Args::parse();
+    let mut config = Config::from_env()?;
+    if let Some(name) = &args.rollback {
+        let indexer = Indexer::new(config).await?;
+        let (from, to) = rebuild::rollback(&indexer.opensearch, name).await?;
+        println!(
+            "rolled back {name} (and {}) from {from} to {to}",
+            rebuild::write_alias(name)
+        );
+        return Ok(());
+    }
+    let table = args.table.clone().expect("clap requires --table");
+    let mut rebuilding = None;
+    if let Some(name) = &args.rebuild {
+        let indexer = Indexer::new(config.clone()).await?;
+        let index = rebuild::start(&indexer.opensearch, name, &args.gc_deletes).await?;
+        println!(
+            "rebuild: created {index}; stream writes ({}) now land there",
+            rebuild::write_alias(name)
+        );
+        config.index = index.clone();
+        rebuilding = Some((name.clone(), index));
+    }
+    let indexer = Indexer::new(config).await?;
+    let sdk = aws::sdk_config(args.endpoint_url.as_deref()).await;
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let opts = Options {
+        table: table.clone(),
+        segments: args.segments,
+        page_size: args.page_size,
+        max_items_per_second: args.max_items_per_second,
+        max_read_units_per_second: args.max_read_units_per_second,
+        clock_skew: Duration::from_secs(args.clock_skew),
+        // A rebuild's new index was created with it already.
+        gc_deletes: rebuilding.is_none().then(|| args.gc_deletes.clone()),
+        checkpoint: args.checkpoint.clone(),
+        resume: args.resume,
+        dry_run: args.dry_run,
+        page_timeout: Duration::from_secs(args.page_timeout),
+    };
+    let (estimate, _) = backfill::table_size(&ddb, &table).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    backfill::stop_on_ctrl_c(stop.clone());
+    let scanned = Arc::new(AtomicU64::new(0));
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(estimate.max(0) as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} items  {per_sec}  ETA {eta}",
+        )
+        .expect("a valid template"),
+    );
+    let ticker = {
+        let (bar, scanned) = (bar.clone(), scanned.clone());
+        tokio::spawn(async move {
+            loop {
+                let n = scanned.load(Ordering::Relaxed);
+                if n > bar.length().unwrap_or(0) {
+                    bar.set_length(n);
+                }
+                bar.set_position(n);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let result = backfill::run(&indexer, &ddb, &opts, &stop, &scanned).await;
+    ticker.abort();
+    bar.finish_and_clear();
+    let s = match result {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("backfill failed: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    let secs = s.millis as f64 / 1000.0;
+    println!(
+        "{}scanned {} indexed {} superseded {} quarantined {} failed {} in {:.1} s ({:.0} items/s)",
+        if args.dry_run { "dry run: " } else { "" },
+        s.scanned,
+        s.indexed,
+        s.superseded,
+        s.quarantined,
+        s.failed,
+        secs,
+        s.scanned as f64 / secs.max(0.001)
+    );
+    if s.interrupted {
+        println!(
+            "stopped early; continue with --resume (checkpoint {})",
+            args.checkpoint.display()
+        );
+        std::process::exit(130);
+    }
+    if s.unaccounted() > 0 || s.failed > 0 {
+        println!(
+            "{} item(s) not accounted for",
+            s.unaccounted().max(s.failed)
+        );
+        std::process::exit(1);
+    }
+    if let Some((name, index)) = rebuilding {
+        let previous = rebuild::finish(&indexer.opensearch, &name, &index).await?;
+        println!(
+            "rebuild: readers ({name}) switched to {index}; previous {previous:?} kept (undo with --rollback {name})"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,399 @@
+//! The backfill against a local DynamoDB (moto) and the local OpenSearch-compatible server.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::time::Duration;
+
+use aws_sdk_dynamodb::primitives::Blob;
+use aws_sdk_dynamodb::types::{AttributeValue as A, PutRequest, WriteRequest};
+use common::*;
+use stream_indexer::backfill::{self, Checkpoint, Options};
+use stream_indexer::runner::{self, InProcess, Settings};
+use stream_indexer::{rebuild, verify};
+
+fn item(i: usize, version: u32) -> HashMap<String, A> {
+    let mut m = HashMap::new();
+    m.insert("pk".into(), A::S(format!("user#{i:05}")));
+    m.insert("sk".into(), A::N(format!("{}", i % 3)));
+    m.insert("name".into(), A::S(format!("Nämé \"{i}\" 😀 v{version}")));
+    m.insert(
+        "balance".into(),
+        A::N(format!("{i}12345678901234567890123456789.{version}")),
+    );
+    m.insert("exp".into(), A::N(format!("{}E+{}", i % 9 + 1, i % 120)));
+    m.insert("neg".into(), A::N(format!("-{}E-{}", i % 9 + 1, i % 130)));
+    m.insert(
+        "bin".into(),
+        A::B(Blob::new(vec![(i % 256) as u8, 0, 255, version as u8])),
+    );
+    m.insert("ok".into(), A::Bool(i % 2 == 0));
+    m.insert("gone".into(), A::Null(true));
+    m.insert("ss".into(), A::Ss(vec!["x".into(), format!("y{i}")]));
+    m.insert("ns".into(), A::Ns(vec!["1".into(), format!("{i}.25")]));
+    m.insert(
+        "bs".into(),
+        A::Bs(vec![
+            Blob::new(vec![1u8]),
+            Blob::new(vec![2u8, (i % 256) as u8]),
+        ]),
+    );
+    m.insert(
+        "l".into(),
+        A::L(vec![A::S("a".into()), A::S(format!("v{version}"))]),
+    );
+    m.insert(
+        "m".into(),
+        A::M(HashMap::from([(
+            "deep".to_string(),
+            A::M(HashMap::from([(
+                "n".to_string(),
+                A::N(format!("{version}")),
+            )])),
+        )])),
+    );
+    m
+}
+
+async fn populate(ddb: &aws_sdk_dynamodb::Client, table: &str, n: usize) {
+    for chunk in (0..n).collect::<Vec<_>>().chunks(25) {
+        let writes: Vec<WriteRequest> = chunk
+            .iter()
+            .map(|&i| {
+                WriteRequest::builder()
+                    .put_request(
+                        PutRequest::builder()
+                            .set_item(Some(item(i, 1)))
+                            .build()
+                            .unwrap(),
+                    )
+                    .build()
+            })
+            .collect();
+        let out = ddb
+            .batch_write_item()
+            .request_items(table, writes)
+            .send()
+            .await
+            .unwrap();
+        assert!(out.unprocessed_items.unwrap_or_default().is_empty());
+    }
+}
+
+fn options(table: &str, checkpoint: &std::path::Path) -> Options {
+    Options {
+        table: table.into(),
+        segments: Some(4),
+        page_size: 200,
+        max_items_per_second: None,
+        max_read_units_per_second: None,
+        clock_skew: Duration::from_secs(5),
+        gc_deletes: Some("1h".into()),
+        checkpoint: checkpoint.into(),
+        resume: false,
+        dry_run: false,
+        page_timeout: Duration::from_secs(120),
+    }
+}
+
+fn temp_path(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("{}-{name}", unique_index("ckpt")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_of_every_type_lands_exactly() {
+    let (ddb, _) = dynamo_clients().await;
+    let table = unique_index("bf");
+    create_table(&ddb, &table).await;
+    populate(&ddb, &table, 3000).await;
+    let index = unique_index("bf-idx");
+    create_index(&index).await;
+    let indexer = indexer(&opensearch_url(), &index, &[]).await;
+    let ckpt = temp_path("all.json");
+
+    let dry = backfill::run(
+        &indexer,
+        &ddb,
+        &Options {
+            dry_run: true,
+            ..options(&table, &ckpt)
+        },
+        &AtomicBool::new(false),
+        &AtomicU64::new(0),
+    )
+    .await
+    .unwrap();
+    assert_eq!((dry.scanned, dry.indexed, dry.failed), (3000, 3000, 0));
+    assert!(
+        verify::documents(&indexer.opensearch, &index)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a dry run writes nothing"
+    );
+
+    let s = backfill::run(
+        &indexer,
+        &ddb,
+        &options(&table, &ckpt),
+        &AtomicBool::new(false),
+        &AtomicU64::new(0),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (s.scanned, s.indexed, s.unaccounted(), s.failed),
+        (3000, 3000, 0, 0),
+        "{s:?}"
+    );
+    let c = verify::compare(&ddb, &table, &indexer.opensearch, &index)
+        .await
+        .unwrap();
+    assert!(c.ok() && c.table_items == 3000, "{c:?}");
+    let checkpoint = Checkpoint::load(&ckpt).unwrap();
+    assert!(checkpoint.segments.iter().all(|s| s.done));
+    assert_eq!(
+        checkpoint.segments.iter().map(|s| s.scanned).sum::<u64>(),
+        3000
+    );
+    // gc_deletes is back to the default.
+    let settings = http()
+        .get(format!("{}/{index}/_settings", opensearch_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!settings.contains("gc_deletes"), "{settings}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_midway_resumes_from_its_checkpoint() {
+    let (ddb, _) = dynamo_clients().await;
+    let table = unique_index("bfkill");
+    create_table(&ddb, &table).await;
+    populate(&ddb, &table, 2000).await;
+    let index = unique_index("bfkill-idx");
+    create_index(&index).await;
+    let ckpt = temp_path("kill.json");
+    let run = |resume: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"));
+        cmd.args([
+            "--table",
+            &table,
+            "--segments",
+            "2",
+            "--page-size",
+            "100",
+            "--max-items-per-second",
+            "400",
+            "--quiet",
+        ])
+        .arg("--checkpoint")
+        .arg(&ckpt)
+        .env("OPENSEARCH_URL", opensearch_url())
+        .env("OPENSEARCH_INDEX", &index)
+        .env("DYNAMODB_ENDPOINT", dynamodb_url())
+        .env("RUST_LOG", "warn");
+        if resume {
+            cmd.arg("--resume");
+        }
+        cmd
+    };
+    let mut child = run(false).spawn().unwrap();
+    // Kill it (SIGKILL: no chance to clean up) once some pages are confirmed.
+    let mut confirmed = 0;
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Ok(c) = Checkpoint::load(&ckpt) {
+            confirmed = c.segments.iter().map(|s| s.scanned).sum::<u64>();
+            if confirmed >= 600 {
+                break;
+            }
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        (600..2000).contains(&confirmed),
+        "killed midway: {confirmed} confirmed"
+    );
+    let before = Checkpoint::load(&ckpt).unwrap();
+    assert!(before.segments.iter().any(|s| !s.done));
+
+    let out = run(true).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let indexer = indexer(&opensearch_url(), &index, &[]).await;
+    let c = verify::compare(&ddb, &table, &indexer.opensearch, &index)
+        .await
+        .unwrap();
+    assert!(c.ok() && c.table_items == 2000, "{c:?}");
+    let after = Checkpoint::load(&ckpt).unwrap();
+    assert!(after.segments.iter().all(|s| s.done));
+    // The resumed run read only what the killed run had not confirmed (a page in flight at the
+    // kill is read again).
+    let resumed_scanned: u64 = stdout
+        .split_whitespace()
+        .skip_while(|w| *w != "scanned")
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        resumed_scanned <= 2000 - before.segments.iter().map(|s| s.scanned).sum::<u64>(),
+        "{stdout}"
+    );
+}
+
+/// Writes and deletes during the backfill, their stream records delivered to the handler at the
+/// same time: afterwards the index equals the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_during_the_backfill_converge_to_the_table() {
+    let (ddb, streams) = dynamo_clients().await;
+    let table = unique_index("bflive");
+    let stream_arn = create_table(&ddb, &table).await;
+    populate(&ddb, &table, 1500).await;
+    let index = unique_index("bflive-idx");
+    create_index(&index).await;
+    let indexer = indexer(&opensearch_url(), &index, &[]).await;
+    let ckpt = temp_path("live.json");
+    let opts = Options {
+        max_items_per_second: Some(1000.0),
+        page_size: 100,
+        ..options(&table, &ckpt)
+    };
+
+    let writer = async {
+        for round in 0..6 {
+            for i in (round..1500).step_by(37) {
+                if i % 5 == 0 {
+                    ddb.delete_item()
+                        .table_name(&table)
+                        .key("pk", A::S(format!("user#{i:05}")))
+                        .key("sk", A::N(format!("{}", i % 3)))
+                        .send()
+                        .await
+                        .unwrap();
+                } else {
+                    ddb.put_item()
+                        .table_name(&table)
+                        .set_item(Some(item(i, round as u32 + 2)))
+                        .send()
+                        .await
+                        .unwrap();
+                }
+            }
+            for i in 0..10 {
+                ddb.put_item()
+                    .table_name(&table)
+                    .set_item(Some(item(2000 + round * 10 + i, 1)))
+                    .send()
+                    .await
+                    .unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    };
+    let settings = Settings {
+        batch_size: 200,
+        batching_window: Duration::from_millis(100),
+        trim_horizon: true,
+        max_retry_attempts: Some(10),
+        bisect: false,
+        stop_when_idle: Some(Duration::from_secs(1)),
+    };
+    let function = InProcess {
+        indexer: &indexer,
+        timeout: Duration::from_secs(60),
+    };
+    let (stop, scanned) = (AtomicBool::new(false), AtomicU64::new(0));
+    let (summary, (), delivered) = tokio::join!(
+        backfill::run(&indexer, &ddb, &opts, &stop, &scanned),
+        writer,
+        runner::run(&streams, &stream_arn, &function, &settings),
+    );
+    let summary = summary.unwrap();
+    assert_eq!(summary.unaccounted(), 0, "{summary:?}");
+    // Drain whatever the stream still holds (a fresh reader: everything again, in order).
+    let rest = runner::run(&streams, &stream_arn, &function, &settings)
+        .await
+        .unwrap();
+    assert_eq!(delivered.unwrap().gave_up + rest.gave_up, 0);
+    let c = verify::compare(&ddb, &table, &indexer.opensearch, &index)
+        .await
+        .unwrap();
+    assert!(c.ok(), "{c:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_switches_the_read_alias_and_keeps_the_old_index_for_rollback() {
+    let (ddb, _) = dynamo_clients().await;
+    let table = unique_index("bfrb");
+    create_table(&ddb, &table).await;
+    populate(&ddb, &table, 300).await;
+    let name = unique_index("rb");
+    let os = indexer(&opensearch_url(), "unused", &[]).await.opensearch;
+
+    let mut built = Vec::new();
+    for _ in 0..2 {
+        let index = rebuild::start(&os, &name, "1h").await.unwrap();
+        assert_eq!(
+            rebuild::alias_targets(&os, &rebuild::write_alias(&name))
+                .await
+                .unwrap(),
+            [index.clone()],
+            "writes go to the new index first"
+        );
+        let readers_before = rebuild::alias_targets(&os, &name).await.unwrap();
+        assert_eq!(
+            readers_before,
+            built.last().cloned().into_iter().collect::<Vec<_>>(),
+            "reads stay on the old index"
+        );
+        let indexer = indexer(&opensearch_url(), &index, &[]).await;
+        let s = backfill::run(
+            &indexer,
+            &ddb,
+            &options(&table, &temp_path("rb.json")),
+            &AtomicBool::new(false),
+            &AtomicU64::new(0),
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.indexed, 300);
+        rebuild::finish(&os, &name, &index).await.unwrap();
+        assert_eq!(
+            rebuild::alias_targets(&os, &name).await.unwrap(),
+            [index.clone()]
+        );
+        assert!(
+            verify::compare(&ddb, &table, &os, &name)
+                .await
+                .unwrap()
+                .ok()
+        );
+        built.push(index);
+        tokio::time::sleep(Duration::from_millis(1100)).await; // new names are per second
+    }
+    // The old index is still there, and rollback points both aliases back at it.
+    assert_eq!(verify::documents(&os, &built[0]).await.unwrap().len(), 300);
+    let (from, to) = rebuild::rollback(&os, &name).await.unwrap();
+    assert_eq!((from, to.clone()), (built[1].clone(), built[0].clone()));
+    assert_eq!(
+        rebuild::alias_targets(&os, &name).await.unwrap(),
+        [to.clone()]
+    );
+    assert_eq!(
+        rebuild::alias_targets(&os, &rebuild::write_alias(&name))
+            .await
+            .unwrap(),
+        [to]
+    );
+}
