@@ -191,7 +191,7 @@ async fn write_changes(
         );
         m.insert("tiny".into(), A::N(format!("{}E-130", 1 + r % 9)));
         m.insert("huge".into(), A::N(format!("{}E+125", 1 + r % 9)));
-        m.insert("active".into(), A::Bool(r % 3 != 0));
+        m.insert("active".into(), A::Bool(!r.is_multiple_of(3)));
         m.insert("discontinued".into(), A::Null(true));
         m.insert(
             "thumbnail".into(),
@@ -228,7 +228,7 @@ async fn write_changes(
                     "box".to_string(),
                     A::M(HashMap::from([(
                         "fragile".to_string(),
-                        A::Bool(r % 2 == 0),
+                        A::Bool(r.is_multiple_of(2)),
                     )])),
                 ),
             ])),
