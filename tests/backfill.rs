@@ -28,7 +28,7 @@ fn item(i: usize, version: u32) -> HashMap<String, A> {
         "bin".into(),
         A::B(Blob::new(vec![(i % 256) as u8, 0, 255, version as u8])),
     );
-    m.insert("ok".into(), A::Bool(i % 2 == 0));
+    m.insert("ok".into(), A::Bool(i.is_multiple_of(2)));
     m.insert("gone".into(), A::Null(true));
     m.insert("ss".into(), A::Ss(vec!["x".into(), format!("y{i}")]));
     m.insert("ns".into(), A::Ns(vec!["1".into(), format!("{i}.25")]));
@@ -348,7 +348,7 @@ async fn a_rebuild_switches_the_read_alias_and_keeps_the_old_index_for_rollback(
             rebuild::alias_targets(&os, &rebuild::write_alias(&name))
                 .await
                 .unwrap(),
-            [index.clone()],
+            std::slice::from_ref(&index),
             "writes go to the new index first"
         );
         let readers_before = rebuild::alias_targets(&os, &name).await.unwrap();
@@ -371,7 +371,7 @@ async fn a_rebuild_switches_the_read_alias_and_keeps_the_old_index_for_rollback(
         rebuild::finish(&os, &name, &index).await.unwrap();
         assert_eq!(
             rebuild::alias_targets(&os, &name).await.unwrap(),
-            [index.clone()]
+            std::slice::from_ref(&index)
         );
         assert!(
             verify::compare(&ddb, &table, &os, &name)
@@ -388,7 +388,7 @@ async fn a_rebuild_switches_the_read_alias_and_keeps_the_old_index_for_rollback(
     assert_eq!((from, to.clone()), (built[1].clone(), built[0].clone()));
     assert_eq!(
         rebuild::alias_targets(&os, &name).await.unwrap(),
-        [to.clone()]
+        std::slice::from_ref(&to)
     );
     assert_eq!(
         rebuild::alias_targets(&os, &rebuild::write_alias(&name))
