@@ -136,11 +136,14 @@ impl Checkpoint {
     }
 }
 
-/// A sensible number of segments: one per 512 MiB of table, at least 4 (two cores' worth of
-/// overlap between reading and writing) and at most 256.
-pub fn default_segments(table_size_bytes: i64) -> u32 {
+/// A sensible number of segments: one per 512 MiB of table, and at least twice the bulk
+/// concurrency, so that while some segments wait for their page to land others are reading;
+/// at most 256.
+pub fn default_segments(table_size_bytes: i64, bulk_concurrency: usize) -> u32 {
     let per = 512 * 1024 * 1024;
-    ((table_size_bytes.max(0) / per) as u32 + 1).clamp(4, 256)
+    let floor = (2 * bulk_concurrency as u32).clamp(1, 256);
+    let by_size = (table_size_bytes.max(0) / per).min(255) as u32 + 1;
+    by_size.clamp(floor, 256)
 }
 
 /// A token bucket shared by all segments: `acquire(n)` waits until `n` more units fit the rate.
@@ -181,6 +184,8 @@ struct Shared<'a> {
     stop: &'a AtomicBool,
     scanned: &'a AtomicU64,
     summary: Mutex<Summary>,
+    /// Pages being written at once, across segments: BULK_CONCURRENCY, as in the function.
+    writing: tokio::sync::Semaphore,
 }
 
 /// Runs the backfill. `scanned` counts items as they are read (for a progress bar); setting
@@ -220,7 +225,10 @@ pub async fn run(
     } else {
         let total = match opts.segments {
             Some(n) => n,
-            None => default_segments(table_size(ddb, &opts.table).await?.1),
+            None => default_segments(
+                table_size(ddb, &opts.table).await?.1,
+                indexer.config.bulk_concurrency,
+            ),
         };
         Checkpoint {
             table: opts.table.clone(),
@@ -258,6 +266,7 @@ pub async fn run(
         stop,
         scanned,
         summary: Mutex::new(Summary::default()),
+        writing: tokio::sync::Semaphore::new(indexer.config.bulk_concurrency),
     };
     let results = futures::future::join_all(
         todo.into_iter()
@@ -414,6 +423,11 @@ async fn land_page(
         }
         return Ok(());
     }
+    let _permit = shared
+        .writing
+        .acquire()
+        .await
+        .expect("the semaphore is never closed");
     let deadline = Instant::now() + opts.page_timeout;
     let handled = shared
         .indexer
@@ -563,9 +577,10 @@ mod tests {
 
     #[test]
     fn segments_grow_with_the_table() {
-        assert_eq!(default_segments(0), 4);
-        assert_eq!(default_segments(10 * 1024 * 1024 * 1024), 21);
-        assert_eq!(default_segments(i64::MAX), 256);
+        assert_eq!(default_segments(0, 4), 8);
+        assert_eq!(default_segments(0, 1), 2);
+        assert_eq!(default_segments(10 * 1024 * 1024 * 1024, 4), 21);
+        assert_eq!(default_segments(i64::MAX, 4), 256);
     }
 
     #[test]

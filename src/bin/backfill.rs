@@ -27,11 +27,12 @@ struct Args {
     /// DynamoDB endpoint (a local server); default: the AWS endpoint of the configured region.
     #[arg(long, env = "DYNAMODB_ENDPOINT")]
     endpoint_url: Option<String>,
-    /// Parallel scan segments. Default: one per 512 MiB of table, at least 4, at most 256.
+    /// Parallel scan segments. Default: one per 512 MiB of table, at least twice
+    /// BULK_CONCURRENCY, at most 256.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     segments: Option<u32>,
     /// Items per Scan page (each page is confirmed in OpenSearch before the next is read).
-    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     page_size: u32,
     /// Most items read per second, across all segments. Default: no limit.
     #[arg(long)]

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use stream_indexer::config::Config;
 use stream_indexer::handler::Indexer;
-use stream_indexer::{telemetry, template};
+use stream_indexer::{telemetry, template, verify};
 
 /// Deliver DynamoDB Streams event files (e.g. events/*.json) to the handler, in order.
 #[derive(Parser)]
@@ -62,41 +62,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn show(indexer: &Indexer, index: &str) -> anyhow::Result<()> {
-    use opensearch::http::Method;
-    let t = Duration::from_secs(30);
-    indexer
-        .opensearch
-        .request(Method::Post, &format!("/{index}/_refresh"), None, t)
-        .await?;
-    let query =
-        br#"{"size":100,"version":true,"sort":[{"_id":"asc"}],"query":{"match_all":{}}}"#.to_vec();
-    let (_, body) = indexer
-        .opensearch
-        .request(Method::Post, &format!("/{index}/_search"), Some(query), t)
-        .await?;
-    #[derive(serde::Deserialize)]
-    struct Res<'a> {
-        #[serde(borrow)]
-        hits: Hits<'a>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Hits<'a> {
-        #[serde(borrow)]
-        hits: Vec<Hit<'a>>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Hit<'a> {
-        #[serde(rename = "_id")]
-        id: String,
-        #[serde(rename = "_version")]
-        version: Option<u64>,
-        #[serde(borrow, rename = "_source")]
-        source: &'a serde_json::value::RawValue,
-    }
-    let res: Res = serde_json::from_slice(&body)?;
-    println!("\n{} document(s) in {index}:", res.hits.hits.len());
-    for h in res.hits.hits {
-        let text = h.source.get();
+    let docs = verify::documents(&indexer.opensearch, index).await?;
+    println!("\n{} document(s) in {index}:", docs.len());
+    for (id, text) in docs.iter().take(100) {
         let shown = if text.len() > 300 {
             format!(
                 "{}… ({} bytes)",
@@ -104,13 +72,9 @@ async fn show(indexer: &Indexer, index: &str) -> anyhow::Result<()> {
                 text.len()
             )
         } else {
-            text.to_string()
+            text.clone()
         };
-        println!(
-            "  {} (version {}): {shown}",
-            h.id,
-            h.version.map_or("-".into(), |v| v.to_string())
-        );
+        println!("  {id}: {shown}");
     }
     Ok(())
 }

@@ -1,0 +1,300 @@
+//! Backfill throughput next to the server's raw ceiling: a 100,000-item table backfilled into a
+//! fresh index, and the same documents as pre-built `_bulk` bodies posted with the same
+//! concurrency into another. Needs the local servers:
+//!
+//! ```sh
+//! infra/local.sh start && eval "$(infra/local.sh env)" && cargo bench --bench backfill
+//! ```
+//!
+//! `BENCH_ITEMS` changes the table size (default 100000).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::primitives::Blob;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue as A, BillingMode, KeySchemaElement, KeyType, PutRequest,
+    ScalarAttributeType, WriteRequest,
+};
+use futures::stream::{self, StreamExt};
+use stream_indexer::backfill::{self, Options};
+use stream_indexer::change::{self, VersionSource};
+use stream_indexer::config::Config;
+use stream_indexer::handler::Indexer;
+use stream_indexer::{aws, bulk, template};
+
+/// This process's CPU time in seconds (user + system), from /proc on Linux; 0 elsewhere.
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line; 12 and 13 after the ")".
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn item(i: usize) -> HashMap<String, A> {
+    HashMap::from([
+        ("pk".to_string(), A::S(format!("customer#{i:07}"))),
+        (
+            "name".to_string(),
+            A::S(format!("Customer {i} with a display name")),
+        ),
+        ("email".to_string(), A::S(format!("c{i}@example.com"))),
+        ("balance".to_string(), A::N(format!("{i}.{:02}", i % 100))),
+        ("score".to_string(), A::N(format!("0.{i}7"))),
+        ("active".to_string(), A::Bool(!i.is_multiple_of(3))),
+        (
+            "avatar".to_string(),
+            A::B(Blob::new(vec![(i % 251) as u8; 48])),
+        ),
+        (
+            "tags".to_string(),
+            A::Ss(vec!["gold".into(), format!("cohort-{}", i % 12)]),
+        ),
+        (
+            "address".to_string(),
+            A::M(HashMap::from([
+                ("city".to_string(), A::S("Zürich".into())),
+                ("zip".to_string(), A::N("8001".into())),
+            ])),
+        ),
+    ])
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let n: usize = std::env::var("BENCH_ITEMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let endpoint =
+        std::env::var("DYNAMODB_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:8000".into());
+    let os_url = std::env::var("OPENSEARCH_URL").unwrap_or_else(|_| "http://127.0.0.1:9200".into());
+    let sdk = aws::sdk_config(Some(&endpoint)).await;
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let table = format!("bench-{n}");
+
+    if ddb
+        .describe_table()
+        .table_name(&table)
+        .send()
+        .await
+        .is_err()
+    {
+        ddb.create_table()
+            .table_name(&table)
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name("pk")
+                    .key_type(KeyType::Hash)
+                    .build()?,
+            )
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("pk")
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()?,
+            )
+            .billing_mode(BillingMode::PayPerRequest)
+            .send()
+            .await?;
+        let t = Instant::now();
+        let chunks: Vec<Vec<usize>> = (0..n)
+            .collect::<Vec<_>>()
+            .chunks(25)
+            .map(<[usize]>::to_vec)
+            .collect();
+        stream::iter(chunks)
+            .map(|chunk| {
+                let (ddb, table) = (ddb.clone(), table.clone());
+                async move {
+                    let writes: Vec<WriteRequest> = chunk
+                        .iter()
+                        .map(|&i| {
+                            WriteRequest::builder()
+                                .put_request(
+                                    PutRequest::builder()
+                                        .set_item(Some(item(i)))
+                                        .build()
+                                        .unwrap(),
+                                )
+                                .build()
+                        })
+                        .collect();
+                    ddb.batch_write_item()
+                        .request_items(table, writes)
+                        .send()
+                        .await
+                        .unwrap();
+                }
+            })
+            .buffer_unordered(8)
+            .collect::<Vec<()>>()
+            .await;
+        println!("populated {n} items in {:.1} s", t.elapsed().as_secs_f64());
+    }
+
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let config_for = |index: &str| {
+        let vars = [
+            ("OPENSEARCH_URL", os_url.clone()),
+            ("OPENSEARCH_INDEX", index.to_string()),
+        ];
+        Config::from_lookup(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))
+    };
+
+    // The ceiling: the same documents, bodies built beforehand, posted with the same concurrency.
+    let ceiling_index = format!("bench-ceiling-{stamp}");
+    let ceiling = Indexer::new(config_for(&ceiling_index)?).await?;
+    template::apply(&ceiling.opensearch, "bench", "bench-*").await?;
+    template::create_index(&ceiling.opensearch, &ceiling_index).await?;
+    let keys = vec!["pk".to_string()];
+    let mut items = Vec::with_capacity(n);
+    let mut pages = ddb
+        .scan()
+        .table_name(&table)
+        .into_paginator()
+        .items()
+        .send();
+    while let Some(i) = pages.next().await {
+        items.push(i?);
+    }
+    let mut bodies = Vec::new();
+    for (p, page) in items.chunks(1000).enumerate() {
+        let payload = backfill::synthetic_batch(&table, &keys, 0, p as u64, page, 1);
+        let plan = change::plan(
+            &payload,
+            &VersionSource::Fixed(1),
+            ceiling.config.bulk_max_bytes,
+        )?;
+        let all: Vec<usize> = (0..plan.changes.len()).collect();
+        for b in bulk::pack(
+            &plan.changes,
+            &all,
+            ceiling.config.bulk_max_bytes,
+            ceiling.config.bulk_max_actions,
+        ) {
+            let actions: Vec<_> = b.changes.iter().map(|&i| plan.changes[i].action).collect();
+            bodies.push((b.bytes, actions));
+        }
+    }
+    let concurrency = ceiling.config.bulk_concurrency;
+    let t = Instant::now();
+    let os = &ceiling.opensearch;
+    let index = &ceiling_index;
+    stream::iter(bodies)
+        .map(|(bytes, actions)| async move {
+            os.bulk(index, bytes, &actions, Duration::from_secs(120))
+                .await
+        })
+        .buffer_unordered(concurrency)
+        .collect::<Vec<_>>()
+        .await;
+    let ceiling_rate = n as f64 / t.elapsed().as_secs_f64();
+
+    // The backfill itself: scan, convert, bulk, outcomes, checkpoint.
+    let bf_index = format!("bench-backfill-{stamp}");
+    let indexer = Indexer::new(config_for(&bf_index)?).await?;
+    template::create_index(&indexer.opensearch, &bf_index).await?;
+    let opts = Options {
+        table: table.clone(),
+        segments: None,
+        page_size: 1000,
+        max_items_per_second: None,
+        max_read_units_per_second: None,
+        clock_skew: Duration::from_secs(5),
+        gc_deletes: Some("1h".into()),
+        checkpoint: std::env::temp_dir().join(format!("bench-{stamp}.json")),
+        resume: false,
+        dry_run: false,
+        page_timeout: Duration::from_secs(300),
+    };
+    let t = Instant::now();
+    let cpu = cpu_secs();
+    let s = backfill::run(
+        &indexer,
+        &ddb,
+        &opts,
+        &AtomicBool::new(false),
+        &AtomicU64::new(0),
+    )
+    .await?;
+    let elapsed = t.elapsed().as_secs_f64();
+    let backfill_cpu = cpu_secs() - cpu;
+    let backfill_rate = s.scanned as f64 / elapsed;
+
+    // The source's own ceiling: the same parallel scan with nothing written.
+    let t = Instant::now();
+    let scanned: usize = stream::iter(0..8)
+        .map(|segment| {
+            let (ddb, table) = (ddb.clone(), table.clone());
+            async move {
+                let mut pages = ddb
+                    .scan()
+                    .table_name(table)
+                    .segment(segment)
+                    .total_segments(8)
+                    .consistent_read(true)
+                    .limit(1000)
+                    .into_paginator()
+                    .items()
+                    .send();
+                let mut n = 0;
+                while let Some(i) = pages.next().await {
+                    i.unwrap();
+                    n += 1;
+                }
+                n
+            }
+        })
+        .buffer_unordered(8)
+        .fold(0, |a, b| async move { a + b })
+        .await;
+    let scan_rate = scanned as f64 / t.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        s.indexed as usize == n && s.unaccounted() == 0,
+        "backfill incomplete: {s:?}"
+    );
+
+    println!(
+        "server ceiling (pre-built bodies, concurrency {concurrency}): {ceiling_rate:.0} docs/s"
+    );
+    println!(
+        "backfill ({n} items, scan + convert + bulk + checkpoint): {backfill_rate:.0} items/s"
+    );
+    println!("source ceiling (the same parallel scan, nothing written): {scan_rate:.0} items/s");
+    println!(
+        "backfill / server ceiling: {:.0}%; backfill / min(server, source): {:.0}%",
+        100.0 * backfill_rate / ceiling_rate,
+        100.0 * backfill_rate / ceiling_rate.min(scan_rate)
+    );
+    println!(
+        "this process used {backfill_cpu:.1} s of CPU during the {elapsed:.1} s backfill ({:.0} µs per item)",
+        1e6 * backfill_cpu / s.scanned as f64
+    );
+    for i in [&ceiling_index, &bf_index] {
+        let _ = indexer
+            .opensearch
+            .request(
+                opensearch::http::Method::Delete,
+                &format!("/{i}"),
+                None,
+                Duration::from_secs(60),
+            )
+            .await;
+    }
+    Ok(())
+}
