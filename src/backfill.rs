@@ -247,6 +247,10 @@ pub async fn run(
     if !opts.dry_run {
         checkpoint.save(&opts.checkpoint)?;
     }
+    if !opts.dry_run {
+        // Its settings are changed below; the first write would create it anyway.
+        crate::template::create_index(&indexer.opensearch, &index).await?;
+    }
     let previous_gc = match (&opts.gc_deletes, opts.dry_run) {
         (Some(value), false) => Some(set_gc_deletes(indexer, &index, Some(value)).await?),
         _ => None,
