@@ -30,7 +30,15 @@ pub async fn apply(os: &OpenSearch, name: &str, pattern: &str) -> Result<(), Req
 /// Creates `index` (under whatever template matches it) unless an index or alias of that name
 /// exists already.
 pub async fn create_index(os: &OpenSearch, index: &str) -> Result<(), RequestError> {
-    match os.request(Method::Head, &format!("/{index}"), None, Duration::from_secs(30)).await {
+    match os
+        .request(
+            Method::Head,
+            &format!("/{index}"),
+            None,
+            Duration::from_secs(30),
+        )
+        .await
+    {
         Ok(_) => return Ok(()),
         Err(e) if e.status == Some(404) => {}
         Err(e) => return Err(e),
