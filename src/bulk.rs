@@ -75,6 +75,15 @@ impl ItemOutcome {
     }
 }
 
+/// A reason without the item value OpenSearch quotes in mapping errors ("Preview of field's
+/// value: '…'"): reasons go to logs, and item contents never do.
+fn without_values(reason: &str) -> &str {
+    match reason.find(" Preview of field's value") {
+        Some(i) => reason[..i].trim_end_matches('.'),
+        None => reason,
+    }
+}
+
 /// Error types that mean "the cluster is busy or blocked", whatever the status says.
 const RETRYABLE_ERROR_TYPES: &[&str] = &[
     "rejected_execution_exception",
@@ -102,7 +111,7 @@ pub fn classify(
         format!(
             "{status} {}: {}",
             error_type.unwrap_or("error"),
-            reason.unwrap_or("no reason given")
+            without_values(reason.unwrap_or("no reason given"))
         )
     };
     if error_type.is_some_and(|t| RETRYABLE_ERROR_TYPES.contains(&t)) {
@@ -273,6 +282,24 @@ mod tests {
             got[8].is_retry(),
             "flood-stage block is retryable: {:?}",
             got[8]
+        );
+    }
+
+    #[test]
+    fn reasons_do_not_carry_item_values() {
+        let got = classify(
+            Action::Index,
+            Some(400),
+            Some("mapper_parsing_exception"),
+            Some(
+                "failed to parse field [n] of type [double] in document with id 'b'. Preview of field's value: 'secret'",
+            ),
+        );
+        assert_eq!(
+            got,
+            ItemOutcome::Permanent(
+                "400 mapper_parsing_exception: failed to parse field [n] of type [double] in document with id 'b'".into()
+            )
         );
     }
 
