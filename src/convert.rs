@@ -89,7 +89,8 @@ pub fn number_json(text: &str) -> Result<Cow<'_, str>, String> {
         return Ok(Cow::Borrowed(text));
     }
     let parsed = Decimal::parse(text).ok_or_else(|| format!("invalid number text {text:?}"))?;
-    Ok(Cow::Owned(parsed.json_text()))
+    // The canonical text is JSON number grammar by construction.
+    Ok(Cow::Owned(parsed.canonical_text()))
 }
 
 /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`, the JSON number grammar (RFC 8259 §6).
@@ -226,11 +227,6 @@ impl Decimal {
             s.push_str(&(point - 1).to_string());
         }
         s
-    }
-
-    fn json_text(&self) -> String {
-        // canonical_text is valid JSON number grammar by construction.
-        self.canonical_text()
     }
 
     /// The value as a non-negative integer that fits a Java long, if it is one.

@@ -13,15 +13,8 @@ async fn main() -> Result<(), Error> {
     telemetry::init();
     let config = Config::from_env()?;
     let indexer = Indexer::new(config).await?;
-    if let Some(q) = &indexer.quarantine {
-        // Best effort: a missing quarantine index is created by the first entry's write too.
-        if let Err(e) = q
-            .ensure_index(&indexer.opensearch, Duration::from_secs(10))
-            .await
-        {
-            tracing::warn!(error = %e, "could not create the quarantine index with its mapping");
-        }
-    }
+    // The quarantine index, if configured, is created with its mapping on its first write
+    // (Quarantine::put), not here: cold starts stay one client build long.
     let indexer = &indexer;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<Box<RawValue>>| async move {

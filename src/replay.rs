@@ -114,26 +114,26 @@ pub async fn replay(indexer: &Indexer, dry_run: bool) -> Result<ReplayReport, Re
         }
         after = page.hits.hits.last().map(|h| h.id.clone());
         report.entries += page.hits.hits.len();
-        let records: Vec<&RawValue> = page
+        // Entries with their records, in page order; an entry whose record text is not JSON
+        // cannot be replayed and is left out of the batch.
+        let records: Vec<(&Hit, &RawValue)> = page
             .hits
             .hits
             .iter()
-            .filter_map(|h| serde_json::from_str::<&RawValue>(&h.source.record).ok())
+            .filter_map(|h| Some((h, serde_json::from_str::<&RawValue>(&h.source.record).ok()?)))
             .collect();
         let payload = format!(
             "{{\"Records\":[{}]}}",
             records
                 .iter()
-                .map(|r| r.get())
+                .map(|(_, r)| r.get())
                 .collect::<Vec<_>>()
                 .join(",")
         );
         if dry_run {
-            let versions = match &indexer.config.version_attribute {
-                Some(a) => change::VersionSource::Attribute(a.clone()),
-                None => change::VersionSource::StreamTime,
-            };
-            if let Ok(plan) = change::plan(&payload, &versions, indexer.config.bulk_max_bytes) {
+            if let Ok(plan) =
+                change::plan(&payload, &indexer.versions(), indexer.config.bulk_max_bytes)
+            {
                 report.would_replay += plan
                     .records
                     .iter()
@@ -154,13 +154,8 @@ pub async fn replay(indexer: &Indexer, dry_run: bool) -> Result<ReplayReport, Re
                 continue;
             }
         };
-        let parsed_hits = page
-            .hits
-            .hits
-            .iter()
-            .filter(|h| serde_json::from_str::<&RawValue>(&h.source.record).is_ok());
         let mut done_ids = Vec::new();
-        for (hit, outcome) in parsed_hits.zip(&handled.outcomes) {
+        for ((hit, _), outcome) in records.iter().zip(&handled.outcomes) {
             match outcome {
                 RecordOutcome::Indexed | RecordOutcome::Deleted | RecordOutcome::Superseded => {
                     report.replayed += 1;
