@@ -137,12 +137,7 @@ async fn what_is_unconfirmed_at_the_deadline_is_reported_not_lost() {
     // Every record not durably applied is reported: all eight (superseded ones share their winner's fate).
     let all: Vec<String> = records_of("mixed.json")
         .iter()
-        .map(|r| {
-            r["dynamodb"]["SequenceNumber"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
+        .map(sequence_number)
         .collect();
     assert_eq!(failures(&response), all);
     assert_eq!(s.retryable, 8);
@@ -269,10 +264,7 @@ async fn a_poison_record_is_quarantined_and_replayed_after_the_mapping_is_fixed(
     let mut records = records_of("mixed.json");
     records[3]["dynamodb"]["NewImage"]["note"] =
         json!({"S": "an attribute the mapping does not know"});
-    let poison_seq = records[3]["dynamodb"]["SequenceNumber"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let poison_seq = sequence_number(&records[3]);
     let indexer = indexer(
         &opensearch_url(),
         &index,
@@ -451,10 +443,7 @@ async fn when_the_quarantine_cannot_be_written_the_record_is_reported_instead() 
     .await;
     let mut records = records_of("mixed.json");
     records[3]["dynamodb"]["NewImage"]["total"] = json!({"N": "1e"});
-    let seq = records[3]["dynamodb"]["SequenceNumber"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let seq = sequence_number(&records[3]);
     let indexer = indexer(
         &proxy.url,
         &index,

@@ -177,10 +177,7 @@ async fn a_document_over_the_byte_limit_is_a_permanent_failure_of_its_record_onl
         .as_array_mut()
         .unwrap()
         .extend(mixed["Records"].as_array().unwrap().iter().cloned());
-    let large_seq = batch["Records"][0]["dynamodb"]["SequenceNumber"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let large_seq = sequence_number(&batch["Records"][0]);
     let (response, s) = indexer
         .handle(&batch.to_string(), far_deadline())
         .await
@@ -222,14 +219,8 @@ async fn returns_exactly_the_refused_records_and_indexes_the_rest() {
     let mut batch: serde_json::Value = serde_json::from_str(&fixture("mixed.json")).unwrap();
     batch["Records"][5]["dynamodb"]["NewImage"]["visits"] =
         serde_json::json!({"S": "not a number"});
-    let bad_seq = batch["Records"][5]["dynamodb"]["SequenceNumber"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let throttled_seq = batch["Records"][3]["dynamodb"]["SequenceNumber"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let bad_seq = sequence_number(&batch["Records"][5]);
+    let throttled_seq = sequence_number(&batch["Records"][3]);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
     let (response, s) = indexer.handle(&batch.to_string(), deadline).await.unwrap();
     let mut got = failures(&response);

@@ -43,12 +43,7 @@ impl Function for Scripted {
             .as_array()
             .unwrap()
             .iter()
-            .map(|r| {
-                r["dynamodb"]["SequenceNumber"]
-                    .as_str()
-                    .unwrap()
-                    .to_string()
-            })
+            .map(sequence_number)
             .collect();
         let call = {
             let mut b = self.batches.lock().unwrap();

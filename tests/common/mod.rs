@@ -193,64 +193,29 @@ pub async fn source_text(index: &str, id: &str) -> Option<String> {
 
 /// Every document of `index` as (id, exact `_source` text), sorted by id.
 pub async fn all_sources(index: &str) -> Vec<(String, String)> {
-    let _ = http()
-        .post(format!("{}/{index}/_refresh", opensearch_url()))
-        .send()
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let mut query =
-            serde_json::json!({"size": 1000, "sort": [{"_id": "asc"}], "query": {"match_all": {}}});
-        if let Some(a) = &after {
-            query["search_after"] = serde_json::json!([a]);
-        }
-        let text = http()
-            .post(format!("{}/{index}/_search", opensearch_url()))
-            .json(&query)
-            .send()
-            .await
-            .unwrap()
-            .text()
+    let os =
+        stream_indexer::transport::OpenSearch::connect(&config_for(&opensearch_url(), index, &[]))
             .await
             .unwrap();
-        #[derive(serde::Deserialize)]
-        struct Res<'a> {
-            #[serde(borrow)]
-            hits: Hits<'a>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Hits<'a> {
-            #[serde(borrow)]
-            hits: Vec<Hit<'a>>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Hit<'a> {
-            #[serde(rename = "_id")]
-            id: String,
-            #[serde(borrow, rename = "_source")]
-            source: &'a RawValue,
-        }
-        let res: Res = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
-        if res.hits.hits.is_empty() {
-            break;
-        }
-        after = Some(res.hits.hits.last().unwrap().id.clone());
-        out.extend(
-            res.hits
-                .hits
-                .into_iter()
-                .map(|h| (h.id, h.source.get().to_string())),
-        );
-    }
-    out
+    stream_indexer::verify::documents(&os, index)
+        .await
+        .unwrap_or_else(|e| panic!("reading {index}: {e}"))
+        .into_iter()
+        .collect()
 }
 
 pub fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes())
         .collect::<String>()
         .replace('+', "%20")
+}
+
+/// A stream record's sequence number (from its JSON).
+pub fn sequence_number(record: &Value) -> String {
+    record["dynamodb"]["SequenceNumber"]
+        .as_str()
+        .expect("record has a SequenceNumber")
+        .to_string()
 }
 
 /// The sequence numbers in a response, in order.
