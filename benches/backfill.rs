@@ -173,8 +173,8 @@ async fn main() -> anyhow::Result<()> {
         items.push(i?);
     }
     let mut bodies = Vec::new();
-    for (p, page) in items.chunks(1000).enumerate() {
-        let payload = backfill::synthetic_batch(&table, &keys, 0, p as u64, page, 1);
+    for page in items.chunks(1000) {
+        let payload = backfill::synthetic_batch(&table, &keys, page, 1);
         let plan = change::plan(
             &payload,
             &VersionSource::Fixed(1),

@@ -408,8 +408,6 @@ async fn land_page(
     let payload = synthetic_batch(
         &opts.table,
         &shared.key_names,
-        segment,
-        page,
         items,
         safe_secs.saturating_sub(1),
     );
@@ -469,15 +467,20 @@ async fn land_page(
 
 /// A page as a stream batch of INSERT records: the same conversion, ids and quarantine entries
 /// (with a replayable record) as the stream.
+///
+/// Each record's eventID (and SequenceNumber) is a digest of the table, the item's key and the
+/// read's time: unique per item copy, and the same if one read is handled twice. Ids from a
+/// page counter would restart with every `--resume` and make two items share a quarantine entry.
 pub fn synthetic_batch(
     table: &str,
     key_names: &[String],
-    segment: u32,
-    page: u64,
     items: &[HashMap<String, AttributeValue>],
     approximate_secs: u64,
 ) -> String {
+    use sha2::{Digest, Sha256};
+    let arn = serde_json::to_string(&format!("backfill:{table}")).expect("string");
     let mut out = String::from("{\"Records\":[");
+    let mut keys_json = String::new();
     for (i, item) in items.iter().enumerate() {
         if i > 0 {
             out.push(',');
@@ -486,13 +489,19 @@ pub fn synthetic_batch(
             .iter()
             .filter_map(|k| item.get(k).map(|v| (k.clone(), v.clone())))
             .collect();
-        let id = format!("backfill-{segment}-{page}-{i}");
+        keys_json.clear();
+        ddb_json::table::write_item(&mut keys_json, &keys);
+        let digest = Sha256::new()
+            .chain_update(table.as_bytes())
+            .chain_update([0])
+            .chain_update(keys_json.as_bytes())
+            .chain_update([0])
+            .chain_update(approximate_secs.to_be_bytes())
+            .finalize();
+        let id = format!("backfill-{:x}", digest);
         out.push_str(&format!(
-            "{{\"eventID\":\"{id}\",\"eventName\":\"INSERT\",\"eventSource\":\"backfill\",\"eventSourceARN\":{},\"dynamodb\":{{\"ApproximateCreationDateTime\":{approximate_secs},\"SequenceNumber\":\"{id}\",\"StreamViewType\":\"NEW_IMAGE\",\"Keys\":",
-            serde_json::to_string(&format!("backfill:{table}")).expect("string")
+            "{{\"eventID\":\"{id}\",\"eventName\":\"INSERT\",\"eventSource\":\"backfill\",\"eventSourceARN\":{arn},\"dynamodb\":{{\"ApproximateCreationDateTime\":{approximate_secs},\"SequenceNumber\":\"{id}\",\"StreamViewType\":\"NEW_IMAGE\",\"Keys\":{keys_json},\"NewImage\":"
         ));
-        ddb_json::table::write_item(&mut out, &keys);
-        out.push_str(",\"NewImage\":");
         ddb_json::table::write_item(&mut out, item);
         out.push_str("}}");
     }

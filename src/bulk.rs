@@ -97,22 +97,33 @@ const RETRYABLE_ERROR_TYPES: &[&str] = &[
     "no_shard_available_action_exception",
 ];
 
-/// Classifies one bulk item from its status and error.
+/// Classifies one bulk item from its status and error. `causes` is the error's `caused_by`
+/// chain, outermost first, as (type, reason): OpenSearch's top-level reason is often only
+/// "failed to parse", and the root cause is what a user can act on.
 pub fn classify(
     action: Action,
     status: Option<u16>,
     error_type: Option<&str>,
     reason: Option<&str>,
+    causes: &[(Option<String>, Option<String>)],
 ) -> ItemOutcome {
     let Some(status) = status else {
         return ItemOutcome::Retry("bulk item has no status".into());
     };
     let describe = || {
-        format!(
+        let mut text = format!(
             "{status} {}: {}",
             error_type.unwrap_or("error"),
             without_values(reason.unwrap_or("no reason given"))
-        )
+        );
+        for (kind, reason) in causes {
+            text.push_str(&format!(
+                "; caused by {}: {}",
+                kind.as_deref().unwrap_or("error"),
+                without_values(reason.as_deref().unwrap_or("no reason given"))
+            ));
+        }
+        text
     };
     if error_type.is_some_and(|t| RETRYABLE_ERROR_TYPES.contains(&t)) {
         return ItemOutcome::Retry(describe());
@@ -160,7 +171,11 @@ struct ItemError<'a> {
     kind: Option<Cow<'a, str>>,
     #[serde(borrow)]
     reason: Option<Cow<'a, str>>,
+    caused_by: Option<Box<ItemError<'a>>>,
 }
+
+/// How many `caused_by` levels a reason keeps.
+const MAX_CAUSES: usize = 4;
 
 /// Maps a `_bulk` response to one outcome per action of the body, by position. Items without a
 /// status, a response with the wrong number of items, or one that does not parse make the
@@ -197,13 +212,32 @@ pub fn outcomes(response: &[u8], actions: &[Action]) -> Vec<ItemOutcome> {
             else {
                 return ItemOutcome::Retry("bulk item has no action result".into());
             };
+            let mut causes = Vec::new();
             let error = result.error.map(|raw| {
                 serde_json::from_str::<ItemError>(raw.get())
-                    .map(|e| (e.kind.map(Cow::into_owned), e.reason.map(Cow::into_owned)))
+                    .map(|e| {
+                        let mut cause = e.caused_by.as_deref();
+                        while let Some(c) = cause
+                            && causes.len() < MAX_CAUSES
+                        {
+                            causes.push((
+                                c.kind.as_deref().map(str::to_string),
+                                c.reason.as_deref().map(str::to_string),
+                            ));
+                            cause = c.caused_by.as_deref();
+                        }
+                        (e.kind.map(Cow::into_owned), e.reason.map(Cow::into_owned))
+                    })
                     .unwrap_or_else(|_| (None, Some(raw.get().to_string())))
             });
             let (kind, reason) = error.unwrap_or((None, None));
-            classify(action, result.status, kind.as_deref(), reason.as_deref())
+            classify(
+                action,
+                result.status,
+                kind.as_deref(),
+                reason.as_deref(),
+                &causes,
+            )
         })
         .collect()
 }
@@ -216,6 +250,7 @@ mod tests {
         Change {
             id: "x".into(),
             action: Action::Index,
+            version: None,
             ttl: false,
             lines: lines.as_bytes().to_vec(),
             record: 0,
@@ -294,11 +329,24 @@ mod tests {
             Some(
                 "failed to parse field [n] of type [double] in document with id 'b'. Preview of field's value: 'secret'",
             ),
+            &[],
         );
         assert_eq!(
             got,
             ItemOutcome::Permanent(
                 "400 mapper_parsing_exception: failed to parse field [n] of type [double] in document with id 'b'".into()
+            )
+        );
+    }
+
+    #[test]
+    fn a_refusal_keeps_its_root_cause_from_the_caused_by_chain() {
+        let response = br#"{"errors":true,"items":[{"index":{"_id":"a","status":400,"error":{"type":"mapper_parsing_exception","reason":"failed to parse","caused_by":{"type":"illegal_argument_exception","reason":"Limit of mapping depth [20] has been exceeded due to object field [a.a.a]","caused_by":{"type":"x_exception","reason":"root"}}}}}]}"#;
+        let got = outcomes(response, &[Action::Index]);
+        assert_eq!(
+            got[0],
+            ItemOutcome::Permanent(
+                "400 mapper_parsing_exception: failed to parse; caused by illegal_argument_exception: Limit of mapping depth [20] has been exceeded due to object field [a.a.a]; caused by x_exception: root".into()
             )
         );
     }

@@ -8,12 +8,41 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::convert::{self, Decimal};
-use crate::docid::{self, RAW_KEY_FIELD};
+use crate::convert::{self, AttributeKind, Captured, Decimal};
+use crate::docid::{self, KeyPart, RAW_KEY_FIELD};
+
+/// How far a record's `ApproximateCreationDateTime` may be ahead of this machine's clock.
+/// Versions come from it, and a version from the future (milliseconds read as seconds, a forged
+/// quarantine entry, a wrong clock) would make every later real change of the item a 409 and
+/// pin a stale document; five minutes covers any sane clock skew between DynamoDB and Lambda.
+pub const MAX_CLOCK_AHEAD_SECS: u64 = 300;
+
+/// Reads `T` only from a JSON object. serde's derived structs also accept an array (fields by
+/// position), which would take `[[record]]` for a batch; a stream event is objects throughout.
+pub struct Object<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(ObjectVisitor(PhantomData)).map(Object)
+    }
+}
 
 /// The payload is not a DynamoDB Streams event at all (no `Records` list).
 #[derive(Debug, thiserror::Error)]
@@ -37,9 +66,9 @@ pub struct StreamRecord<'a> {
     #[serde(rename = "eventSourceARN", borrow)]
     pub event_source_arn: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    pub user_identity: Option<UserIdentity<'a>>,
+    pub user_identity: Option<Object<UserIdentity<'a>>>,
     #[serde(borrow)]
-    pub dynamodb: Option<StreamData<'a>>,
+    pub dynamodb: Option<Object<StreamData<'a>>>,
 }
 
 #[derive(Deserialize)]
@@ -97,6 +126,8 @@ pub enum Action {
 pub struct Change {
     pub id: String,
     pub action: Action,
+    /// The external version the action carries (`None`: an unversioned delete).
+    pub version: Option<u64>,
     /// A REMOVE made by DynamoDB's TTL process rather than by a caller.
     pub ttl: bool,
     /// The NDJSON lines for this action: the action line and, for an index, the document; every
@@ -151,39 +182,44 @@ pub fn plan<'a>(
 ) -> Result<Plan<'a>, NotAStreamEvent> {
     // Fast path: the whole batch in one pass. Only if some record does not even parse as a
     // stream record does the batch get split into raw records, to judge each on its own.
-    let parsed: Vec<Result<StreamRecord<'a>, String>> =
-        match serde_json::from_str::<FastShape<'a>>(payload) {
-            Ok(shape) => shape.records.into_iter().map(Ok).collect(),
+    let parsed: Vec<Result<StreamRecord<'a>, Unparsed<'a>>> =
+        match serde_json::from_str::<Object<FastShape<'a>>>(payload) {
+            Ok(shape) => shape.0.records.into_iter().map(|r| Ok(r.0)).collect(),
             Err(_) => {
-                let shape: EventShape<'a> =
+                let shape: Object<EventShape<'a>> =
                     serde_json::from_str(payload).map_err(|e| NotAStreamEvent(e.to_string()))?;
                 shape
+                    .0
                     .records
                     .into_iter()
                     .map(|raw| {
-                        serde_json::from_str::<StreamRecord<'a>>(raw.get())
-                            .map_err(|e| format!("record is not a stream record: {e}"))
+                        serde_json::from_str::<Object<StreamRecord<'a>>>(raw.get())
+                            .map(|r| r.0)
+                            .map_err(|e| Unparsed::of(raw.get(), &e))
                     })
                     .collect()
             }
         };
+    let now_secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let mut records: Vec<Record<'a>> = Vec::with_capacity(parsed.len());
     let mut changes: Vec<Change> = Vec::with_capacity(parsed.len());
     let mut by_id: HashMap<String, usize> = HashMap::with_capacity(parsed.len());
     for (position, parsed) in parsed.into_iter().enumerate() {
         let (sequence_number, event_id, result) = match parsed {
             Ok(rec) => {
-                let change = to_change(&rec, position, versions, max_lines_bytes);
-                let seq = rec.dynamodb.and_then(|d| d.sequence_number);
+                let change = to_change(&rec, position, versions, max_lines_bytes, now_secs);
+                let seq = rec.dynamodb.and_then(|d| d.0.sequence_number);
                 let event_id = rec.event_id;
                 (seq, event_id, change)
             }
-            Err(reason) => (None, None, Err(reason)),
+            Err(u) => (u.sequence_number, u.event_id, Err(u.reason)),
         };
         let disposition = match result {
             Err(reason) => Disposition::Invalid(reason),
             Ok(change) => match by_id.get(&change.id) {
-                Some(&earlier) => {
+                Some(&earlier) if supersedes(&changes[earlier], &change) => {
                     // Stream order is modification order per item: the later record wins, and
                     // every record it replaces follows its outcome.
                     let loser = changes[earlier].record;
@@ -191,6 +227,9 @@ pub fn plan<'a>(
                     changes[earlier] = change;
                     Disposition::Change(earlier)
                 }
+                // An older version later in the batch (a replay or backfill batch mixing
+                // sources): the index would refuse it after the newer one anyway.
+                Some(&earlier) => Disposition::Superseded(earlier),
                 None => {
                     by_id.insert(change.id.clone(), changes.len());
                     changes.push(change);
@@ -211,12 +250,48 @@ pub fn plan<'a>(
     })
 }
 
+/// Whether `later` (after `earlier` in the batch, same document) replaces it: unless both carry
+/// versions and the later one's is lower. Equal versions are two changes in one second of
+/// stream time, and batch order is their order.
+fn supersedes(earlier: &Change, later: &Change) -> bool {
+    match (earlier.version, later.version) {
+        (Some(e), Some(l)) => l >= e,
+        _ => true,
+    }
+}
+
+/// A record that did not parse as a stream record, with whatever identity could still be read
+/// from it: its sequence number is what lets Lambda retry it alone.
+struct Unparsed<'a> {
+    reason: String,
+    sequence_number: Option<Cow<'a, str>>,
+    event_id: Option<Cow<'a, str>>,
+}
+
+impl<'a> Unparsed<'a> {
+    /// A lenient second reading (a mistyped or repeated field elsewhere must not cost the record
+    /// its `eventID` and `SequenceNumber`; a repeated key keeps its last value).
+    fn of(raw: &str, error: &serde_json::Error) -> Unparsed<'a> {
+        let value: serde_json::Value = serde_json::from_str(raw).unwrap_or_default();
+        let text = |v: Option<&serde_json::Value>| {
+            v.and_then(serde_json::Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(|s| Cow::Owned(s.to_string()))
+        };
+        Unparsed {
+            reason: format!("record is not a stream record: {error}"),
+            sequence_number: text(value.get("dynamodb").and_then(|d| d.get("SequenceNumber"))),
+            event_id: text(value.get("eventID")),
+        }
+    }
+}
+
 impl<'a> Plan<'a> {
     /// The raw JSON text of each record, for quarantine. Parsed again on demand: only batches
     /// with permanent failures need it.
     pub fn raw_records(&self) -> Vec<&'a RawValue> {
-        serde_json::from_str::<EventShape<'a>>(self.payload)
-            .map(|s| s.records)
+        serde_json::from_str::<Object<EventShape<'a>>>(self.payload)
+            .map(|s| s.0.records)
             .unwrap_or_default()
     }
 }
@@ -224,7 +299,7 @@ impl<'a> Plan<'a> {
 #[derive(Deserialize)]
 struct FastShape<'a> {
     #[serde(rename = "Records", borrow)]
-    records: Vec<StreamRecord<'a>>,
+    records: Vec<Object<StreamRecord<'a>>>,
 }
 
 fn to_change(
@@ -232,16 +307,19 @@ fn to_change(
     position: usize,
     versions: &VersionSource,
     max_lines_bytes: usize,
+    now_secs: u64,
 ) -> Result<Change, String> {
-    let data = rec
+    let data = &rec
         .dynamodb
         .as_ref()
-        .ok_or("record has no dynamodb section")?;
+        .ok_or("record has no dynamodb section")?
+        .0;
     if data.sequence_number.as_deref().is_none_or(str::is_empty) {
         return Err("record has no SequenceNumber".into());
     }
     let keys = data.keys.ok_or("record has no Keys")?;
-    let id = docid::doc_id(keys.get()).map_err(|e| format!("Keys: {e}"))?;
+    let parts = docid::key_parts(keys.get()).map_err(|e| format!("Keys: {e}"))?;
+    let id = docid::doc_id_of(&parts);
     let event_name = rec.event_name.as_deref().ok_or("record has no eventName")?;
     let stream_version = || -> Result<u64, String> {
         let t = data
@@ -250,9 +328,27 @@ fn to_change(
         if !(0.0..9.0e15).contains(&t) {
             return Err(format!("ApproximateCreationDateTime {t} is out of range"));
         }
+        if t > (now_secs + MAX_CLOCK_AHEAD_SECS) as f64 {
+            return Err(format!(
+                "ApproximateCreationDateTime {t} is more than {MAX_CLOCK_AHEAD_SECS} s ahead of now ({now_secs}): it must be epoch seconds from DynamoDB's clock"
+            ));
+        }
         Ok((t.floor() as u64) * 1000)
     };
+    // Top-level attributes to find while converting: the key attributes (checked against Keys),
+    // the field that holds a hashed key's full text, and the version attribute.
+    let version_name = match versions {
+        VersionSource::Attribute(name) => Some(name.as_str()),
+        VersionSource::StreamTime | VersionSource::Fixed(_) => None,
+    };
+    let mut names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
+    names.push(RAW_KEY_FIELD);
+    names.extend(version_name);
+    let found = |captured: &[Option<Captured>], name: &str| -> Option<Captured> {
+        captured[names.iter().position(|n| *n == name)?].clone()
+    };
     let mut lines = Vec::new();
+    let version;
     match event_name {
         "INSERT" | "MODIFY" => {
             let image = data.new_image.ok_or_else(|| {
@@ -265,20 +361,23 @@ fn to_change(
             // version is known (it may come from the document): one buffer, one small move.
             let raw_len = id.raw.as_ref().map_or(0, |r| r.len() + 32);
             let mut doc = Vec::with_capacity(image.get().len() + raw_len + ACTION_LINE_ROOM);
-            let attr = match versions {
-                VersionSource::Attribute(name) => Some(name.as_str()),
-                VersionSource::StreamTime | VersionSource::Fixed(_) => None,
-            };
-            let span = convert::write_document_with_version(image.get(), &mut doc, attr)
+            let captured = convert::write_document_capturing(image.get(), &mut doc, &names)
                 .map_err(|e| format!("NewImage: {e}"))?;
-            let version = match versions {
-                VersionSource::StreamTime => Some(stream_version()?),
-                VersionSource::Fixed(v) => Some(*v),
+            check_keys("NewImage", &parts, &captured, &doc)?;
+            version = Some(match versions {
+                VersionSource::StreamTime => stream_version()?,
+                VersionSource::Fixed(v) => *v,
                 VersionSource::Attribute(name) => {
-                    Some(attribute_version(name, span.map(|s| &doc[s]))?)
+                    attribute_version(name, found(&captured, name).map(|c| &doc[c.span]))?
                 }
-            };
+            });
             if let Some(raw) = &id.raw {
+                if found(&captured, RAW_KEY_FIELD).is_some() {
+                    return Err(format!(
+                        "the item has an attribute named {RAW_KEY_FIELD}, the field that keeps the full text of a key over {} bytes",
+                        docid::MAX_ID_BYTES
+                    ));
+                }
                 // Keep the full key beside a hashed id, so the document can be found by its key.
                 doc.pop();
                 if doc.len() > 1 {
@@ -302,7 +401,7 @@ fn to_change(
             lines = doc;
         }
         "REMOVE" => {
-            let version = match versions {
+            version = match versions {
                 VersionSource::StreamTime => Some(stream_version()?),
                 VersionSource::Fixed(v) => Some(*v),
                 // Versioned from the OldImage when the stream carries it; otherwise unversioned
@@ -310,15 +409,16 @@ fn to_change(
                 VersionSource::Attribute(name) => match data.old_image {
                     Some(old) => {
                         let mut scratch = Vec::with_capacity(old.get().len());
-                        let span = convert::write_document_with_version(
-                            old.get(),
-                            &mut scratch,
-                            Some(name),
-                        )
-                        .map_err(|e| format!("OldImage: {e}"))?;
+                        let captured =
+                            convert::write_document_capturing(old.get(), &mut scratch, &names)
+                                .map_err(|e| format!("OldImage: {e}"))?;
+                        check_keys("OldImage", &parts, &captured, &scratch)?;
                         // One above the deleted item's version: strictly newer than the write
                         // it removes, as `external` requires.
-                        let v = attribute_version(name, span.map(|s| &scratch[s]))?;
+                        let v = attribute_version(
+                            name,
+                            found(&captured, name).map(|c| &scratch[c.span]),
+                        )?;
                         Some(
                             v.checked_add(1)
                                 .filter(|v| *v <= i64::MAX as u64)
@@ -348,8 +448,8 @@ fn to_change(
     }
     let ttl = event_name == "REMOVE"
         && rec.user_identity.as_ref().is_some_and(|u| {
-            u.kind.as_deref() == Some("Service")
-                && u.principal_id.as_deref() == Some("dynamodb.amazonaws.com")
+            u.0.kind.as_deref() == Some("Service")
+                && u.0.principal_id.as_deref() == Some("dynamodb.amazonaws.com")
         });
     let action = if event_name == "REMOVE" {
         Action::Delete
@@ -359,10 +459,49 @@ fn to_change(
     Ok(Change {
         id: id.id,
         action,
+        version,
         ttl,
         lines,
         record: position,
     })
+}
+
+/// The image must hold every key attribute of `Keys`, with the same type and value: otherwise
+/// the document would go under an id that is not its item's.
+fn check_keys(
+    image_name: &str,
+    parts: &[KeyPart],
+    captured: &[Option<Captured>],
+    doc: &[u8],
+) -> Result<(), String> {
+    for (part, found) in parts.iter().zip(captured) {
+        let name = &part.name;
+        let Some(found) = found else {
+            return Err(format!(
+                "{image_name} lacks the key attribute {name} that Keys names"
+            ));
+        };
+        if found.kind != part.kind {
+            return Err(format!(
+                "key attribute {name} is {:?} in Keys but {:?} in {image_name}",
+                part.kind, found.kind
+            ));
+        }
+        let text = &doc[found.span.clone()];
+        let same = match part.kind {
+            AttributeKind::N => std::str::from_utf8(text)
+                .ok()
+                .and_then(Decimal::parse)
+                .is_some_and(|d| d.canonical_text() == part.text),
+            _ => serde_json::from_slice::<Cow<'_, str>>(text).is_ok_and(|s| s == part.text),
+        };
+        if !same {
+            return Err(format!(
+                "key attribute {name} has different values in Keys and {image_name}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn attribute_version(name: &str, text: Option<&[u8]>) -> Result<u64, String> {
@@ -390,4 +529,238 @@ fn write_action(out: &mut Vec<u8>, verb: &str, id: &str, version: Option<u64>, v
         out.push(b'"');
     }
     out.extend_from_slice(b"}}\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream record with the given pieces (Keys and images as DynamoDB JSON text).
+    fn record(seq: &str, name: &str, time: &str, keys: &str, image: Option<&str>) -> String {
+        let image = image.map_or(String::new(), |i| format!(",\"NewImage\":{i}"));
+        format!(
+            r#"{{"eventID":"e{seq}","eventName":"{name}","dynamodb":{{"ApproximateCreationDateTime":{time},"Keys":{keys},"SequenceNumber":"{seq}"{image}}}}}"#
+        )
+    }
+
+    const KEYS: &str = r#"{"pk":{"S":"a"}}"#;
+
+    fn batch(records: &[String]) -> String {
+        format!("{{\"Records\":[{}]}}", records.join(","))
+    }
+
+    fn reasons(payload: &str) -> Vec<Option<String>> {
+        plan(payload, &VersionSource::StreamTime, 1 << 20)
+            .unwrap()
+            .records
+            .into_iter()
+            .map(|r| match r.disposition {
+                Disposition::Invalid(reason) => Some(reason),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn good() -> String {
+        record(
+            "1",
+            "INSERT",
+            "1700000000",
+            KEYS,
+            Some(r#"{"pk":{"S":"a"},"n":{"N":"1"}}"#),
+        )
+    }
+
+    #[test]
+    fn only_objects_make_a_batch_and_its_records() {
+        let r = good();
+        assert!(plan(&format!("[[{r}]]"), &VersionSource::StreamTime, 1 << 20).is_err());
+        assert!(plan(&format!("[{r}]"), &VersionSource::StreamTime, 1 << 20).is_err());
+        let as_array = r#"["e1","INSERT",null,null,{"Keys":{"pk":{"S":"a"}}}]"#.to_string();
+        let got = reasons(&batch(&[good(), as_array, "7".into()]));
+        assert_eq!(got[0], None);
+        assert!(
+            got[1]
+                .as_deref()
+                .unwrap()
+                .contains("expected a JSON object"),
+            "{got:?}"
+        );
+        assert!(got[2].is_some());
+        let dynamodb_array = r#"{"eventID":"e2","eventName":"INSERT","dynamodb":["x"]}"#;
+        let got = reasons(&batch(&[good(), dynamodb_array.into()]));
+        assert!(
+            got[1]
+                .as_deref()
+                .unwrap()
+                .contains("expected a JSON object"),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn a_mistyped_optional_field_keeps_the_records_identity() {
+        let image = Some(r#"{"pk":{"S":"a"}}"#);
+        let cases = [
+            record("2", "INSERT", "\"1700000000\"", KEYS, image),
+            good().replace(r#""eventID""#, r#""userIdentity":"svc","eventID""#),
+            good().replace(
+                r#""dynamodb":{"#,
+                r#""dynamodb":{"SequenceNumber":"0"},"dynamodb":{"#,
+            ),
+        ];
+        for case in cases {
+            let payload = batch(&[good(), case.clone()]);
+            let p = plan(&payload, &VersionSource::StreamTime, 1 << 20).unwrap();
+            let r = &p.records[1];
+            assert!(matches!(r.disposition, Disposition::Invalid(_)), "{case}");
+            assert!(
+                r.sequence_number
+                    .as_deref()
+                    .is_some_and(|s| s == "1" || s == "2"),
+                "{case}: {:?}",
+                r.sequence_number.as_deref()
+            );
+            assert!(r.event_id.is_some(), "{case}");
+        }
+    }
+
+    #[test]
+    fn a_creation_time_ahead_of_the_clock_is_refused() {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let image = Some(r#"{"pk":{"S":"a"}}"#);
+        let millis = (now * 1000).to_string();
+        let hour_ahead = (now + 3600).to_string();
+        let minute_ahead = (now + 60).to_string();
+        let got = reasons(&batch(&[
+            record("1", "INSERT", &millis, KEYS, image),
+            record("2", "MODIFY", &hour_ahead, KEYS, image),
+            record("3", "REMOVE", &hour_ahead, r#"{"pk":{"S":"c"}}"#, None),
+            record(
+                "4",
+                "INSERT",
+                &minute_ahead,
+                r#"{"pk":{"S":"d"}}"#,
+                Some(r#"{"pk":{"S":"d"}}"#),
+            ),
+        ]));
+        for r in &got[..3] {
+            assert!(r.as_deref().unwrap().contains("ahead of now"), "{got:?}");
+        }
+        assert_eq!(got[3], None, "within the allowed skew");
+    }
+
+    #[test]
+    fn keys_must_name_each_attribute_once_and_agree_with_the_image() {
+        let cases = [
+            (
+                r#"{"pk":{"S":"a"},"pk":{"S":"b"}}"#,
+                r#"{"pk":{"S":"a"}}"#,
+                "more than once",
+            ),
+            (KEYS, r#"{"pk":{"S":"b"}}"#, "different values"),
+            (KEYS, r#"{"pk":{"N":"1"}}"#, "is S in Keys but N"),
+            (KEYS, r#"{"other":{"S":"a"}}"#, "lacks the key attribute pk"),
+            (
+                r#"{"pk":{"N":"1.0"}}"#,
+                r#"{"pk":{"N":"2"}}"#,
+                "different values",
+            ),
+            (
+                r#"{"pk":{"S":"\ud800"}}"#,
+                r#"{"pk":{"S":"a"}}"#,
+                "key attribute pk:",
+            ),
+        ];
+        for (keys, image, expected) in cases {
+            let got = reasons(&batch(&[record(
+                "1",
+                "INSERT",
+                "1700000000",
+                keys,
+                Some(image),
+            )]));
+            let reason = got[0].as_deref().unwrap_or("accepted");
+            assert!(reason.contains(expected), "{keys} {image}: {reason}");
+        }
+        let same = reasons(&batch(&[record(
+            "1",
+            "INSERT",
+            "1700000000",
+            r#"{"pk":{"N":"1.0"},"sk":{"S":"x\"y"}}"#,
+            Some(r#"{"sk":{"S":"x\u0022y"},"pk":{"N":"1"}}"#),
+        )]));
+        assert_eq!(same[0], None, "equal values in other spellings agree");
+    }
+
+    #[test]
+    fn of_two_changes_of_one_key_the_higher_version_wins_whatever_the_order() {
+        let newer = record(
+            "9",
+            "MODIFY",
+            "1700000100",
+            KEYS,
+            Some(r#"{"pk":{"S":"a"},"v":{"N":"2"}}"#),
+        );
+        let older = record(
+            "5",
+            "MODIFY",
+            "1700000000",
+            KEYS,
+            Some(r#"{"pk":{"S":"a"},"v":{"N":"1"}}"#),
+        );
+        let payload = batch(&[newer, older]);
+        let p = plan(&payload, &VersionSource::StreamTime, 1 << 20).unwrap();
+        assert_eq!(p.changes.len(), 1);
+        assert_eq!(p.changes[0].record, 0, "the newer change is sent");
+        assert_eq!(p.records[1].disposition, Disposition::Superseded(0));
+        // Equal versions: batch order decides (two changes in one second of stream time).
+        let first = record(
+            "5",
+            "MODIFY",
+            "1700000000",
+            KEYS,
+            Some(r#"{"pk":{"S":"a"},"v":{"N":"1"}}"#),
+        );
+        let second = record(
+            "6",
+            "MODIFY",
+            "1700000000",
+            KEYS,
+            Some(r#"{"pk":{"S":"a"},"v":{"N":"2"}}"#),
+        );
+        let payload = batch(&[first, second]);
+        let p = plan(&payload, &VersionSource::StreamTime, 1 << 20).unwrap();
+        assert_eq!(p.changes[0].record, 1);
+    }
+
+    #[test]
+    fn an_item_attribute_named_like_the_raw_key_field_is_refused_when_the_key_is_hashed() {
+        let long = "k".repeat(600);
+        let keys = format!(r#"{{"pk":{{"S":"{long}"}}}}"#);
+        let image = format!(r#"{{"pk":{{"S":"{long}"}},"{RAW_KEY_FIELD}":{{"S":"mine"}}}}"#);
+        let got = reasons(&batch(&[record(
+            "1",
+            "INSERT",
+            "1700000000",
+            &keys,
+            Some(&image),
+        )]));
+        assert!(
+            got[0].as_deref().unwrap().contains(RAW_KEY_FIELD),
+            "{got:?}"
+        );
+        let short = format!(r#"{{"pk":{{"S":"a"}},"{RAW_KEY_FIELD}":{{"S":"mine"}}}}"#);
+        let got = reasons(&batch(&[record(
+            "1",
+            "INSERT",
+            "1700000000",
+            KEYS,
+            Some(&short),
+        )]));
+        assert_eq!(got[0], None, "with a short key the field is the item's own");
+    }
 }

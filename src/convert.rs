@@ -17,22 +17,39 @@ use serde_json::value::RawValue;
 /// Converts one item image (a JSON object of attribute name → typed attribute value) into a
 /// document appended to `out`. On error `out` may hold a partial document; callers truncate.
 pub fn write_document(image: &str, out: &mut Vec<u8>) -> Result<(), ConvertError> {
-    write_document_with_version(image, out, None).map(|_| ())
+    write_document_capturing(image, out, &[]).map(|_| ())
 }
 
-/// Like [`write_document`], and also finds the top-level attribute `version_attr`: returns the
-/// range of `out` holding its JSON text (a number's exact text, or a string token), if present.
-pub fn write_document_with_version(
+/// A top-level attribute found while converting: its DynamoDB type and the range of the output
+/// holding its JSON text (a number's exact text, a string token, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Captured {
+    pub kind: AttributeKind,
+    pub span: std::ops::Range<usize>,
+}
+
+/// The DynamoDB type of an attribute value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttributeKind {
+    S,
+    N,
+    B,
+    Other,
+}
+
+/// Like [`write_document`], and also finds the top-level attributes named in `names` (the key
+/// attributes, the version attribute): one entry per name, `None` when the image lacks it.
+pub fn write_document_capturing(
     image: &str,
     out: &mut Vec<u8>,
-    version_attr: Option<&str>,
-) -> Result<Option<std::ops::Range<usize>>, ConvertError> {
+    names: &[&str],
+) -> Result<Vec<Option<Captured>>, ConvertError> {
     let mut de = serde_json::Deserializer::from_str(image);
     let mut sink = Sink {
         out: std::mem::take(out),
         trail: Vec::new(),
-        version_attr,
-        version_span: None,
+        names,
+        captured: vec![None; names.len()],
     };
     let result = ItemSeed {
         sink: &mut sink,
@@ -41,8 +58,8 @@ pub fn write_document_with_version(
     .deserialize(&mut de)
     .and_then(|()| de.end());
     *out = sink.out;
-    let version_span = sink.version_span;
-    result.map(|()| version_span).map_err(|e| {
+    let captured = sink.captured;
+    result.map(|()| captured).map_err(|e| {
         let reason = strip_position(e.to_string());
         if sink.trail.is_empty() {
             return ConvertError(reason);
@@ -63,8 +80,8 @@ pub fn write_document_with_version(
 struct Sink<'v> {
     out: Vec<u8>,
     trail: Vec<String>,
-    version_attr: Option<&'v str>,
-    version_span: Option<std::ops::Range<usize>>,
+    names: &'v [&'v str],
+    captured: Vec<Option<Captured>>,
 }
 
 /// Why an image could not be converted, naming the attribute path (e.g. `a.b[2]: ...`).
@@ -86,11 +103,92 @@ fn strip_position(mut msg: String) -> String {
 /// rewritten to the same value in JSON grammar, and anything that is not a number is an error.
 pub fn number_json(text: &str) -> Result<Cow<'_, str>, String> {
     if is_json_number(text) {
+        check_range(text)?;
         return Ok(Cow::Borrowed(text));
     }
     let parsed = Decimal::parse(text).ok_or_else(|| format!("invalid number text {text:?}"))?;
+    parsed.check_range()?;
     // The canonical text is JSON number grammar by construction.
     Ok(Cow::Owned(parsed.canonical_text()))
+}
+
+/// DynamoDB numbers: at most 38 significant digits, magnitude from 1E-130 to below 1E+126
+/// (`9.9999999999999999999999999999999999999E+125`), or zero.
+pub const MAX_SIGNIFICANT_DIGITS: usize = 38;
+pub const MIN_ADJUSTED_EXPONENT: i64 = -130;
+pub const MAX_ADJUSTED_EXPONENT: i64 = 125;
+
+/// A number DynamoDB cannot hold is not an item value: sending it would fail (or, worse, crash a
+/// request) at the cluster, so it is refused here, naming the rule but not the value.
+fn range_error(significant: usize, adjusted: i64) -> Result<(), String> {
+    if significant > MAX_SIGNIFICANT_DIGITS {
+        return Err(format!(
+            "number has {significant} significant digits; DynamoDB allows at most {MAX_SIGNIFICANT_DIGITS}"
+        ));
+    }
+    if !(MIN_ADJUSTED_EXPONENT..=MAX_ADJUSTED_EXPONENT).contains(&adjusted) {
+        return Err(format!(
+            "number of magnitude 1E{adjusted} is outside DynamoDB's range (1E-130 to 9.99…E+125)"
+        ));
+    }
+    Ok(())
+}
+
+/// [`range_error`] for text already in JSON number grammar, without allocating.
+fn check_range(text: &str) -> Result<(), String> {
+    let b = text.strip_prefix('-').unwrap_or(text).as_bytes();
+    let mantissa_end = b
+        .iter()
+        .position(|&c| c == b'e' || c == b'E')
+        .unwrap_or(b.len());
+    let exponent: i64 = if mantissa_end < b.len() {
+        let e = &text[text.len() - (b.len() - mantissa_end - 1)..];
+        let e = e.strip_prefix('+').unwrap_or(e);
+        match e.parse::<i64>() {
+            Ok(v) => v,
+            // More exponent digits than an i64 holds: far outside the range either way.
+            Err(_) => {
+                return range_error(
+                    1,
+                    if e.starts_with('-') {
+                        i64::MIN
+                    } else {
+                        i64::MAX
+                    },
+                );
+            }
+        }
+    } else {
+        0
+    };
+    let mantissa = &b[..mantissa_end];
+    let point = mantissa
+        .iter()
+        .position(|&c| c == b'.')
+        .unwrap_or(mantissa.len());
+    let digits = mantissa
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.is_ascii_digit());
+    let mut first: Option<usize> = None;
+    let mut last = 0;
+    for (i, &c) in digits {
+        if c != b'0' {
+            first.get_or_insert(i);
+            last = i;
+        }
+    }
+    let Some(first) = first else {
+        return Ok(()); // zero
+    };
+    // Digits between first and last, not counting the point.
+    let significant = last - first + 1 - usize::from(first < point && last > point);
+    let adjusted = if first < point {
+        (point - first - 1) as i64
+    } else {
+        -((first - point) as i64)
+    };
+    range_error(significant, adjusted.saturating_add(exponent))
 }
 
 /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`, the JSON number grammar (RFC 8259 §6).
@@ -229,6 +327,15 @@ impl Decimal {
         s
     }
 
+    /// Whether DynamoDB can hold this number (see [`MAX_SIGNIFICANT_DIGITS`]).
+    pub fn check_range(&self) -> Result<(), String> {
+        if self.digits == "0" {
+            return Ok(());
+        }
+        let adjusted = (self.digits.len() as i64).saturating_add(self.exponent) - 1;
+        range_error(self.digits.len(), adjusted)
+    }
+
     /// The value as a non-negative integer that fits a Java long, if it is one.
     pub fn as_version(&self) -> Option<u64> {
         if self.negative || self.exponent < 0 {
@@ -329,23 +436,42 @@ impl<'de> Visitor<'de> for ItemSeed<'_, '_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         self.sink.out.push(b'{');
-        let mut first = true;
-        while let Some(name) = map.next_key::<CowStr<'de>>()? {
-            if !first {
+        let mut count = 0usize;
+        loop {
+            let name = match map.next_key::<CowStr<'de>>() {
+                Ok(Some(name)) => name,
+                Ok(None) => break,
+                Err(e) => {
+                    // The name itself is unreadable (a lone surrogate, say): name its position.
+                    self.sink
+                        .trail
+                        .push(format!("<name of attribute {}>", count + 1));
+                    return Err(e);
+                }
+            };
+            if count > 0 {
                 self.sink.out.push(b',');
             }
-            first = false;
+            count += 1;
             write_json_str(&mut self.sink.out, &name);
             self.sink.out.push(b':');
             let start = self.sink.out.len();
-            if let Err(e) = map.next_value_seed(AttributeSeed {
+            let kind = match map.next_value_seed(AttributeSeed {
                 sink: &mut *self.sink,
             }) {
-                self.sink.trail.push(name.0.into_owned());
-                return Err(e);
-            }
-            if self.top && self.sink.version_attr == Some(&*name) {
-                self.sink.version_span = Some(start..self.sink.out.len());
+                Ok(kind) => kind,
+                Err(e) => {
+                    self.sink.trail.push(name.0.into_owned());
+                    return Err(e);
+                }
+            };
+            if self.top
+                && let Some(i) = self.sink.names.iter().position(|n| *n == &*name)
+            {
+                self.sink.captured[i] = Some(Captured {
+                    kind,
+                    span: start..self.sink.out.len(),
+                });
             }
         }
         self.sink.out.push(b'}');
@@ -359,22 +485,28 @@ struct AttributeSeed<'o, 'v> {
 }
 
 impl<'de> DeserializeSeed<'de> for AttributeSeed<'_, '_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+    type Value = AttributeKind;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<AttributeKind, D::Error> {
         d.deserialize_map(self)
     }
 }
 
 impl<'de> Visitor<'de> for AttributeSeed<'_, '_> {
-    type Value = ();
+    type Value = AttributeKind;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a DynamoDB attribute value such as {\"S\": \"text\"}")
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AttributeKind, A::Error> {
         let Some(tag) = map.next_key::<CowStr<'de>>()? else {
             return Err(de::Error::custom("attribute value has no type"));
         };
         let sink = self.sink;
+        let kind = match &*tag {
+            "S" => AttributeKind::S,
+            "N" => AttributeKind::N,
+            "B" => AttributeKind::B,
+            _ => AttributeKind::Other,
+        };
         let out = &mut sink.out;
         match &*tag {
             "S" => {
@@ -426,7 +558,7 @@ impl<'de> Visitor<'de> for AttributeSeed<'_, '_> {
                 "attribute value has more than one type (first {tag:?})"
             )));
         }
-        Ok(())
+        Ok(kind)
     }
 }
 
@@ -438,6 +570,17 @@ fn write_string_token<E: de::Error>(out: &mut Vec<u8>, raw: &RawValue) -> Result
         return Err(E::custom(format!(
             "S value is not a string: {}",
             preview(text)
+        )));
+    }
+    // The token is copied without decoding, so an escaped lone surrogate (`"\ud800"`), which
+    // no DynamoDB string can hold, would pass: tokens with `\u` escapes are decoded once to
+    // check them (rare: the stream sends non-ASCII text as UTF-8).
+    if text.contains("\\u")
+        && let Err(e) = serde_json::from_str::<String>(text)
+    {
+        return Err(E::custom(format!(
+            "S value is not valid Unicode text ({})",
+            strip_position(e.to_string())
         )));
     }
     out.extend_from_slice(text.as_bytes());
@@ -486,9 +629,11 @@ impl<'de> Visitor<'de> for ListSeed<'_, '_> {
                 self.sink.out.push(b',');
             }
             let more = match self.kind {
-                ListKind::Attributes => seq.next_element_seed(AttributeSeed {
-                    sink: &mut *self.sink,
-                }),
+                ListKind::Attributes => seq
+                    .next_element_seed(AttributeSeed {
+                        sink: &mut *self.sink,
+                    })
+                    .map(|kind| kind.map(|_| ())),
                 ListKind::Strings => {
                     seq.next_element::<&'de RawValue>()
                         .and_then(|raw| match raw {
@@ -627,5 +772,84 @@ mod tests {
         );
         let err = convert(r#"{"x":{"S":5}}"#).unwrap_err();
         assert_eq!(err.0, "x: S value is not a string: 5");
+    }
+
+    #[test]
+    fn numbers_outside_dynamodbs_range_are_refused_without_quoting_them() {
+        for ok in [
+            "0",
+            "-0.000",
+            "1E+125",
+            "9.9999999999999999999999999999999999999E+125",
+            "1E-130",
+            "-1e-130",
+            "12345678901234567890123456789012345678",
+            "0.00012345678901234567890123456789012345678",
+            "1234567890123456789012345678901234567800000",
+            "100.000",
+        ] {
+            assert!(number_json(ok).is_ok(), "{ok} is a DynamoDB number");
+        }
+        for bad in [
+            "1e400",
+            "1E+126",
+            "10E+125",
+            "1E-131",
+            "0.1E-130",
+            "123456789012345678901234567890123456789",
+            "1.23456789012345678901234567890123456789",
+            "1e99999999999999999999",
+            "+1e400",
+            ".1e-130",
+        ] {
+            let e = number_json(bad).unwrap_err();
+            assert!(e.contains("DynamoDB"), "{bad}: {e}");
+            let digits: String = bad.chars().filter(char::is_ascii_digit).collect();
+            assert!(
+                !e.contains(&digits),
+                "the reason must not quote the value: {e}"
+            );
+        }
+        let err = convert(r#"{"m":{"M":{"x":{"NS":["1","1e400"]}}}}"#).unwrap_err();
+        assert!(err.0.starts_with("m.x[1]: number of magnitude"), "{err}");
+    }
+
+    #[test]
+    fn an_unreadable_attribute_name_is_named_by_its_position() {
+        let err = convert(r#"{"ok":{"S":"x"},"m":{"M":{"a":{"N":"1"},"\ud800":{"S":"x"}}}}"#)
+            .unwrap_err();
+        assert!(
+            err.0.starts_with("m.<name of attribute 2>: "),
+            "the path names the map and the position: {err}"
+        );
+        let err = convert(r#"{"s":{"SS":["ok","a\ud800b"]}}"#).unwrap_err();
+        assert!(
+            err.0.starts_with("s[1]: S value is not valid Unicode text"),
+            "{err}"
+        );
+        assert!(convert(r#"{"s":{"S":"\ud83d\ude00 \u00e9"}}"#).is_ok());
+    }
+
+    #[test]
+    fn captures_top_level_attributes_with_their_type_and_text() {
+        let mut out = Vec::new();
+        let got = write_document_capturing(
+            r#"{"pk":{"S":"a\"b"},"m":{"M":{"v":{"N":"1"}}},"v":{"N":"7.0"},"b":{"B":"AA=="}}"#,
+            &mut out,
+            &["v", "pk", "b", "m", "absent"],
+        )
+        .unwrap();
+        let text = |c: &Option<Captured>| {
+            let c = c.as_ref().unwrap();
+            (
+                c.kind,
+                String::from_utf8(out[c.span.clone()].to_vec()).unwrap(),
+            )
+        };
+        assert_eq!(text(&got[0]), (AttributeKind::N, "7.0".into()));
+        assert_eq!(text(&got[1]), (AttributeKind::S, r#""a\"b""#.into()));
+        assert_eq!(text(&got[2]), (AttributeKind::B, r#""AA==""#.into()));
+        assert_eq!(text(&got[3]), (AttributeKind::Other, r#"{"v":1}"#.into()));
+        assert_eq!(got[4], None);
     }
 }

@@ -7,9 +7,9 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
-use crate::bulk::{self, ItemOutcome};
+use crate::bulk::{self, BulkBody, ItemOutcome};
 use crate::change::{Action, Change};
-use crate::transport::{BulkReply, OpenSearch};
+use crate::transport::{BulkReply, OpenSearch, RequestFailure};
 
 /// The limits one delivery works within.
 #[derive(Debug, Clone)]
@@ -38,6 +38,28 @@ pub struct DeliveryStats {
 /// could answer, and the actions are reported for retry anyway.
 const MIN_REQUEST_TIME: Duration = Duration::from_millis(200);
 
+/// A body that failed as a whole this many times in a row is split in halves: one poisonous
+/// action (a document that makes the cluster drop the connection or answer 5xx) must not take
+/// the rest of its body down. Once is not enough: most whole failures are transient.
+const SPLIT_AFTER_FAILURES: u32 = 2;
+
+/// An action alone in its body that has failed as a whole this many times in a row, while the
+/// cluster accepted other bodies of this delivery, is refused for good (and quarantined).
+const ISOLATED_FAILURES: u32 = 3;
+
+/// Per-change delivery state that outlives a round.
+struct Progress {
+    /// The most actions this change's body may hold (halved by each split).
+    cap: Vec<usize>,
+    /// The cap before any split (BULK_MAX_ACTIONS).
+    max_actions: usize,
+    /// Whole-body failures in a row of the bodies that carried this change.
+    whole_failures: Vec<u32>,
+    /// Some `_bulk` request of this delivery was answered item by item: the cluster is up, so a
+    /// body that keeps failing as a whole is failing for what it holds.
+    accepted_any: bool,
+}
+
 /// Delivers `changes` to `index`; returns one outcome per change.
 pub async fn deliver(
     os: &OpenSearch,
@@ -51,12 +73,19 @@ pub async fn deliver(
     let mut pending: Vec<usize> = (0..changes.len()).collect();
     let mut max_bytes = limits.max_bytes;
     let mut live_limit = limits.concurrency;
+    let mut progress = Progress {
+        cap: vec![limits.max_actions; changes.len()],
+        max_actions: limits.max_actions,
+        whole_failures: vec![0; changes.len()],
+        accepted_any: false,
+    };
     let mut attempt = 0u32;
     while !pending.is_empty() {
         stats.rounds += 1;
-        let mut queue = bulk::pack(changes, &pending, max_bytes, limits.max_actions).into_iter();
+        // Set by any failure that a smaller body does not answer: the next round waits.
+        let mut back_off = false;
+        let mut queue = pack_by_cap(changes, &pending, max_bytes, &progress.cap).into_iter();
         let mut in_flight = FuturesUnordered::new();
-        let mut split = false;
         loop {
             while in_flight.len() < live_limit {
                 let left = limits.stop_at.saturating_duration_since(Instant::now());
@@ -80,7 +109,10 @@ pub async fn deliver(
             };
             match reply {
                 BulkReply::Items(items) => {
+                    progress.accepted_any = true;
                     for (i, outcome) in members.into_iter().zip(items) {
+                        back_off |= outcome.is_retry();
+                        progress.whole_failures[i] = 0;
                         outcomes[i] = outcome;
                     }
                     live_limit = (live_limit + 1).min(limits.concurrency);
@@ -93,19 +125,21 @@ pub async fn deliver(
                     } else {
                         // Re-sent in the next round under half this body's size: the halves.
                         max_bytes = max_bytes.min(len / 2).max(1);
-                        split = true;
                         for i in members {
                             outcomes[i] = ItemOutcome::Retry(reason.clone());
                         }
                     }
                 }
-                BulkReply::Failed { reason, throttled } => {
-                    if throttled {
+                BulkReply::Failed { reason, failure } => {
+                    if failure == RequestFailure::Throttled {
                         stats.throttled += 1;
                         live_limit = (live_limit / 2).max(1);
-                    }
-                    for i in members {
-                        outcomes[i] = ItemOutcome::Retry(reason.clone());
+                        back_off = true;
+                        for i in members {
+                            outcomes[i] = ItemOutcome::Retry(reason.clone());
+                        }
+                    } else {
+                        back_off |= !whole_failure(&mut progress, &mut outcomes, &members, &reason);
                     }
                 }
             }
@@ -119,10 +153,10 @@ pub async fn deliver(
         // A split alone needs no pause; anything else backs off before the next round, if the
         // pause and one more request still fit before the stop.
         attempt += 1;
-        let delay = if split && !pending.iter().any(|&i| !is_split(&outcomes[i])) {
-            Duration::ZERO
-        } else {
+        let delay = if back_off {
             limits.backoff.delay(attempt)
+        } else {
+            Duration::ZERO
         };
         if Instant::now() + delay + MIN_REQUEST_TIME > limits.stop_at {
             break;
@@ -132,6 +166,64 @@ pub async fn deliver(
     (outcomes, stats)
 }
 
-fn is_split(outcome: &ItemOutcome) -> bool {
-    matches!(outcome, ItemOutcome::Retry(r) if r.starts_with("413"))
+/// A body failed as a whole (not a 429 or 413). Returns true when the failure was answered by
+/// a split or an isolation, so the next round need not wait.
+fn whole_failure(
+    progress: &mut Progress,
+    outcomes: &mut [ItemOutcome],
+    members: &[usize],
+    reason: &str,
+) -> bool {
+    let failures = members
+        .iter()
+        .map(|&i| {
+            progress.whole_failures[i] += 1;
+            progress.whole_failures[i]
+        })
+        .max()
+        .unwrap_or(0);
+    if members.len() == 1 && progress.accepted_any && failures >= ISOLATED_FAILURES {
+        outcomes[members[0]] = ItemOutcome::Permanent(format!(
+            "the cluster failed the request holding only this action {failures} times while accepting others: {reason}"
+        ));
+        return true;
+    }
+    for &i in members {
+        outcomes[i] = ItemOutcome::Retry(reason.to_string());
+    }
+    // Split when the failure repeats. Without evidence that the cluster is up (nothing accepted
+    // yet), split only a body never split before: an outage then costs at most twice the
+    // requests, while one half succeeding is the evidence that lets splitting go on.
+    let never_split = members
+        .iter()
+        .all(|&i| progress.cap[i] == progress.max_actions);
+    if members.len() > 1
+        && failures >= SPLIT_AFTER_FAILURES
+        && (progress.accepted_any || never_split)
+    {
+        let half = members.len().div_ceil(2);
+        for &i in members {
+            progress.cap[i] = half;
+        }
+        return progress.accepted_any;
+    }
+    false
+}
+
+/// Packs pending changes into bodies, each change in a body of at most its cap of actions.
+fn pack_by_cap(
+    changes: &[Change],
+    pending: &[usize],
+    max_bytes: usize,
+    cap: &[usize],
+) -> Vec<BulkBody> {
+    let mut caps: Vec<usize> = pending.iter().map(|&i| cap[i]).collect();
+    caps.sort_unstable_by(|a, b| b.cmp(a));
+    caps.dedup();
+    caps.into_iter()
+        .flat_map(|c| {
+            let group: Vec<usize> = pending.iter().copied().filter(|&i| cap[i] == c).collect();
+            bulk::pack(changes, &group, max_bytes, c)
+        })
+        .collect()
 }

@@ -18,7 +18,11 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use sha2::{Digest, Sha256};
 
-use crate::convert::Decimal;
+use crate::convert::{AttributeKind, Decimal};
+
+fn strip_position(msg: &str) -> &str {
+    msg.split(" at line ").next().unwrap_or(msg)
+}
 
 /// OpenSearch rejects `_id`s longer than this many bytes.
 pub const MAX_ID_BYTES: usize = 512;
@@ -39,11 +43,24 @@ pub struct DocId {
 #[error("{0}")]
 pub struct KeyError(pub String);
 
+/// One key attribute: its name, type and component text (canonical for `N`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPart {
+    pub name: String,
+    pub kind: AttributeKind,
+    pub text: String,
+}
+
 /// Builds the id from a `Keys` map in DynamoDB JSON (`{"pk":{"S":"a"},"sk":{"N":"1"}}`).
 pub fn doc_id(keys_json: &str) -> Result<DocId, KeyError> {
+    key_parts(keys_json).map(|parts| doc_id_of(&parts))
+}
+
+/// Reads a `Keys` map: one or two attributes of type S, N or B, each named once.
+pub fn key_parts(keys_json: &str) -> Result<Vec<KeyPart>, KeyError> {
     let keys: KeyMap = serde_json::from_str(keys_json).map_err(|e| {
         let msg = e.to_string();
-        KeyError(msg.split(" at line ").next().unwrap_or(&msg).to_string())
+        KeyError(strip_position(&msg).to_string())
     })?;
     let mut parts = keys.0;
     if parts.is_empty() {
@@ -55,20 +72,25 @@ pub fn doc_id(keys_json: &str) -> Result<DocId, KeyError> {
             parts.len()
         )));
     }
-    parts.sort_by(|a, b| a.0.cmp(&b.0));
+    parts.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(parts)
+}
+
+/// The id of key parts in attribute-name order (as [`key_parts`] returns them).
+pub fn doc_id_of(parts: &[KeyPart]) -> DocId {
     let mut id = String::new();
-    for (i, (_, value)) in parts.iter().enumerate() {
+    for (i, part) in parts.iter().enumerate() {
         if i > 0 {
             id.push('|');
         }
-        for c in value.chars() {
+        for c in part.text.chars() {
             if c == '\\' || c == '|' {
                 id.push('\\');
             }
             id.push(c);
         }
     }
-    Ok(finish(id))
+    finish(id)
 }
 
 fn finish(id: String) -> DocId {
@@ -87,8 +109,8 @@ fn finish(id: String) -> DocId {
     }
 }
 
-/// Key attribute name → component text.
-struct KeyMap(Vec<(String, String)>);
+/// The key attributes in the order read.
+struct KeyMap(Vec<KeyPart>);
 
 impl<'de> Deserialize<'de> for KeyMap {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -104,9 +126,35 @@ impl<'de> Visitor<'de> for KeyMapVisitor {
         f.write_str("a map of key attribute name to S, N or B value")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeyMap, A::Error> {
-        let mut parts = Vec::with_capacity(2);
-        while let Some(name) = map.next_key::<crate::convert::CowStr<'de>>()? {
-            let value: KeyValue = map.next_value()?;
+        let mut parts: Vec<KeyPart> = Vec::with_capacity(2);
+        loop {
+            let name = match map.next_key::<crate::convert::CowStr<'de>>() {
+                Ok(Some(name)) => name,
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(de::Error::custom(format!(
+                        "name of key attribute {}: {}",
+                        parts.len() + 1,
+                        strip_position(&e.to_string())
+                    )));
+                }
+            };
+            if parts.iter().any(|p| p.name == *name) {
+                return Err(de::Error::custom(format!(
+                    "key attribute {name} appears more than once"
+                )));
+            }
+            let value: KeyValue = map.next_value().map_err(|e| {
+                de::Error::custom(format!(
+                    "key attribute {name}: {}",
+                    strip_position(&e.to_string())
+                ))
+            })?;
+            let kind = match &value {
+                KeyValue::S(_) => AttributeKind::S,
+                KeyValue::N(_) => AttributeKind::N,
+                KeyValue::B(_) => AttributeKind::B,
+            };
             let text = match value {
                 KeyValue::S(s) if s.is_empty() => {
                     return Err(de::Error::custom(format!(
@@ -114,13 +162,16 @@ impl<'de> Visitor<'de> for KeyMapVisitor {
                     )));
                 }
                 KeyValue::S(s) => s,
-                KeyValue::N(n) => Decimal::parse(&n)
-                    .ok_or_else(|| {
+                KeyValue::N(n) => {
+                    let d = Decimal::parse(&n).ok_or_else(|| {
                         de::Error::custom(format!(
                             "key attribute {name}: invalid number text {n:?}"
                         ))
-                    })?
-                    .canonical_text(),
+                    })?;
+                    d.check_range()
+                        .map_err(|e| de::Error::custom(format!("key attribute {name}: {e}")))?;
+                    d.canonical_text()
+                }
                 KeyValue::B(b) => {
                     use base64::Engine as _;
                     base64::engine::general_purpose::STANDARD
@@ -131,7 +182,11 @@ impl<'de> Visitor<'de> for KeyMapVisitor {
                     b
                 }
             };
-            parts.push((name.0.into_owned(), text));
+            parts.push(KeyPart {
+                name: name.0.into_owned(),
+                kind,
+                text,
+            });
         }
         Ok(KeyMap(parts))
     }

@@ -8,9 +8,9 @@ use tokio::time::Instant;
 
 use crate::backoff::Backoff;
 use crate::bulk::ItemOutcome;
-use crate::change::{self, Disposition, NotAStreamEvent, VersionSource};
+use crate::change::{self, Disposition, NotAStreamEvent, Plan, VersionSource};
 use crate::config::Config;
-use crate::dispatch::{self, Limits};
+use crate::dispatch::{self, DeliveryStats, Limits};
 use crate::quarantine::{Entry, Quarantine};
 use crate::transport::OpenSearch;
 
@@ -74,6 +74,17 @@ pub enum InvocationError {
     },
 }
 
+impl InvocationError {
+    /// A stable name for the error, reported to Lambda as the `errorType` (alarms and log
+    /// queries match on it; a Rust type name would change with the code).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            InvocationError::NotAStreamEvent(_) => "NotAStreamEvent",
+            InvocationError::Unreportable { .. } => "UnreportableRecords",
+        }
+    }
+}
+
 /// Everything an invocation needs, built once at cold start.
 #[derive(Clone)]
 pub struct Indexer {
@@ -131,10 +142,16 @@ impl Indexer {
         versions: &VersionSource,
     ) -> Result<Handled, InvocationError> {
         let started = Instant::now();
+        let plan = change::plan(payload, versions, self.config.bulk_max_bytes)?;
+        let (outcomes, stats) = self.deliver(&plan, deadline).await;
+        let quarantined = self.quarantine(&plan, &outcomes, deadline).await;
+        account(&plan, outcomes, &quarantined, &stats, started)
+    }
+
+    /// The limits of one delivery that must stop starting requests at `stop_at`.
+    fn limits(&self, stop_at: Instant) -> Limits {
         let cfg = &self.config;
-        let plan = change::plan(payload, versions, cfg.bulk_max_bytes)?;
-        let stop_at = deadline.checked_sub(cfg.deadline_margin).unwrap_or(started);
-        let limits = Limits {
+        Limits {
             max_bytes: cfg.bulk_max_bytes,
             max_actions: cfg.bulk_max_actions,
             concurrency: cfg.bulk_concurrency,
@@ -144,12 +161,27 @@ impl Indexer {
                 max: cfg.retry_max,
             },
             stop_at,
-        };
-        let (change_outcomes, stats) =
-            dispatch::deliver(&self.opensearch, &cfg.index, &plan.changes, &limits).await;
+        }
+    }
 
-        // Each record's outcome: its own change's, or the change that superseded it in-batch.
-        let mut outcomes: Vec<ItemOutcome> = plan
+    /// Sends the plan's changes; returns each record's outcome, in batch order: its own
+    /// change's, or that of the change that superseded it in the batch.
+    async fn deliver(
+        &self,
+        plan: &Plan<'_>,
+        deadline: Instant,
+    ) -> (Vec<ItemOutcome>, DeliveryStats) {
+        let stop_at = deadline
+            .checked_sub(self.config.deadline_margin)
+            .unwrap_or_else(Instant::now);
+        let (change_outcomes, stats) = dispatch::deliver(
+            &self.opensearch,
+            &self.config.index,
+            &plan.changes,
+            &self.limits(stop_at),
+        )
+        .await;
+        let outcomes = plan
             .records
             .iter()
             .map(|r| match &r.disposition {
@@ -157,145 +189,154 @@ impl Indexer {
                 Disposition::Invalid(reason) => ItemOutcome::Permanent(reason.clone()),
             })
             .collect();
+        (outcomes, stats)
+    }
 
-        // Quarantine the permanent failures: invalid records, and winning changes the index
-        // refused. In-batch superseded records follow their winner and are not stored twice.
+    /// Stores the permanent failures in the quarantine: invalid records, and winning changes
+    /// the index refused. In-batch superseded records follow their winner and are not stored
+    /// twice. Returns, per record, whether it is durably quarantined.
+    async fn quarantine(
+        &self,
+        plan: &Plan<'_>,
+        outcomes: &[ItemOutcome],
+        deadline: Instant,
+    ) -> Vec<bool> {
         let mut quarantined = vec![false; plan.records.len()];
-        if let Some(q) = &self.quarantine {
-            let targets: Vec<usize> = (0..plan.records.len())
-                .filter(|&p| {
-                    matches!(outcomes[p], ItemOutcome::Permanent(_))
-                        && !matches!(plan.records[p].disposition, Disposition::Superseded(_))
-                })
-                .collect();
-            if !targets.is_empty() {
-                let raws = plan.raw_records();
-                let entries: Vec<Entry> = targets
-                    .iter()
-                    .map(|&p| {
-                        let r = &plan.records[p];
-                        let ItemOutcome::Permanent(reason) = &outcomes[p] else {
-                            unreachable!()
-                        };
-                        Entry::new(
-                            &cfg.index,
-                            reason,
-                            r.sequence_number.as_deref(),
-                            r.event_id.as_deref(),
-                            raws.get(p).map_or("", |raw| raw.get()),
-                        )
-                    })
-                    .collect();
-                let left = deadline
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_millis(500));
-                let stored = q
-                    .put(&self.opensearch, &entries, cfg.request_timeout.min(left))
-                    .await;
-                for (&p, ok) in targets.iter().zip(stored) {
-                    quarantined[p] = ok;
-                }
-                for (p, r) in plan.records.iter().enumerate() {
-                    if let Disposition::Superseded(i) = r.disposition {
-                        let winner = plan.changes[i].record;
-                        quarantined[p] = quarantined[winner];
-                    }
-                }
-            }
-        }
-
-        let mut summary = Summary {
-            records: plan.records.len(),
-            bulk_requests: stats.requests,
-            bulk_bytes: stats.bytes,
-            ..Summary::default()
+        let Some(q) = &self.quarantine else {
+            return quarantined;
         };
-        let mut response = DynamoDbEventResponse::default();
-        let mut unreportable = Vec::new();
-        let mut first_unreportable_reason = String::new();
-        let mut record_outcomes = Vec::with_capacity(plan.records.len());
+        let targets: Vec<usize> = (0..plan.records.len())
+            .filter(|&p| {
+                matches!(outcomes[p], ItemOutcome::Permanent(_))
+                    && !matches!(plan.records[p].disposition, Disposition::Superseded(_))
+            })
+            .collect();
+        if targets.is_empty() {
+            return quarantined;
+        }
+        let raws = plan.raw_records();
+        let entries: Vec<Entry> = targets
+            .iter()
+            .map(|&p| {
+                let r = &plan.records[p];
+                let ItemOutcome::Permanent(reason) = &outcomes[p] else {
+                    unreachable!("targets are permanent failures")
+                };
+                Entry::new(
+                    &self.config.index,
+                    reason,
+                    r.sequence_number.as_deref(),
+                    r.event_id.as_deref(),
+                    raws.get(p).map_or("", |raw| raw.get()),
+                )
+            })
+            .collect();
+        // Whatever time the deadline margin left, less a moment to return the response.
+        let stop_at = deadline
+            .checked_sub(RESPONSE_RESERVE)
+            .unwrap_or_else(Instant::now);
+        let stored = q
+            .put(&self.opensearch, &entries, &self.limits(stop_at))
+            .await;
+        for (&p, ok) in targets.iter().zip(stored) {
+            quarantined[p] = ok;
+        }
         for (p, r) in plan.records.iter().enumerate() {
-            let outcome = std::mem::replace(&mut outcomes[p], ItemOutcome::Superseded);
-            let in_batch_superseded = matches!(r.disposition, Disposition::Superseded(_));
-            let record_outcome = match outcome {
-                ItemOutcome::Indexed | ItemOutcome::Deleted if in_batch_superseded => {
-                    RecordOutcome::Superseded
-                }
-                ItemOutcome::Indexed => RecordOutcome::Indexed,
-                ItemOutcome::Deleted => RecordOutcome::Deleted,
-                ItemOutcome::Superseded => RecordOutcome::Superseded,
-                ItemOutcome::Permanent(reason) if quarantined[p] => {
-                    RecordOutcome::Quarantined(reason)
-                }
-                ItemOutcome::Permanent(reason) | ItemOutcome::Retry(reason) => {
-                    RecordOutcome::Reported(reason)
-                }
-            };
-            match &record_outcome {
-                RecordOutcome::Indexed => summary.indexed += 1,
-                RecordOutcome::Deleted => {
-                    summary.deleted += 1;
-                    if let Disposition::Change(i) = r.disposition
-                        && plan.changes[i].ttl
-                    {
-                        summary.ttl_deleted += 1;
-                    }
-                }
-                RecordOutcome::Superseded => summary.superseded += 1,
-                RecordOutcome::Quarantined(_) => summary.quarantined += 1,
-                RecordOutcome::Reported(reason) => match &r.sequence_number {
-                    Some(seq) if !seq.is_empty() => {
-                        let mut failure = DynamoDbBatchItemFailure::default();
-                        failure.item_identifier = Some(seq.to_string());
-                        response.batch_item_failures.push(failure);
-                        if matches!(r.disposition, Disposition::Invalid(_))
-                            || matches!(
-                                change_outcomes_of(&plan, &change_outcomes, p),
-                                Some(ItemOutcome::Permanent(_))
-                            )
-                        {
-                            summary.permanent += 1;
-                        } else {
-                            summary.retryable += 1;
-                        }
-                    }
-                    _ => {
-                        summary.unaccounted += 1;
-                        if unreportable.is_empty() {
-                            first_unreportable_reason = reason.clone();
-                        }
-                        unreportable.push(p);
-                    }
-                },
+            if let Disposition::Superseded(i) = r.disposition {
+                quarantined[p] = quarantined[plan.changes[i].record];
             }
-            record_outcomes.push(record_outcome);
         }
-        summary.millis = started.elapsed().as_millis() as u64;
-        log_summary(&summary, &plan.records, &record_outcomes);
-        if !unreportable.is_empty() {
-            return Err(InvocationError::Unreportable {
-                count: unreportable.len(),
-                positions: unreportable,
-                reason: first_unreportable_reason,
-            });
-        }
-        Ok(Handled {
-            response,
-            summary,
-            outcomes: record_outcomes,
-        })
+        quarantined
     }
 }
 
-fn change_outcomes_of<'o>(
-    plan: &change::Plan<'_>,
-    outcomes: &'o [ItemOutcome],
-    p: usize,
-) -> Option<&'o ItemOutcome> {
-    match plan.records[p].disposition {
-        Disposition::Change(i) | Disposition::Superseded(i) => outcomes.get(i),
-        Disposition::Invalid(_) => None,
+/// Time kept after the quarantine write to return the response to Lambda.
+const RESPONSE_RESERVE: Duration = Duration::from_millis(250);
+
+/// Turns each record's outcome into its [`RecordOutcome`], the `batchItemFailures` and the
+/// summary, and logs the accounting line.
+fn account(
+    plan: &Plan<'_>,
+    outcomes: Vec<ItemOutcome>,
+    quarantined: &[bool],
+    stats: &DeliveryStats,
+    started: Instant,
+) -> Result<Handled, InvocationError> {
+    let mut summary = Summary {
+        records: plan.records.len(),
+        bulk_requests: stats.requests,
+        bulk_bytes: stats.bytes,
+        ..Summary::default()
+    };
+    let mut response = DynamoDbEventResponse::default();
+    let mut unreportable = Vec::new();
+    let mut first_unreportable_reason = String::new();
+    let mut record_outcomes = Vec::with_capacity(plan.records.len());
+    for ((p, r), outcome) in plan.records.iter().enumerate().zip(outcomes) {
+        let in_batch_superseded = matches!(r.disposition, Disposition::Superseded(_));
+        let permanent = matches!(outcome, ItemOutcome::Permanent(_));
+        let record_outcome = match outcome {
+            ItemOutcome::Indexed | ItemOutcome::Deleted if in_batch_superseded => {
+                RecordOutcome::Superseded
+            }
+            ItemOutcome::Indexed => RecordOutcome::Indexed,
+            ItemOutcome::Deleted => RecordOutcome::Deleted,
+            ItemOutcome::Superseded => RecordOutcome::Superseded,
+            ItemOutcome::Permanent(reason) if quarantined[p] => RecordOutcome::Quarantined(reason),
+            ItemOutcome::Permanent(reason) | ItemOutcome::Retry(reason) => {
+                RecordOutcome::Reported(reason)
+            }
+        };
+        match &record_outcome {
+            RecordOutcome::Indexed => summary.indexed += 1,
+            RecordOutcome::Deleted => {
+                summary.deleted += 1;
+                if let Disposition::Change(i) = r.disposition
+                    && plan.changes[i].ttl
+                {
+                    summary.ttl_deleted += 1;
+                }
+            }
+            RecordOutcome::Superseded => summary.superseded += 1,
+            RecordOutcome::Quarantined(_) => summary.quarantined += 1,
+            RecordOutcome::Reported(reason) => match &r.sequence_number {
+                Some(seq) if !seq.is_empty() => {
+                    // Only ever an identifier copied from the batch (SEMANTICS: an unknown
+                    // one is undocumented).
+                    let mut failure = DynamoDbBatchItemFailure::default();
+                    failure.item_identifier = Some(seq.to_string());
+                    response.batch_item_failures.push(failure);
+                    if permanent {
+                        summary.permanent += 1;
+                    } else {
+                        summary.retryable += 1;
+                    }
+                }
+                _ => {
+                    summary.unaccounted += 1;
+                    if unreportable.is_empty() {
+                        first_unreportable_reason = reason.clone();
+                    }
+                    unreportable.push(p);
+                }
+            },
+        }
+        record_outcomes.push(record_outcome);
     }
+    summary.millis = started.elapsed().as_millis() as u64;
+    log_summary(&summary, &plan.records, &record_outcomes);
+    if !unreportable.is_empty() {
+        return Err(InvocationError::Unreportable {
+            count: unreportable.len(),
+            positions: unreportable,
+            reason: first_unreportable_reason,
+        });
+    }
+    Ok(Handled {
+        response,
+        summary,
+        outcomes: record_outcomes,
+    })
 }
 
 /// How many failed records the log names one by one per invocation.

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use lambda_runtime::{Error, LambdaEvent, service_fn};
+use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
 use serde_json::value::RawValue;
 use stream_indexer::config::Config;
 use stream_indexer::handler::Indexer;
@@ -19,8 +19,14 @@ async fn main() -> Result<(), Error> {
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<Box<RawValue>>| async move {
             let deadline = to_instant(event.context.deadline());
-            let (response, _summary) = indexer.handle(event.payload.get(), deadline).await?;
-            Ok::<_, Error>(response)
+            let (response, _summary) = indexer
+                .handle(event.payload.get(), deadline)
+                .await
+                .map_err(|e| Diagnostic {
+                    error_type: e.kind().to_string(),
+                    error_message: e.to_string(),
+                })?;
+            Ok::<_, Diagnostic>(response)
         },
     ))
     .await

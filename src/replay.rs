@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::change::{self, Disposition};
 use crate::handler::{Indexer, RecordOutcome};
-use crate::quarantine::Entry;
+use crate::quarantine::{Entry, Part, entry_id};
 use crate::transport::RequestError;
 
 /// Entries per page (one handler batch).
@@ -59,6 +59,15 @@ struct Hit {
     id: String,
     #[serde(rename = "_source")]
     source: Entry,
+    /// The hit's sort values, passed back as `search_after`.
+    #[serde(default)]
+    sort: Vec<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct PartHit {
+    #[serde(rename = "_source")]
+    source: Option<Part>,
 }
 
 /// Replays every entry quarantined for the indexer's index. With `dry_run`, only converts and
@@ -79,11 +88,16 @@ pub async fn replay(indexer: &Indexer, dry_run: bool) -> Result<ReplayReport, Re
             timeout,
         )
         .await;
-    let mut after: Option<String> = None;
+    let mut after: Option<Vec<serde_json::Value>> = None;
     loop {
+        // Stream order, so that of two changes of one item the later is applied last (and wins
+        // in the batch); `_id` breaks ties and pages stably.
         let mut query = serde_json::json!({
             "size": PAGE,
-            "sort": [{"_id": "asc"}],
+            "sort": [
+                {"stream_order": {"order": "asc", "missing": "_last"}},
+                {"_id": "asc"},
+            ],
             // `index.keyword` too, for a quarantine index that dynamic mapping created.
             "query": {"bool": {"should": [
                 {"term": {"index": indexer.config.index}},
@@ -91,7 +105,7 @@ pub async fn replay(indexer: &Indexer, dry_run: bool) -> Result<ReplayReport, Re
             ]}},
         });
         if let Some(a) = &after {
-            query["search_after"] = serde_json::json!([a]);
+            query["search_after"] = serde_json::json!(a);
         }
         let path = format!("/{}/_search", quarantine.index);
         let (_, body) = match os
@@ -112,21 +126,24 @@ pub async fn replay(indexer: &Indexer, dry_run: bool) -> Result<ReplayReport, Re
         if page.hits.hits.is_empty() {
             return Ok(report);
         }
-        after = page.hits.hits.last().map(|h| h.id.clone());
+        after = page.hits.hits.last().map(|h| h.sort.clone());
         report.entries += page.hits.hits.len();
-        // Entries with their records, in page order; an entry whose record text is not JSON
-        // cannot be replayed and is left out of the batch.
-        let records: Vec<(&Hit, &RawValue)> = page
-            .hits
-            .hits
-            .iter()
-            .filter_map(|h| Some((h, serde_json::from_str::<&RawValue>(&h.source.record).ok()?)))
-            .collect();
+        // Entries with their records, in page order; an entry whose record cannot be read back
+        // (text that is not JSON, a missing part) cannot be replayed and is left out.
+        let mut records: Vec<(&Hit, String)> = Vec::with_capacity(page.hits.hits.len());
+        for hit in &page.hits.hits {
+            let Some(text) = record_text(indexer, &quarantine.index, hit, timeout).await? else {
+                continue;
+            };
+            if serde_json::from_str::<&RawValue>(&text).is_ok() {
+                records.push((hit, text));
+            }
+        }
         let payload = format!(
             "{{\"Records\":[{}]}}",
             records
                 .iter()
-                .map(|(_, r)| r.get())
+                .map(|(_, r)| r.as_str())
                 .collect::<Vec<_>>()
                 .join(",")
         );
@@ -143,7 +160,6 @@ pub async fn replay(indexer: &Indexer, dry_run: bool) -> Result<ReplayReport, Re
             continue;
         }
         if records.len() != page.hits.hits.len() {
-            // Entries whose record text is not JSON cannot be replayed; they stay.
             report.still_failing += page.hits.hits.len() - records.len();
         }
         let deadline = Instant::now() + Duration::from_secs(300);
@@ -154,28 +170,78 @@ pub async fn replay(indexer: &Indexer, dry_run: bool) -> Result<ReplayReport, Re
                 continue;
             }
         };
-        let mut done_ids = Vec::new();
-        for ((hit, _), outcome) in records.iter().zip(&handled.outcomes) {
+        // Entries to remove: landed records, and the old copy of a record the handler
+        // quarantined again under another id (entries written before ids carried a digest).
+        let mut done: Vec<&Hit> = Vec::new();
+        for ((hit, text), outcome) in records.iter().zip(&handled.outcomes) {
             match outcome {
                 RecordOutcome::Indexed | RecordOutcome::Deleted | RecordOutcome::Superseded => {
                     report.replayed += 1;
-                    // The handler keys entries by eventID; an entry stored under another id is
-                    // removed explicitly.
-                    done_ids.push(hit.id.clone());
+                    done.push(hit);
                 }
-                RecordOutcome::Quarantined(_) => report.still_failing += 1,
+                RecordOutcome::Quarantined(_) => {
+                    report.still_failing += 1;
+                    let name = hit
+                        .source
+                        .event_id
+                        .as_deref()
+                        .or(hit.source.sequence_number.as_deref());
+                    if entry_id(name, text) != hit.id {
+                        done.push(hit);
+                    }
+                }
                 RecordOutcome::Reported(_) => report.retry_later += 1,
             }
         }
-        for id in done_ids {
-            let path = format!("/{}/_doc/{}", quarantine.index, urlencode(&id));
-            match os.request(Method::Delete, &path, None, timeout).await {
-                Ok(_) => {}
-                Err(e) if e.status == Some(404) => {}
-                Err(e) => return Err(e.into()),
+        for hit in done {
+            let parts = hit.source.parts.unwrap_or(0);
+            let ids = std::iter::once(hit.id.clone())
+                .chain((0..parts).map(|k| format!("{}~{k}", hit.id)));
+            for id in ids {
+                let path = format!("/{}/_doc/{}", quarantine.index, urlencode(&id));
+                match os.request(Method::Delete, &path, None, timeout).await {
+                    Ok(_) => {}
+                    Err(e) if e.status == Some(404) => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
     }
+}
+
+/// The record an entry holds: its `record`, or its parts joined; `None` if a part is missing.
+async fn record_text(
+    indexer: &Indexer,
+    quarantine_index: &str,
+    hit: &Hit,
+    timeout: Duration,
+) -> Result<Option<String>, ReplayError> {
+    let Some(parts) = hit.source.parts else {
+        return Ok(Some(hit.source.record.clone()));
+    };
+    let mut text = String::new();
+    for k in 0..parts {
+        let path = format!(
+            "/{quarantine_index}/_doc/{}",
+            urlencode(&format!("{}~{k}", hit.id))
+        );
+        let body = match indexer
+            .opensearch
+            .request(Method::Get, &path, None, timeout)
+            .await
+        {
+            Ok((_, body)) => body,
+            Err(e) if e.status == Some(404) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let part: PartHit =
+            serde_json::from_slice(&body).map_err(|e| ReplayError::Response(e.to_string()))?;
+        match part.source {
+            Some(p) if p.part == k => text.push_str(&p.record_part),
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some(text))
 }
 
 fn urlencode(s: &str) -> String {

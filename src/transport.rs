@@ -26,8 +26,22 @@ pub enum BulkReply {
     /// 413: the body is too large for the cluster and must be split.
     TooLarge,
     /// The request failed as a whole (HTTP error status, transport error, timeout): every
-    /// action in it is retryable. `throttled` marks a 429, which lowers concurrency.
-    Failed { reason: String, throttled: bool },
+    /// action in it is retryable for now.
+    Failed {
+        reason: String,
+        failure: RequestFailure,
+    },
+}
+
+/// Why a whole `_bulk` request failed: decides between slowing down and splitting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestFailure {
+    /// 429: the cluster is overloaded; lower concurrency, never split.
+    Throttled,
+    /// Any other error status.
+    Status(u16),
+    /// No answer: refused or dropped connection, timeout, a response cut off.
+    Connection,
 }
 
 /// The client could not be built.
@@ -106,8 +120,8 @@ impl OpenSearch {
             Ok(r) => r,
             Err(e) => {
                 return BulkReply::Failed {
-                    reason: format!("bulk request failed: {e}"),
-                    throttled: false,
+                    reason: format!("bulk request failed: {}", error_chain(&e)),
+                    failure: RequestFailure::Connection,
                 };
             }
         };
@@ -116,17 +130,21 @@ impl OpenSearch {
             Ok(b) => b,
             Err(e) => {
                 return BulkReply::Failed {
-                    reason: format!("bulk response lost: {e}"),
-                    throttled: false,
+                    reason: format!("bulk response lost: {}", error_chain(&e)),
+                    failure: RequestFailure::Connection,
                 };
             }
         };
         match status {
             200 => BulkReply::Items(bulk::outcomes(&bytes, actions)),
             413 => BulkReply::TooLarge,
+            429 => BulkReply::Failed {
+                reason: format!("bulk request answered 429: {}", snippet(&bytes)),
+                failure: RequestFailure::Throttled,
+            },
             _ => BulkReply::Failed {
                 reason: format!("bulk request answered {status}: {}", snippet(&bytes)),
-                throttled: status == 429,
+                failure: RequestFailure::Status(status),
             },
         }
     }
@@ -164,6 +182,22 @@ impl OpenSearch {
             Err(fail(Some(status), format!("{status}: {}", snippet(&bytes))))
         }
     }
+}
+
+/// An error and its sources: "error sending request" alone hides whether a certificate was
+/// rejected or the connection refused.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// The start of a response body, for error messages (never item contents: bulk responses
