@@ -6,6 +6,7 @@
 //! quarantined again under the same id, so its entry now carries the new reason; one that
 //! fails for a retryable reason keeps its entry untouched for the next run.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use opensearch::http::Method;
@@ -89,6 +90,8 @@ pub async fn replay(indexer: &Indexer, dry_run: bool) -> Result<ReplayReport, Re
         )
         .await;
     let mut after: Option<Vec<serde_json::Value>> = None;
+    // Entries this run wrote again under a new id: a later page must not count them twice.
+    let mut rewritten: HashSet<String> = HashSet::new();
     loop {
         // Stream order, so that of two changes of one item the later is applied last (and wins
         // in the batch); `_id` breaks ties and pages stably.
@@ -127,11 +130,17 @@ pub async fn replay(indexer: &Indexer, dry_run: bool) -> Result<ReplayReport, Re
             return Ok(report);
         }
         after = page.hits.hits.last().map(|h| h.sort.clone());
-        report.entries += page.hits.hits.len();
+        let hits: Vec<&Hit> = page
+            .hits
+            .hits
+            .iter()
+            .filter(|h| !rewritten.contains(&h.id))
+            .collect();
+        report.entries += hits.len();
         // Entries with their records, in page order; an entry whose record cannot be read back
         // (text that is not JSON, a missing part) cannot be replayed and is left out.
-        let mut records: Vec<(&Hit, String)> = Vec::with_capacity(page.hits.hits.len());
-        for hit in &page.hits.hits {
+        let mut records: Vec<(&Hit, String)> = Vec::with_capacity(hits.len());
+        for &hit in &hits {
             let Some(text) = record_text(indexer, &quarantine.index, hit, timeout).await? else {
                 continue;
             };
@@ -159,8 +168,8 @@ pub async fn replay(indexer: &Indexer, dry_run: bool) -> Result<ReplayReport, Re
             }
             continue;
         }
-        if records.len() != page.hits.hits.len() {
-            report.still_failing += page.hits.hits.len() - records.len();
+        if records.len() != hits.len() {
+            report.still_failing += hits.len() - records.len();
         }
         let deadline = Instant::now() + Duration::from_secs(300);
         let handled = match indexer.handle_detailed(&payload, deadline).await {
@@ -181,12 +190,14 @@ pub async fn replay(indexer: &Indexer, dry_run: bool) -> Result<ReplayReport, Re
                 }
                 RecordOutcome::Quarantined(_) => {
                     report.still_failing += 1;
-                    let name = hit
-                        .source
-                        .event_id
-                        .as_deref()
-                        .or(hit.source.sequence_number.as_deref());
-                    if entry_id(name, text) != hit.id {
+                    // The id the handler gave it: from the record's own eventID, as stored.
+                    let record: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+                    let name = record["eventID"]
+                        .as_str()
+                        .or(record["dynamodb"]["SequenceNumber"].as_str());
+                    let id = entry_id(name, text);
+                    if id != hit.id {
+                        rewritten.insert(id);
                         done.push(hit);
                     }
                 }
