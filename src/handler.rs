@@ -1,7 +1,7 @@
 //! One invocation: stream batch → changes → bulk delivery → quarantine → `batchItemFailures`,
 //! with one log line that accounts for every record.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use tokio::time::Instant;
@@ -250,6 +250,25 @@ impl Indexer {
     }
 }
 
+/// The longest a Lambda invocation can run (15 minutes), plus clock slack: a deadline further
+/// ahead than this is not one Lambda gave.
+const MAX_INVOCATION: Duration = Duration::from_secs(15 * 60 + 60);
+
+/// The budget used when the runtime's deadline is unusable.
+pub const FALLBACK_BUDGET: Duration = Duration::from_secs(60);
+
+/// The invocation's deadline on tokio's clock, from the runtime's wall-clock deadline. A
+/// deadline already past or absurdly far when the invocation starts is not one to honour:
+/// `cargo lambda watch` sends `Lambda-Runtime-Deadline-Ms: 600000` (a duration, read as a time in
+/// 1970), which would report every record "not attempted before the deadline". Then
+/// [`FALLBACK_BUDGET`] applies, and the second value is true so the caller can say so.
+pub fn invocation_deadline(deadline: SystemTime, now: SystemTime) -> (Instant, bool) {
+    match deadline.duration_since(now) {
+        Ok(left) if !left.is_zero() && left <= MAX_INVOCATION => (Instant::now() + left, false),
+        _ => (Instant::now() + FALLBACK_BUDGET, true),
+    }
+}
+
 /// Time kept after the quarantine write to return the response to Lambda.
 const RESPONSE_RESERVE: Duration = Duration::from_millis(250);
 
@@ -396,5 +415,27 @@ fn log_summary(s: &Summary, records: &[change::Record<'_>], outcomes: &[RecordOu
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod deadline_tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_epoch_deadline_is_honoured_and_an_unusable_one_falls_back() {
+        let now = SystemTime::now();
+        let (at, fallback) = invocation_deadline(now + Duration::from_secs(30), now);
+        assert!(!fallback);
+        assert_eq!(at - Instant::now(), Duration::from_secs(30));
+        // cargo lambda's header: 600000 ms after the epoch.
+        let cargo_lambda = SystemTime::UNIX_EPOCH + Duration::from_millis(600_000);
+        let (at, fallback) = invocation_deadline(cargo_lambda, now);
+        assert!(fallback);
+        assert_eq!(at - Instant::now(), FALLBACK_BUDGET);
+        let (_, fallback) = invocation_deadline(now + Duration::from_secs(86_400), now);
+        assert!(fallback, "a day ahead is no Lambda deadline");
+        let (_, fallback) = invocation_deadline(now, now);
+        assert!(fallback);
     }
 }

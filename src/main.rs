@@ -1,11 +1,12 @@
 //! The Lambda function: attached to a DynamoDB Stream, keeps the OpenSearch index in step.
 
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
 
 use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
 use serde_json::value::RawValue;
 use stream_indexer::config::Config;
-use stream_indexer::handler::Indexer;
+use stream_indexer::handler::{FALLBACK_BUDGET, Indexer, invocation_deadline};
 use stream_indexer::telemetry;
 
 #[tokio::main]
@@ -18,7 +19,15 @@ async fn main() -> Result<(), Error> {
     let indexer = &indexer;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<Box<RawValue>>| async move {
-            let deadline = to_instant(event.context.deadline());
+            let (deadline, unusable) =
+                invocation_deadline(event.context.deadline(), SystemTime::now());
+            if unusable && !WARNED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    deadline_ms = event.context.deadline,
+                    budget_s = FALLBACK_BUDGET.as_secs(),
+                    "the runtime gave a deadline that is already past or too far ahead (cargo lambda watch sends a duration); using the fallback budget"
+                );
+            }
             let (response, _summary) = indexer
                 .handle(event.payload.get(), deadline)
                 .await
@@ -32,10 +41,5 @@ async fn main() -> Result<(), Error> {
     .await
 }
 
-/// Lambda gives the deadline as wall-clock time; retries measure it on tokio's clock.
-fn to_instant(deadline: SystemTime) -> tokio::time::Instant {
-    let left = deadline
-        .duration_since(SystemTime::now())
-        .unwrap_or(Duration::ZERO);
-    tokio::time::Instant::now() + left
-}
+/// Whether the unusable-deadline warning was logged (once per process).
+static WARNED: AtomicBool = AtomicBool::new(false);

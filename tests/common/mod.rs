@@ -3,6 +3,7 @@
 //! and readers that return `_source` as exact JSON text.
 #![allow(dead_code)]
 
+pub mod lambda_api;
 pub mod proxy;
 pub mod workload;
 
