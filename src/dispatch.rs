@@ -40,8 +40,9 @@ const MIN_REQUEST_TIME: Duration = Duration::from_millis(200);
 
 /// A body that failed as a whole this many times in a row is split in halves: one poisonous
 /// action (a document that makes the cluster drop the connection or answer 5xx) must not take
-/// the rest of its body down. Once is not enough: most whole failures are transient.
-const SPLIT_AFTER_FAILURES: u32 = 2;
+/// the rest of its body down. Not sooner: most whole failures are transient, and a blip of one
+/// or two failed requests should cost no extra requests.
+const SPLIT_AFTER_FAILURES: u32 = 3;
 
 /// An action alone in its body that has failed as a whole this many times in a row, while the
 /// cluster accepted other bodies of this delivery, is refused for good (and quarantined).
