@@ -698,41 +698,17 @@ mod tests {
 
     #[test]
     fn of_two_changes_of_one_key_the_higher_version_wins_whatever_the_order() {
-        let newer = record(
-            "9",
-            "MODIFY",
-            "1700000100",
-            KEYS,
-            Some(r#"{"pk":{"S":"a"},"v":{"N":"2"}}"#),
-        );
-        let older = record(
-            "5",
-            "MODIFY",
-            "1700000000",
-            KEYS,
-            Some(r#"{"pk":{"S":"a"},"v":{"N":"1"}}"#),
-        );
-        let payload = batch(&[newer, older]);
+        let modify = |seq: &str, time: &str, v: u32| {
+            let image = format!(r#"{{"pk":{{"S":"a"}},"v":{{"N":"{v}"}}}}"#);
+            record(seq, "MODIFY", time, KEYS, Some(&image))
+        };
+        let payload = batch(&[modify("9", "1700000100", 2), modify("5", "1700000000", 1)]);
         let p = plan(&payload, &VersionSource::StreamTime, 1 << 20).unwrap();
         assert_eq!(p.changes.len(), 1);
         assert_eq!(p.changes[0].record, 0, "the newer change is sent");
         assert_eq!(p.records[1].disposition, Disposition::Superseded(0));
         // Equal versions: batch order decides (two changes in one second of stream time).
-        let first = record(
-            "5",
-            "MODIFY",
-            "1700000000",
-            KEYS,
-            Some(r#"{"pk":{"S":"a"},"v":{"N":"1"}}"#),
-        );
-        let second = record(
-            "6",
-            "MODIFY",
-            "1700000000",
-            KEYS,
-            Some(r#"{"pk":{"S":"a"},"v":{"N":"2"}}"#),
-        );
-        let payload = batch(&[first, second]);
+        let payload = batch(&[modify("5", "1700000000", 1), modify("6", "1700000000", 2)]);
         let p = plan(&payload, &VersionSource::StreamTime, 1 << 20).unwrap();
         assert_eq!(p.changes[0].record, 1);
     }

@@ -60,7 +60,7 @@ pub fn write_document_capturing(
     *out = sink.out;
     let captured = sink.captured;
     result.map(|()| captured).map_err(|e| {
-        let reason = strip_position(e.to_string());
+        let reason = strip_position(&e.to_string()).to_string();
         if sink.trail.is_empty() {
             return ConvertError(reason);
         }
@@ -91,11 +91,8 @@ pub struct ConvertError(pub String);
 
 /// serde_json appends " at line L column C" to errors; the attribute path says more to a user
 /// and the column of a minified event line says nothing.
-fn strip_position(mut msg: String) -> String {
-    if let Some(i) = msg.rfind(" at line ") {
-        msg.truncate(i);
-    }
-    msg
+pub(crate) fn strip_position(msg: &str) -> &str {
+    msg.rfind(" at line ").map_or(msg, |i| &msg[..i])
 }
 
 /// The JSON text of a DynamoDB number, exact. DynamoDB sends normalised text that is already a
@@ -580,7 +577,7 @@ fn write_string_token<E: de::Error>(out: &mut Vec<u8>, raw: &RawValue) -> Result
     {
         return Err(E::custom(format!(
             "S value is not valid Unicode text ({})",
-            strip_position(e.to_string())
+            strip_position(&e.to_string())
         )));
     }
     out.extend_from_slice(text.as_bytes());

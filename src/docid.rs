@@ -18,11 +18,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use sha2::{Digest, Sha256};
 
-use crate::convert::{AttributeKind, Decimal};
-
-fn strip_position(msg: &str) -> &str {
-    msg.split(" at line ").next().unwrap_or(msg)
-}
+use crate::convert::{AttributeKind, Decimal, strip_position};
 
 /// OpenSearch rejects `_id`s longer than this many bytes.
 pub const MAX_ID_BYTES: usize = 512;

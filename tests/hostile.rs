@@ -88,6 +88,26 @@ async fn entries(quarantine: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The reason of a record reported for retry; any other outcome fails the test.
+fn reason_reported(outcome: &RecordOutcome) -> String {
+    match outcome {
+        RecordOutcome::Reported(r) => r.clone(),
+        other => panic!("expected a reported record, got {other:?}"),
+    }
+}
+
+/// Handles `payload` and returns every record's reason, all of them expected to be reported.
+async fn reported_reasons(
+    indexer: &stream_indexer::handler::Indexer,
+    payload: &str,
+) -> Vec<String> {
+    let handled = indexer
+        .handle_detailed(payload, far_deadline())
+        .await
+        .unwrap();
+    handled.outcomes.iter().map(reason_reported).collect()
+}
+
 fn reason_of(entry: &Value) -> &str {
     entry["reason"].as_str().unwrap()
 }
@@ -686,18 +706,7 @@ async fn keys_that_disagree_with_the_image_are_refused_not_indexed_under_an_inve
     other["dynamodb"]["Keys"]["pk"]["S"] = "someone-else".into();
     let payload = format!("{{\"Records\":[{twice},{other}]}}");
     let indexer = indexer(&opensearch_url(), &index, &[]).await;
-    let handled = indexer
-        .handle_detailed(&payload, far_deadline())
-        .await
-        .unwrap();
-    let reasons: Vec<String> = handled
-        .outcomes
-        .iter()
-        .map(|o| match o {
-            RecordOutcome::Reported(r) => r.clone(),
-            other => panic!("{other:?}"),
-        })
-        .collect();
+    let reasons = reported_reasons(&indexer, &payload).await;
     assert!(
         reasons[0].contains("key attribute pk appears more than once"),
         "{reasons:?}"
@@ -750,10 +759,7 @@ async fn deep_maps_land_and_refused_names_carry_the_root_cause() {
         RecordOutcome::Indexed,
         "32 levels of maps"
     );
-    let reason = |i: usize| match &handled.outcomes[i] {
-        RecordOutcome::Reported(r) => r.clone(),
-        other => panic!("{other:?}"),
-    };
+    let reason = |i: usize| reason_reported(&handled.outcomes[i]);
     assert!(
         reason(1).contains("caused by") && reason(1).contains("metadata field"),
         "{}",
@@ -794,18 +800,7 @@ async fn lone_surrogates_are_refused_naming_where_they_are() {
     .replace(r#""s":{"S":"1"}"#, r#""s":{"S":"a\ud800"}"#);
     let payload = format!("{{\"Records\":[{in_key},{in_name},{in_value}]}}");
     let indexer = indexer(&opensearch_url(), &index, &[]).await;
-    let handled = indexer
-        .handle_detailed(&payload, far_deadline())
-        .await
-        .unwrap();
-    let reasons: Vec<String> = handled
-        .outcomes
-        .iter()
-        .map(|o| match o {
-            RecordOutcome::Reported(r) => r.clone(),
-            other => panic!("{other:?}"),
-        })
-        .collect();
+    let reasons = reported_reasons(&indexer, &payload).await;
     assert!(
         reasons[0].starts_with("Keys: key attribute pk: "),
         "{reasons:?}"
