@@ -9,7 +9,9 @@
 //!   fails the whole batch, as Lambda treats it;
 //! - an error (whole batch failed): retry the same batch, split in halves first when `bisect`
 //!   is on; after `max_retry_attempts` retries, give the batch up and move on (recorded in the
-//!   report, as Lambda sends it to the on-failure destination).
+//!   report, as Lambda sends it to the on-failure destination);
+//! - every retry of a batch that made no progress waits first, exponentially longer up to a cap
+//!   (as the event source mapping backs off), and logs what failed and when it tries again.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -18,6 +20,7 @@ use aws_lambda_events::event::streams::DynamoDbEventResponse;
 use aws_sdk_dynamodbstreams::Client;
 use aws_sdk_dynamodbstreams::types::{Record, ShardIteratorType};
 
+use crate::backoff::Backoff;
 use crate::ddb_json;
 use crate::handler::Indexer;
 
@@ -39,7 +42,20 @@ pub struct Settings {
     pub bisect: bool,
     /// Stop once every shard has been read to its end and nothing new arrived for this long.
     pub stop_when_idle: Option<Duration>,
+    /// The wait before retry `k` of a batch that made no progress: `base × 2^(k-1)`, capped.
+    pub retry_backoff: Backoff,
 }
+
+impl Settings {
+    /// The default wait between retries of one batch: 500 ms, doubling up to 30 s.
+    pub const RETRY_BACKOFF: Backoff = Backoff {
+        base: Duration::from_millis(500),
+        max: Duration::from_secs(30),
+    };
+}
+
+/// How often the runner logs its totals while it delivers.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// What the runner did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -50,7 +66,8 @@ pub struct Report {
     /// Records checkpointed (done, as far as Lambda is concerned).
     pub completed: u64,
     pub partial_failures: u64,
-    /// Records delivered again after a partial failure.
+    /// Deliveries of records that had been delivered before (after a partial failure or a
+    /// function error); a record given up is not delivered again, so not counted again.
     pub redelivered: u64,
     pub function_errors: u64,
     pub bisections: u64,
@@ -130,6 +147,8 @@ impl Function for InvokeApi {
 struct Pending {
     sequence_number: String,
     json: String,
+    /// Whether an invocation has had this record already.
+    delivered: bool,
 }
 
 /// Runs until stopped by `stop_when_idle` (or forever).
@@ -145,7 +164,19 @@ pub async fn run<F: Function>(
     let mut iterators: HashMap<String, Option<String>> = HashMap::new();
     let mut buffers: HashMap<String, VecDeque<Pending>> = HashMap::new();
     let mut idle_since = tokio::time::Instant::now();
+    let mut logged = (tokio::time::Instant::now(), Report::default());
     loop {
+        if logged.0.elapsed() >= PROGRESS_EVERY && logged.1 != report {
+            tracing::info!(
+                invocations = report.invocations,
+                delivered = report.delivered,
+                completed = report.completed,
+                redelivered = report.redelivered,
+                gave_up = report.gave_up,
+                "runner progress"
+            );
+            logged = (tokio::time::Instant::now(), report.clone());
+        }
         let shards = describe_shards(client, stream_arn).await?;
         let mut progressed = false;
         for shard in &shards {
@@ -252,16 +283,7 @@ async fn deliver<F: Function>(
     let mut attempts = 0u32;
     let mut limit = settings.batch_size;
     while !buffer.is_empty() {
-        // A batch: at most `limit` records and 6 MB of payload (at least one record).
-        let mut size = "{\"Records\":[]}".len();
-        let mut n = 0;
-        for p in buffer.iter().take(limit) {
-            if n > 0 && size + p.json.len() + 1 > MAX_PAYLOAD_BYTES {
-                break;
-            }
-            size += p.json.len() + 1;
-            n += 1;
-        }
+        let n = batch_len(buffer, limit);
         let payload = format!(
             "{{\"Records\":[{}]}}",
             buffer
@@ -273,47 +295,86 @@ async fn deliver<F: Function>(
         );
         report.invocations += 1;
         report.delivered += n as u64;
+        for p in buffer.iter_mut().take(n) {
+            report.redelivered += u64::from(p.delivered);
+            p.delivered = true;
+        }
+        let first = buffer[0].sequence_number.clone();
         let result = function.invoke(payload).await;
         let failed_at = match &result {
             Ok(response) => lowest_reported(response, buffer.iter().take(n)),
             Err(_) => Err(()),
         };
-        match failed_at {
+        let failure = match failed_at {
             Ok(None) => {
                 buffer.drain(..n);
                 report.completed += n as u64;
                 attempts = 0;
                 limit = settings.batch_size;
+                continue;
             }
             Ok(Some(p)) => {
                 report.partial_failures += 1;
-                report.redelivered += (n - p) as u64;
                 buffer.drain(..p);
                 report.completed += p as u64;
-                if p == 0 {
-                    attempts += 1;
-                } else {
+                if p > 0 {
+                    // Progress: the next batch starts at the reported record, first attempt.
                     attempts = 0;
+                    continue;
                 }
+                attempts += 1;
                 if give_up(attempts, settings) {
-                    give_up_batch(buffer, n - p, report);
+                    give_up_batch(buffer, n, report, attempts);
                     attempts = 0;
+                    continue;
                 }
+                let reported = result.as_ref().map_or(0, |r| r.batch_item_failures.len());
+                format!("{reported} of {n} records reported as failed")
             }
             Err(()) => {
                 report.function_errors += 1;
                 attempts += 1;
                 if give_up(attempts, settings) {
-                    give_up_batch(buffer, n, report);
+                    give_up_batch(buffer, n, report, attempts);
                     attempts = 0;
                     limit = settings.batch_size;
-                } else if settings.bisect && n > 1 {
+                    continue;
+                }
+                if settings.bisect && n > 1 {
                     report.bisections += 1;
                     limit = n.div_ceil(2);
                 }
+                match &result {
+                    Err(e) => format!("function error: {e}"),
+                    Ok(_) => "the response fails the whole batch (an unknown, empty or null itemIdentifier)".into(),
+                }
             }
-        }
+        };
+        let delay = settings.retry_backoff.ceiling(attempts);
+        tracing::warn!(
+            batch = n,
+            first_sequence_number = %first,
+            attempt = attempts,
+            retry_in_ms = delay.as_millis() as u64,
+            "batch failed: {failure}; retrying"
+        );
+        Backoff::wait(delay).await;
     }
+}
+
+/// How many records from the front of the buffer make the next batch: at most `limit` and
+/// 6 MB of payload, and at least one.
+fn batch_len(buffer: &VecDeque<Pending>, limit: usize) -> usize {
+    let mut size = "{\"Records\":[]}".len();
+    let mut n = 0;
+    for p in buffer.iter().take(limit) {
+        if n > 0 && size + p.json.len() + 1 > MAX_PAYLOAD_BYTES {
+            break;
+        }
+        size += p.json.len() + 1;
+        n += 1;
+    }
+    n
 }
 
 fn give_up(attempts: u32, settings: &Settings) -> bool {
@@ -322,7 +383,13 @@ fn give_up(attempts: u32, settings: &Settings) -> bool {
         .is_some_and(|max| attempts > max)
 }
 
-fn give_up_batch(buffer: &mut VecDeque<Pending>, n: usize, report: &mut Report) {
+fn give_up_batch(buffer: &mut VecDeque<Pending>, n: usize, report: &mut Report, attempts: u32) {
+    tracing::warn!(
+        batch = n,
+        first_sequence_number = %buffer[0].sequence_number,
+        attempts,
+        "gave up a batch after the retry limit"
+    );
     for p in buffer.drain(..n.min(buffer.len())) {
         report.gave_up += 1;
         report.gave_up_sequence_numbers.push(p.sequence_number);
@@ -418,6 +485,7 @@ fn to_lambda_record(r: &Record) -> Pending {
     Pending {
         sequence_number: seq,
         json: out,
+        delivered: false,
     }
 }
 

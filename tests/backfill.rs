@@ -308,6 +308,10 @@ async fn changes_during_the_backfill_converge_to_the_table() {
         max_retry_attempts: Some(10),
         bisect: false,
         stop_when_idle: Some(Duration::from_secs(1)),
+        retry_backoff: stream_indexer::backoff::Backoff {
+            base: Duration::from_millis(1),
+            max: Duration::from_millis(20),
+        },
     };
     let function = InProcess {
         indexer: &indexer,

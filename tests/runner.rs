@@ -4,8 +4,8 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use aws_sdk_dynamodb::primitives::Blob;
@@ -24,6 +24,10 @@ fn settings(batch_size: usize) -> Settings {
         max_retry_attempts: Some(3),
         bisect: false,
         stop_when_idle: Some(Duration::from_millis(500)),
+        retry_backoff: stream_indexer::backoff::Backoff {
+            base: Duration::from_millis(1),
+            max: Duration::from_millis(20),
+        },
     }
 }
 
@@ -172,6 +176,50 @@ async fn function_errors_bisect_and_give_up_after_the_retry_limit() {
     assert_eq!(report.completed, 7);
     assert!(report.bisections >= 2, "{report:?}");
     assert_eq!(batches.last().unwrap().len(), 2, "{batches:?}");
+}
+
+#[tokio::test]
+async fn a_batch_that_keeps_failing_is_retried_with_growing_waits_and_given_up_once() {
+    let (_, arn) = table_with_items(5).await;
+    let (_, streams) = dynamo_clients().await;
+    // Every call reports the first record of its batch: no progress, ever.
+    let calls: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let seen = calls.clone();
+    let f = Scripted {
+        batches: Mutex::new(Vec::new()),
+        answer: Box::new(move |_, seqs| {
+            seen.lock().unwrap().push(Instant::now());
+            Ok(vec![seqs[0].clone()])
+        }),
+    };
+    let mut s = settings(5);
+    s.max_retry_attempts = Some(2);
+    s.retry_backoff = stream_indexer::backoff::Backoff {
+        base: Duration::from_millis(40),
+        max: Duration::from_millis(60),
+    };
+    let report = runner::run(&streams, &arn, &f, &s).await.unwrap();
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 3, "the first delivery and two retries");
+    // The waits before retries 1 and 2: 40 ms, then 80 ms capped at 60 ms.
+    assert!(
+        calls[1] - calls[0] >= Duration::from_millis(40),
+        "{calls:?}"
+    );
+    assert!(
+        calls[2] - calls[1] >= Duration::from_millis(60),
+        "{calls:?}"
+    );
+    assert_eq!(
+        (
+            report.delivered,
+            report.redelivered,
+            report.gave_up,
+            report.completed
+        ),
+        (15, 10, 5, 0),
+        "records given up are not counted as delivered again: {report:?}"
+    );
 }
 
 /// A random workload on the table (puts, updates, deletes, every type, items near 400 KB),

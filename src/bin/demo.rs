@@ -75,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
         max_retry_attempts: Some(5),
         bisect: true,
         stop_when_idle: Some(Duration::from_secs(1)),
+        retry_backoff: Settings::RETRY_BACKOFF,
     };
     let function = InProcess {
         indexer: &indexer,

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use stream_indexer::backoff::Backoff;
 use stream_indexer::config::Config;
 use stream_indexer::handler::Indexer;
 use stream_indexer::runner::{self, InProcess, InvokeApi, Settings};
@@ -43,6 +44,10 @@ struct Args {
     /// Stop after the stream has been drained and idle this many seconds; default: run forever.
     #[arg(long)]
     stop_when_idle: Option<u64>,
+    /// Longest wait in seconds between retries of a batch that keeps failing (the wait starts
+    /// at 0.5 s and doubles).
+    #[arg(long, default_value_t = 30)]
+    max_retry_delay: u64,
     /// Function timeout per invocation in seconds (in-process).
     #[arg(long, default_value_t = 60)]
     timeout: u64,
@@ -79,6 +84,10 @@ async fn main() -> anyhow::Result<()> {
         max_retry_attempts: u32::try_from(args.max_retry_attempts).ok(),
         bisect: args.bisect,
         stop_when_idle: args.stop_when_idle.map(Duration::from_secs),
+        retry_backoff: Backoff {
+            max: Duration::from_secs(args.max_retry_delay),
+            ..Settings::RETRY_BACKOFF
+        },
     };
     let streams = aws_sdk_dynamodbstreams::Client::new(&sdk);
     let report = match &args.invoke_url {
