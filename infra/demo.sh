@@ -8,7 +8,11 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 export OPENSEARCH_PORT="${OPENSEARCH_PORT:-9200}" DYNAMODB_PORT="${DYNAMODB_PORT:-8000}"
-cargo build --release --quiet --bin demo
+# The dev profile, as `cargo test` uses: the tests and the demo share one build.
+if [ ! -d target/debug/deps ]; then
+  echo "building the demo (the first build compiles a few hundred crates and takes several minutes)" >&2
+fi
+cargo build --bin demo
 started=()
 cleanup() { for s in "${started[@]}"; do infra/local.sh stop "$s"; done; }
 trap cleanup EXIT
@@ -23,4 +27,4 @@ if [ -z "${DYNAMODB_ENDPOINT:-}" ]; then
   export DYNAMODB_ENDPOINT="http://127.0.0.1:$DYNAMODB_PORT"
 fi
 export OPENSEARCH_INDEX="${OPENSEARCH_INDEX:-demo-items}" RUST_LOG="${RUST_LOG:-warn}"
-target/release/demo "$@"
+target/debug/demo "$@"

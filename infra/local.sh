@@ -22,6 +22,7 @@ install() {
     "$python" -m venv "$venv"
   fi
   if ! "$venv/bin/python" -c "import osmem_server, moto" 2>/dev/null; then
+    echo "installing osmem-server and moto into infra/.venv (once; about a minute)" >&2
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt"
   fi
   mkdir -p "$state"

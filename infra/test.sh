@@ -7,4 +7,7 @@ cd "$root"
 infra/local.sh install
 OSMEM_SERVER_BIN="$(infra/local.sh osmem-bin)"
 export OSMEM_SERVER_BIN
+if [ ! -d target/debug/deps ]; then
+  echo "building the tests (the first build compiles a few hundred crates and takes several minutes)" >&2
+fi
 cargo test "$@"
