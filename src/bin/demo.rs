@@ -31,6 +31,9 @@ struct Args {
     /// Items to write before updates and deletes.
     #[arg(long, default_value_t = 300)]
     items: usize,
+    /// Stop after writing the changes: leave the stream for the runner (or `cargo lambda`).
+    #[arg(long)]
+    write_only: bool,
 }
 
 #[tokio::main]
@@ -65,6 +68,13 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "2. wrote {puts} items, updated {updates}, deleted {deletes} (every attribute type, two items near 400 KB)"
     );
+    if args.write_only {
+        println!(
+            "   the stream of table {} is left for the runner to deliver",
+            args.table
+        );
+        return Ok(());
+    }
 
     let started = Instant::now();
     let streams = aws_sdk_dynamodbstreams::Client::new(&sdk);
