@@ -454,7 +454,7 @@ async fn land_page(
             .outcomes
             .iter()
             .find_map(|o| match o {
-                RecordOutcome::Reported(r) => Some(r.clone()),
+                RecordOutcome::Reported(r) => Some(crate::redact::reason(r)),
                 _ => None,
             })
             .unwrap_or_default();

@@ -75,15 +75,6 @@ impl ItemOutcome {
     }
 }
 
-/// A reason without the item value OpenSearch quotes in mapping errors ("Preview of field's
-/// value: '…'"): reasons go to logs, and item contents never do.
-fn without_values(reason: &str) -> &str {
-    match reason.find(" Preview of field's value") {
-        Some(i) => reason[..i].trim_end_matches('.'),
-        None => reason,
-    }
-}
-
 /// Error types that mean "the cluster is busy or blocked", whatever the status says.
 const RETRYABLE_ERROR_TYPES: &[&str] = &[
     "rejected_execution_exception",
@@ -114,13 +105,13 @@ pub fn classify(
         let mut text = format!(
             "{status} {}: {}",
             error_type.unwrap_or("error"),
-            without_values(reason.unwrap_or("no reason given"))
+            reason.unwrap_or("no reason given")
         );
         for (kind, reason) in causes {
             text.push_str(&format!(
                 "; caused by {}: {}",
                 kind.as_deref().unwrap_or("error"),
-                without_values(reason.as_deref().unwrap_or("no reason given"))
+                reason.as_deref().unwrap_or("no reason given")
             ));
         }
         text
@@ -321,7 +312,7 @@ mod tests {
     }
 
     #[test]
-    fn reasons_do_not_carry_item_values() {
+    fn outcomes_keep_the_whole_reason_and_logs_get_it_without_values() {
         let got = classify(
             Action::Index,
             Some(400),
@@ -331,11 +322,11 @@ mod tests {
             ),
             &[],
         );
+        let whole = "400 mapper_parsing_exception: failed to parse field [n] of type [double] in document with id 'b'. Preview of field's value: 'secret'";
+        assert_eq!(got, ItemOutcome::Permanent(whole.into()));
         assert_eq!(
-            got,
-            ItemOutcome::Permanent(
-                "400 mapper_parsing_exception: failed to parse field [n] of type [double] in document with id 'b'".into()
-            )
+            crate::redact::reason(whole),
+            "400 mapper_parsing_exception: failed to parse field [n] of type [double] in document with id '…'. Preview of field's value: '…'"
         );
     }
 

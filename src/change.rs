@@ -186,8 +186,8 @@ pub fn plan<'a>(
         match serde_json::from_str::<Object<FastShape<'a>>>(payload) {
             Ok(shape) => shape.0.records.into_iter().map(|r| Ok(r.0)).collect(),
             Err(_) => {
-                let shape: Object<EventShape<'a>> =
-                    serde_json::from_str(payload).map_err(|e| NotAStreamEvent(e.to_string()))?;
+                let shape: Object<EventShape<'a>> = serde_json::from_str(payload)
+                    .map_err(|e| NotAStreamEvent(crate::redact::reason(&e.to_string())))?;
                 shape
                     .0
                     .records
@@ -511,7 +511,7 @@ fn attribute_version(name: &str, text: Option<&[u8]>) -> Result<u64, String> {
         .and_then(|d| d.as_version())
         .ok_or_else(|| {
             format!(
-                "version attribute {name} is {text}, not a number from 0 to 9223372036854775807"
+                "version attribute {name} is {text:?}, not a number from 0 to 9223372036854775807"
             )
         })
 }

@@ -42,11 +42,30 @@ pub struct Config {
 }
 
 /// How requests to OpenSearch authenticate.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Auth {
     None,
     Basic { username: String, password: String },
     SigV4 { service: String, region: String },
+}
+
+/// By hand so that the password never prints, whoever logs a `Config`.
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::None => f.write_str("None"),
+            Auth::Basic { username, .. } => f
+                .debug_struct("Basic")
+                .field("username", username)
+                .field("password", &"<redacted>")
+                .finish(),
+            Auth::SigV4 { service, region } => f
+                .debug_struct("SigV4")
+                .field("service", service)
+                .field("region", region)
+                .finish(),
+        }
+    }
 }
 
 /// A missing or bad value, naming the variable.
@@ -76,12 +95,20 @@ impl Config {
         let required = |name: &'static str| get(name).ok_or_else(|| err(name, "is required"));
 
         let url_text = required("OPENSEARCH_URL")?;
+        // The text is not echoed: it may hold a password.
         let url = Url::parse(url_text.trim())
-            .map_err(|e| err("OPENSEARCH_URL", format!("{url_text:?} is not a URL ({e})")))?;
+            .map_err(|e| err("OPENSEARCH_URL", format!("is not a URL ({e})")))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(err(
                 "OPENSEARCH_URL",
                 format!("scheme must be http or https, not {:?}", url.scheme()),
+            ));
+        }
+        // The HTTP client would send userinfo as Basic auth whatever OPENSEARCH_AUTH says.
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(err(
+                "OPENSEARCH_URL",
+                "must not hold credentials; set OPENSEARCH_AUTH=basic with OPENSEARCH_USERNAME and OPENSEARCH_PASSWORD",
             ));
         }
         let index = required("OPENSEARCH_INDEX")?.trim().to_string();
@@ -113,6 +140,13 @@ impl Config {
                 ));
             }
         };
+
+        if auth != Auth::None && url.scheme() == "http" && !is_loopback(&url) {
+            return Err(err(
+                "OPENSEARCH_URL",
+                "credentials (OPENSEARCH_AUTH basic or sigv4) are sent only over https, or over http to a loopback address",
+            ));
+        }
 
         let number =
             |name: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
@@ -169,6 +203,16 @@ impl Config {
             retry_max,
             quarantine_index,
         })
+    }
+}
+
+/// `localhost`, 127.0.0.0/8 or ::1: plain HTTP there never leaves the machine.
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
     }
 }
 
@@ -257,5 +301,48 @@ mod tests {
             ("OPENSEARCH_INDEX", "Items"),
         ];
         assert_eq!(config(&v).unwrap_err().variable, "OPENSEARCH_INDEX");
+    }
+
+    #[test]
+    fn credentials_go_only_over_tls_or_to_loopback_and_never_print() {
+        let basic = |url: &'static str| {
+            config(&[
+                ("OPENSEARCH_URL", url),
+                ("OPENSEARCH_INDEX", "items"),
+                ("OPENSEARCH_AUTH", "basic"),
+                ("OPENSEARCH_USERNAME", "admin"),
+                ("OPENSEARCH_PASSWORD", "hunter2-secret"),
+            ])
+        };
+        let e = basic("http://search.example.com:9200").unwrap_err();
+        assert_eq!(e.variable, "OPENSEARCH_URL");
+        assert!(e.to_string().contains("https"), "{e}");
+        for ok in [
+            "https://search.example.com",
+            "http://localhost:9200",
+            "http://127.0.0.1:9200",
+            "http://[::1]:9200",
+        ] {
+            let c = basic(ok).unwrap();
+            let shown = format!("{c:?}");
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("admin"), "{shown}");
+        }
+        let sigv4 = config(&[
+            ("OPENSEARCH_URL", "http://search.example.com"),
+            ("OPENSEARCH_INDEX", "items"),
+            ("OPENSEARCH_AUTH", "sigv4"),
+            ("AWS_REGION", "eu-west-1"),
+        ]);
+        assert_eq!(sigv4.unwrap_err().variable, "OPENSEARCH_URL");
+        // Userinfo is refused even with OPENSEARCH_AUTH=none, and not echoed.
+        for url in [
+            "https://admin:hunter2-secret@search.example.com",
+            "https://admin:hunter2-secret@[not a host",
+        ] {
+            let e = config(&[("OPENSEARCH_URL", url), ("OPENSEARCH_INDEX", "items")]).unwrap_err();
+            assert_eq!(e.variable, "OPENSEARCH_URL");
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
     }
 }

@@ -565,8 +565,8 @@ fn write_string_token<E: de::Error>(out: &mut Vec<u8>, raw: &RawValue) -> Result
     let text = raw.get();
     if !text.starts_with('"') {
         return Err(E::custom(format!(
-            "S value is not a string: {}",
-            preview(text)
+            "S value is {}, not a string",
+            json_kind(text)
         )));
     }
     // The token is copied without decoding, so an escaped lone surrogate (`"\ud800"`), which
@@ -584,12 +584,15 @@ fn write_string_token<E: de::Error>(out: &mut Vec<u8>, raw: &RawValue) -> Result
     Ok(())
 }
 
-fn preview(text: &str) -> String {
-    let mut end = text.len().min(40);
-    while !text.is_char_boundary(end) {
-        end -= 1;
+/// What kind of JSON value a token is, named without quoting it.
+fn json_kind(token: &str) -> &'static str {
+    match token.as_bytes().first() {
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
     }
-    text[..end].to_string()
 }
 
 #[derive(Clone, Copy)]
@@ -768,7 +771,7 @@ mod tests {
             r#"x: attribute value has more than one type (first "S")"#
         );
         let err = convert(r#"{"x":{"S":5}}"#).unwrap_err();
-        assert_eq!(err.0, "x: S value is not a string: 5");
+        assert_eq!(err.0, "x: S value is a number, not a string");
     }
 
     #[test]

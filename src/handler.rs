@@ -12,6 +12,7 @@ use crate::change::{self, Disposition, NotAStreamEvent, Plan, VersionSource};
 use crate::config::Config;
 use crate::dispatch::{self, DeliveryStats, Limits};
 use crate::quarantine::{Entry, Quarantine};
+use crate::redact;
 use crate::transport::OpenSearch;
 
 /// What became of one record of the batch.
@@ -334,7 +335,7 @@ fn account(
                 _ => {
                     summary.unaccounted += 1;
                     if unreportable.is_empty() {
-                        first_unreportable_reason = reason.clone();
+                        first_unreportable_reason = redact::reason(reason);
                     }
                     unreportable.push(p);
                 }
@@ -362,7 +363,7 @@ fn account(
 const MAX_NAMED_FAILURES: usize = 10;
 
 /// One line per invocation: counts only, never item contents. Failed records are named by
-/// sequence number and reason (reasons carry attribute names and error types, not values).
+/// sequence number, eventID and reason, with the reason's values redacted.
 fn log_summary(s: &Summary, records: &[change::Record<'_>], outcomes: &[RecordOutcome]) {
     let accounted =
         s.indexed + s.deleted + s.superseded + s.quarantined + s.retryable + s.permanent;
@@ -408,10 +409,10 @@ fn log_summary(s: &Summary, records: &[change::Record<'_>], outcomes: &[RecordOu
         }
         match o {
             RecordOutcome::Quarantined(reason) => {
-                tracing::warn!(sequence_number = r.sequence_number.as_deref(), event_id = r.event_id.as_deref(), reason = %reason, "record quarantined")
+                tracing::warn!(sequence_number = r.sequence_number.as_deref(), event_id = r.event_id.as_deref(), reason = %redact::reason(reason), "record quarantined")
             }
             RecordOutcome::Reported(reason) => {
-                tracing::warn!(sequence_number = r.sequence_number.as_deref(), event_id = r.event_id.as_deref(), reason = %reason, "record reported for retry")
+                tracing::warn!(sequence_number = r.sequence_number.as_deref(), event_id = r.event_id.as_deref(), reason = %redact::reason(reason), "record reported for retry")
             }
             _ => {}
         }

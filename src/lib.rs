@@ -10,6 +10,7 @@
 //! - [`backoff`]: exponential backoff with full jitter; the only sleep.
 //! - [`dispatch`]: bodies in flight under adaptive concurrency, retried until the deadline.
 //! - [`quarantine`]: records no index can accept, kept durably with their payload.
+//! - [`redact`]: failure reasons without item values, for logs.
 //! - [`handler`]: one invocation end to end, `batchItemFailures` and the accounting log line.
 //! - [`replay`]: re-drives quarantined records.
 //! - [`template`]: the index template, embedded.
@@ -32,6 +33,7 @@ pub mod docid;
 pub mod handler;
 pub mod quarantine;
 pub mod rebuild;
+pub mod redact;
 pub mod replay;
 pub mod runner;
 pub mod telemetry;

@@ -193,10 +193,14 @@ impl Quarantine {
         }
         if let Some(outcome) = failed {
             let lost = stored.iter().filter(|s| !**s).count();
+            let reason = match outcome {
+                ItemOutcome::Retry(r) | ItemOutcome::Permanent(r) => crate::redact::reason(r),
+                other => format!("{other:?}"),
+            };
             tracing::warn!(
                 index = %self.index,
                 entries = lost,
-                outcome = ?outcome,
+                reason,
                 "quarantine write failed; those records stay in batchItemFailures"
             );
         }
