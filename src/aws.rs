@@ -24,15 +24,3 @@ pub async fn sdk_config(endpoint: Option<&str>) -> SdkConfig {
     }
     loader.load().await
 }
-
-/// An SDK error with its sources: the SDK's own message is often just "service error".
-pub fn error_chain<E: std::error::Error>(e: &E) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
-}

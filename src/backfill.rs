@@ -302,7 +302,7 @@ pub async fn table_size(
         .map_err(|e| {
             BackfillError::Dynamo(format!(
                 "DescribeTable {table}: {}",
-                crate::aws::error_chain(&e)
+                crate::telemetry::error_chain(&e)
             ))
         })?
         .table
@@ -347,7 +347,7 @@ async fn scan_segment(shared: &Shared<'_>, segment: u32, total: u32) -> Result<(
                 BackfillError::Dynamo(format!(
                     "Scan {} segment {segment}: {}",
                     opts.table,
-                    crate::aws::error_chain(&e)
+                    crate::telemetry::error_chain(&e)
                 ))
             })?;
         if let (Some(l), Some(units)) = (

@@ -14,7 +14,7 @@
 //! - [`handler`]: one invocation end to end, `batchItemFailures` and the accounting log line.
 //! - [`replay`]: re-drives quarantined records.
 //! - [`template`]: the index template, embedded.
-//! - [`telemetry`]: logging setup.
+//! - [`telemetry`]: logging setup; errors with their source chains.
 //! - [`aws`], [`ddb_json`]: AWS SDK configuration; SDK attribute values → DynamoDB JSON.
 //! - [`verify`]: table versus index, item by item, values exact.
 //! - [`backfill`]: parallel, resumable, rate-limited scan into the index beside the live stream.

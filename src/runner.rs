@@ -206,7 +206,7 @@ pub async fn run<F: Function>(
                         RunnerError(format!(
                             "GetShardIterator {}: {}",
                             shard.id,
-                            crate::aws::error_chain(&e)
+                            crate::telemetry::error_chain(&e)
                         ))
                     })?;
                 iterators.insert(shard.id.clone(), it.shard_iterator);
@@ -255,7 +255,9 @@ async fn fill(
             .limit(settings.batch_size.min(1000) as i32)
             .send()
             .await
-            .map_err(|e| RunnerError(format!("GetRecords: {}", crate::aws::error_chain(&e))))?;
+            .map_err(|e| {
+                RunnerError(format!("GetRecords: {}", crate::telemetry::error_chain(&e)))
+            })?;
         *iterator = out.next_shard_iterator;
         let records = out.records.unwrap_or_default();
         read += records.len();
@@ -504,7 +506,12 @@ async fn describe_shards(client: &Client, stream_arn: &str) -> Result<Vec<ShardI
             .set_exclusive_start_shard_id(start.clone())
             .send()
             .await
-            .map_err(|e| RunnerError(format!("DescribeStream: {}", crate::aws::error_chain(&e))))?;
+            .map_err(|e| {
+                RunnerError(format!(
+                    "DescribeStream: {}",
+                    crate::telemetry::error_chain(&e)
+                ))
+            })?;
         let desc = out
             .stream_description
             .ok_or_else(|| RunnerError("DescribeStream: no description".into()))?;

@@ -17,3 +17,20 @@ pub fn init() {
     // A second init (tests) keeps the first subscriber.
     let _ = result;
 }
+
+/// An error and its sources, for logs and error messages: "error sending request" alone hides
+/// whether a certificate was rejected or the connection refused, and an AWS SDK error says only
+/// "service error". A source whose text its parent already holds is not repeated.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}

@@ -11,6 +11,7 @@ use opensearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
 use crate::bulk::{self, ItemOutcome};
 use crate::change::Action;
 use crate::config::{Auth, Config};
+use crate::telemetry::error_chain;
 
 /// A client for one cluster, built once per process and shared by every invocation.
 #[derive(Clone)]
@@ -170,34 +171,18 @@ impl OpenSearch {
             .client
             .send(method, path, headers, None::<&()>, body, Some(timeout))
             .await
-            .map_err(|e| fail(None, e.to_string()))?;
+            .map_err(|e| fail(None, error_chain(&e)))?;
         let status = response.status_code().as_u16();
         let bytes = response
             .bytes()
             .await
-            .map_err(|e| fail(Some(status), e.to_string()))?;
+            .map_err(|e| fail(Some(status), error_chain(&e)))?;
         if (200..300).contains(&status) {
             Ok((status, bytes))
         } else {
             Err(fail(Some(status), format!("{status}: {}", snippet(&bytes))))
         }
     }
-}
-
-/// An error and its sources: "error sending request" alone hides whether a certificate was
-/// rejected or the connection refused.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// The start of a response body, for error messages (never item contents: bulk responses

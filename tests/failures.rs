@@ -556,3 +556,30 @@ async fn soak(versioning: &[(&str, &str)], per_second: usize) {
         assert_eq!(doc, expected, "document {id} differs from the table");
     }
 }
+
+/// A refused connection and a failed TLS handshake say so, not only "error sending request".
+#[tokio::test]
+async fn connection_and_tls_failures_name_their_cause() {
+    let index = unique_index("chain");
+    let base = opensearch_url();
+    let tls_to_plain = base.replacen("http://", "https://", 1);
+    let payload = fixture("insert.json");
+    for (url, cause) in [
+        ("http://127.0.0.1:9".to_string(), "refused"),
+        // rustls reading a plain-HTTP answer to its ClientHello.
+        (tls_to_plain, "corrupt message"),
+    ] {
+        let indexer = indexer(&url, &index, &[("DEADLINE_MARGIN_MS", "0")]).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        let handled = indexer.handle_detailed(&payload, deadline).await.unwrap();
+        let reasons: Vec<String> = handled
+            .outcomes
+            .iter()
+            .map(|o| format!("{o:?}"))
+            .collect();
+        assert!(
+            reasons.iter().all(|r| r.to_lowercase().contains(cause)),
+            "{url}: {reasons:?}"
+        );
+    }
+}
