@@ -5,6 +5,15 @@ use std::time::{Duration, Instant};
 
 use stream_indexer::bulk;
 use stream_indexer::change::{self, VersionSource};
+use stream_indexer::routing::Router;
+
+/// Three rules, the last one matching every record (read from the NewImage and, on
+/// NEW_AND_OLD_IMAGES, the OldImage: `email` is not a key attribute).
+const ROUTES: &str = r#"[
+    {"when":{"attribute":"pk","prefix":"order#"},"index":"orders"},
+    {"when":{"attribute":"email","suffix":"@internal"},"index":null},
+    {"when":{"attribute":"pk","prefix":"customer#"},"index":"customers-{table}"}
+]"#;
 
 /// One record whose item is ~1 KB of DynamoDB JSON with a mix of attribute types; with
 /// `old_image` the stream is NEW_AND_OLD_IMAGES and the record carries the item twice.
@@ -30,12 +39,15 @@ fn record(i: usize, old_image: bool) -> String {
 }
 
 fn main() {
+    let plain = Router::single("items");
+    let routed = Router::parse(Some("items"), Some(ROUTES)).unwrap();
     for old_image in [true, false] {
-        measure(old_image);
+        measure(old_image, &plain, "");
+        measure(old_image, &routed, " with 3 ROUTES");
     }
 }
 
-fn measure(old_image: bool) {
+fn measure(old_image: bool, router: &Router, label: &str) {
     let records: Vec<String> = (0..2300).map(|i| record(i, old_image)).collect();
     let payload = format!(r#"{{"Records":[{}]}}"#, records.join(","));
     let view = if old_image {
@@ -43,12 +55,13 @@ fn measure(old_image: bool) {
     } else {
         "NEW_IMAGE"
     };
+    let view = format!("{view}{label}");
     let mb = payload.len() as f64 / 1e6;
     let versions = VersionSource::StreamTime;
     let max_bytes = 5 * 1024 * 1024;
 
     let run = || {
-        let plan = change::plan(&payload, &versions, max_bytes).unwrap();
+        let plan = change::plan(&payload, &versions, router, max_bytes).unwrap();
         let pending: Vec<usize> = (0..plan.changes.len()).collect();
         let bodies = bulk::pack(&plan.changes, &pending, max_bytes, 1000);
         bodies.iter().map(|b| b.bytes.len()).sum::<usize>()

@@ -62,6 +62,8 @@ pub struct Summary {
     pub scanned: u64,
     pub indexed: u64,
     pub superseded: u64,
+    /// Routed to no index (`ROUTES`).
+    pub skipped: u64,
     pub quarantined: u64,
     pub failed: u64,
     pub pages: u64,
@@ -72,7 +74,7 @@ pub struct Summary {
 impl Summary {
     pub fn unaccounted(&self) -> u64 {
         self.scanned
-            .saturating_sub(self.indexed + self.superseded + self.quarantined)
+            .saturating_sub(self.indexed + self.superseded + self.skipped + self.quarantined)
     }
 }
 
@@ -198,7 +200,13 @@ pub async fn run(
     scanned: &AtomicU64,
 ) -> Result<Summary, BackfillError> {
     let started = Instant::now();
-    let index = indexer.config.index.clone();
+    // Every index the routes can send this table's items to (one, without ROUTES).
+    let indexes = indexer.config.router.every_index(Some(&opts.table));
+    let index = indexes
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     let key_names = verify::key_names(ddb, &opts.table).await?;
     if key_names.is_empty() {
         return Err(BackfillError::Dynamo(format!(
@@ -248,13 +256,17 @@ pub async fn run(
         checkpoint.save(&opts.checkpoint)?;
     }
     if !opts.dry_run {
-        // Its settings are changed below; the first write would create it anyway.
-        crate::template::create_index(&indexer.opensearch, &index).await?;
+        // Their settings are changed below; the first write would create them anyway.
+        for index in &indexes {
+            crate::template::create_index(&indexer.opensearch, index).await?;
+        }
     }
-    let previous_gc = match (&opts.gc_deletes, opts.dry_run) {
-        (Some(value), false) => Some(set_gc_deletes(indexer, &index, Some(value)).await?),
-        _ => None,
-    };
+    let mut previous_gc = Vec::new();
+    if let (Some(value), false) = (&opts.gc_deletes, opts.dry_run) {
+        for index in &indexes {
+            previous_gc.push((index, set_gc_deletes(indexer, index, Some(value)).await?));
+        }
+    }
     let total = checkpoint.total_segments;
     let todo: Vec<u32> = (0..total)
         .filter(|&i| !checkpoint.segments[i as usize].done)
@@ -277,8 +289,8 @@ pub async fn run(
             .map(|segment| scan_segment(&shared, segment, total)),
     )
     .await;
-    if let Some(previous) = previous_gc {
-        set_gc_deletes(indexer, &index, previous.as_deref()).await?;
+    for (index, previous) in previous_gc {
+        set_gc_deletes(indexer, index, previous.as_deref()).await?;
     }
     let mut summary = shared.summary.into_inner();
     summary.millis = started.elapsed().as_millis() as u64;
@@ -412,8 +424,13 @@ async fn land_page(
         safe_secs.saturating_sub(1),
     );
     if opts.dry_run {
-        let plan = crate::change::plan(&payload, &versions, shared.indexer.config.bulk_max_bytes)
-            .map_err(|e| BackfillError::Dynamo(e.to_string()))?;
+        let plan = crate::change::plan(
+            &payload,
+            &versions,
+            &shared.indexer.config.router,
+            shared.indexer.config.bulk_max_bytes,
+        )
+        .map_err(|e| BackfillError::Dynamo(e.to_string()))?;
         let mut s = shared.summary.lock().await;
         s.scanned += items.len() as u64;
         s.pages += 1;
@@ -444,6 +461,7 @@ async fn land_page(
         match o {
             RecordOutcome::Indexed | RecordOutcome::Deleted => s.indexed += 1,
             RecordOutcome::Superseded => s.superseded += 1,
+            RecordOutcome::Skipped => s.skipped += 1,
             RecordOutcome::Quarantined(_) => s.quarantined += 1,
             RecordOutcome::Reported(_) => failed += 1,
         }
@@ -478,7 +496,9 @@ pub fn synthetic_batch(
     approximate_secs: u64,
 ) -> String {
     use sha2::{Digest, Sha256};
-    let arn = serde_json::to_string(&format!("backfill:{table}")).expect("string");
+    // Shaped like a stream ARN, so that routing finds the table for `{table}`.
+    let arn = serde_json::to_string(&format!("arn:aws:dynamodb:::table/{table}/stream/backfill"))
+        .expect("string");
     let mut out = String::from("{\"Records\":[");
     let mut keys_json = String::new();
     for (i, item) in items.iter().enumerate() {

@@ -9,16 +9,19 @@ use serde_json::value::RawValue;
 
 use crate::change::{Action, Change};
 
-/// One `_bulk` request body and the changes it carries, in body order.
+/// One `_bulk` request body for one index and the changes it carries, in body order.
 #[derive(Debug, Clone)]
 pub struct BulkBody {
+    pub index: std::sync::Arc<str>,
     pub changes: Vec<usize>,
     pub bytes: Bytes,
 }
 
 /// Packs `pending` changes (indices into `changes`) into bodies of at most `max_bytes` bytes
-/// (every newline counted) and `max_actions` actions, in the order given. A change larger than
-/// `max_bytes` on its own still gets a body of its own; planning rejects those before here.
+/// (every newline counted) and `max_actions` actions, in the order given; a body holds one
+/// index's changes (it is posted to `/<index>/_bulk`), so a change for another index starts a
+/// new one. A change larger than `max_bytes` on its own still gets a body of its own; planning
+/// rejects those before here.
 pub fn pack(
     changes: &[Change],
     pending: &[usize],
@@ -28,24 +31,32 @@ pub fn pack(
     let mut bodies = Vec::new();
     let mut buf: Vec<u8> = Vec::new();
     let mut members = Vec::new();
+    let mut index: Option<&std::sync::Arc<str>> = None;
     for &i in pending {
         let lines = &changes[i].lines;
-        if !members.is_empty()
-            && (buf.len() + lines.len() > max_bytes || members.len() == max_actions)
+        if let Some(current) = index
+            && (buf.len() + lines.len() > max_bytes
+                || members.len() == max_actions
+                || *current != changes[i].index)
         {
             bodies.push(BulkBody {
+                index: current.clone(),
                 changes: std::mem::take(&mut members),
                 bytes: Bytes::from(std::mem::take(&mut buf)),
             });
         }
+        index = Some(&changes[i].index);
         if buf.capacity() == 0 {
             buf.reserve(max_bytes.min(lines.len() * 16));
         }
         buf.extend_from_slice(lines);
         members.push(i);
     }
-    if !members.is_empty() {
+    if let Some(index) = index
+        && !members.is_empty()
+    {
         bodies.push(BulkBody {
+            index: index.clone(),
             changes: members,
             bytes: Bytes::from(buf),
         });
@@ -65,6 +76,8 @@ pub enum ItemOutcome {
     Superseded,
     /// Could succeed later: 429, 5xx, a failed request, or not attempted before the deadline.
     Retry(String),
+    /// Not an action's outcome: the record's item is routed to no index (nothing was sent).
+    Skipped,
     /// Can never succeed as sent: mapping, parsing, validation.
     Permanent(String),
 }
@@ -239,6 +252,7 @@ mod tests {
 
     fn change(lines: &str) -> Change {
         Change {
+            index: "t".into(),
             id: "x".into(),
             action: Action::Index,
             version: None,

@@ -15,8 +15,11 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+use std::sync::Arc;
+
 use crate::convert::{self, AttributeKind, Captured, Decimal};
 use crate::docid::{self, KeyPart, RAW_KEY_FIELD};
+use crate::routing::{self, Route, Router};
 
 /// How far a record's `ApproximateCreationDateTime` may be ahead of this machine's clock.
 /// Versions come from it, and a version from the future (milliseconds read as seconds, a forged
@@ -101,6 +104,9 @@ pub struct Record<'a> {
     pub sequence_number: Option<Cow<'a, str>>,
     pub event_id: Option<Cow<'a, str>>,
     pub disposition: Disposition,
+    /// Further changes this record's outcome depends on: the delete from the index its item was
+    /// routed to before, or the deletes of a REMOVE whose index cannot be known.
+    pub extra: Vec<usize>,
 }
 
 /// What became of a record while planning.
@@ -112,6 +118,9 @@ pub enum Disposition {
     Superseded(usize),
     /// It can never be applied as it is; the reason names what is wrong.
     Invalid(String),
+    /// Its item is routed to no index (a `ROUTES` rule with `index: null`, or no rule and no
+    /// `OPENSEARCH_INDEX`); `extra` may still delete it from where it was.
+    Skipped,
 }
 
 /// Index or delete.
@@ -121,9 +130,10 @@ pub enum Action {
     Delete,
 }
 
-/// One bulk action for one document id.
+/// One bulk action for one document id in one index.
 #[derive(Debug, Clone)]
 pub struct Change {
+    pub index: Arc<str>,
     pub id: String,
     pub action: Action,
     /// The external version the action carries (`None`: an unversioned delete).
@@ -178,6 +188,7 @@ const ACTION_LINE_ROOM: usize = 128;
 pub fn plan<'a>(
     payload: &'a str,
     versions: &VersionSource,
+    router: &Router,
     max_lines_bytes: usize,
 ) -> Result<Plan<'a>, NotAStreamEvent> {
     // Fast path: the whole batch in one pass. Only if some record does not even parse as a
@@ -205,42 +216,59 @@ pub fn plan<'a>(
         .map_or(0, |d| d.as_secs());
     let mut records: Vec<Record<'a>> = Vec::with_capacity(parsed.len());
     let mut changes: Vec<Change> = Vec::with_capacity(parsed.len());
-    let mut by_id: HashMap<String, usize> = HashMap::with_capacity(parsed.len());
+    // The last change per document: (index, id) → position in `changes`.
+    let mut by_id: HashMap<(Arc<str>, String), usize> = HashMap::with_capacity(parsed.len());
     for (position, parsed) in parsed.into_iter().enumerate() {
         let (sequence_number, event_id, result) = match parsed {
             Ok(rec) => {
-                let change = to_change(&rec, position, versions, max_lines_bytes, now_secs);
+                let planned =
+                    to_changes(&rec, position, versions, router, max_lines_bytes, now_secs);
                 let seq = rec.dynamodb.and_then(|d| d.0.sequence_number);
                 let event_id = rec.event_id;
-                (seq, event_id, change)
+                (seq, event_id, planned)
             }
             Err(u) => (u.sequence_number, u.event_id, Err(u.reason)),
         };
-        let disposition = match result {
-            Err(reason) => Disposition::Invalid(reason),
-            Ok(change) => match by_id.get(&change.id) {
-                Some(&earlier) if supersedes(&changes[earlier], &change) => {
-                    // Stream order is modification order per item: the later record wins, and
-                    // every record it replaces follows its outcome.
-                    let loser = changes[earlier].record;
-                    records[loser].disposition = Disposition::Superseded(earlier);
-                    changes[earlier] = change;
-                    Disposition::Change(earlier)
+        let mut disposition = Disposition::Skipped;
+        let mut extra = Vec::new();
+        match result {
+            Err(reason) => disposition = Disposition::Invalid(reason),
+            Ok(planned) => {
+                for (k, change) in planned.into_iter().enumerate() {
+                    let key = (change.index.clone(), change.id.clone());
+                    let (slot, owned) = match by_id.get(&key) {
+                        Some(&earlier) if supersedes(&changes[earlier], &change) => {
+                            // Stream order is modification order per item: the later record
+                            // wins, and a record whose own change it replaces follows it.
+                            let loser = changes[earlier].record;
+                            if records[loser].disposition == Disposition::Change(earlier) {
+                                records[loser].disposition = Disposition::Superseded(earlier);
+                            }
+                            changes[earlier] = change;
+                            (earlier, true)
+                        }
+                        // An older version later in the batch (a replay or backfill batch
+                        // mixing sources): the index would refuse it after the newer one anyway.
+                        Some(&earlier) => (earlier, false),
+                        None => {
+                            by_id.insert(key, changes.len());
+                            changes.push(change);
+                            (changes.len() - 1, true)
+                        }
+                    };
+                    match (k, owned) {
+                        (0, true) => disposition = Disposition::Change(slot),
+                        (0, false) => disposition = Disposition::Superseded(slot),
+                        _ => extra.push(slot),
+                    }
                 }
-                // An older version later in the batch (a replay or backfill batch mixing
-                // sources): the index would refuse it after the newer one anyway.
-                Some(&earlier) => Disposition::Superseded(earlier),
-                None => {
-                    by_id.insert(change.id.clone(), changes.len());
-                    changes.push(change);
-                    Disposition::Change(changes.len() - 1)
-                }
-            },
-        };
+            }
+        }
         records.push(Record {
             sequence_number,
             event_id,
             disposition,
+            extra,
         });
     }
     Ok(Plan {
@@ -302,13 +330,16 @@ struct FastShape<'a> {
     records: Vec<Object<StreamRecord<'a>>>,
 }
 
-fn to_change(
+/// A record's changes: the write to (or delete from) its item's index first, then deletes from
+/// the index its item was routed to before, if that differs. Empty: the item goes nowhere.
+fn to_changes(
     rec: &StreamRecord<'_>,
     position: usize,
     versions: &VersionSource,
+    router: &Router,
     max_lines_bytes: usize,
     now_secs: u64,
-) -> Result<Change, String> {
+) -> Result<Vec<Change>, String> {
     let data = &rec
         .dynamodb
         .as_ref()
@@ -344,11 +375,53 @@ fn to_change(
     let mut names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
     names.push(RAW_KEY_FIELD);
     names.extend(version_name);
+    // The attributes routing reads come last: `names[routed..]` is `router.attributes()`.
+    let routed = names.len();
+    let single = router.is_single();
+    if !single {
+        names.extend(router.attributes());
+    }
+    let table = rec.event_source_arn.as_deref().and_then(routing::table_of);
+    if router.needs_table() && table.is_none() {
+        return Err(
+            "record has no eventSourceARN naming its table, and the index name needs {table}"
+                .into(),
+        );
+    }
+    let key_names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
+    // Where the item was before this change, read from the OldImage, or from Keys when the rules
+    // read key attributes only. `None`: unknown (no OldImage) or, for an INSERT, nowhere.
+    let old_route = || -> Result<Option<Route>, String> {
+        if single {
+            return Ok(Some(router.route(table, |_| None)));
+        }
+        if router.reads_only(&key_names) {
+            return Ok(Some(router.route(table, |i| {
+                let name = names[routed + i];
+                parts
+                    .iter()
+                    .find(|p| p.name == name)
+                    .map(|p| key_text(p.kind, &p.text))
+            })));
+        }
+        let Some(old) = data.old_image else {
+            return Ok(None);
+        };
+        let mut scratch = Vec::with_capacity(old.get().len());
+        let captured = convert::write_document_capturing(old.get(), &mut scratch, &names)
+            .map_err(|e| format!("OldImage: {e}"))?;
+        Ok(Some(router.route(table, |i| {
+            captured[routed + i]
+                .as_ref()
+                .map(|c| captured_text(c, &scratch))
+        })))
+    };
     let found = |captured: &[Option<Captured>], name: &str| -> Option<Captured> {
         captured[names.iter().position(|n| *n == name)?].clone()
     };
-    let mut lines = Vec::new();
+    let lines;
     let version;
+    let new_route;
     match event_name {
         "INSERT" | "MODIFY" => {
             let image = data.new_image.ok_or_else(|| {
@@ -364,6 +437,15 @@ fn to_change(
             let captured = convert::write_document_capturing(image.get(), &mut doc, &names)
                 .map_err(|e| format!("NewImage: {e}"))?;
             check_keys("NewImage", &parts, &captured, &doc)?;
+            new_route = if single {
+                router.route(table, |_| None)
+            } else {
+                router.route(table, |i| {
+                    captured[routed + i]
+                        .as_ref()
+                        .map(|c| captured_text(c, &doc))
+                })
+            };
             version = Some(match versions {
                 VersionSource::StreamTime => stream_version()?,
                 VersionSource::Fixed(v) => *v,
@@ -401,6 +483,8 @@ fn to_change(
             lines = doc;
         }
         "REMOVE" => {
+            new_route = Route::Skip;
+            lines = Vec::new();
             version = match versions {
                 VersionSource::StreamTime => Some(stream_version()?),
                 VersionSource::Fixed(v) => Some(*v),
@@ -430,13 +514,6 @@ fn to_change(
                     None => None,
                 },
             };
-            write_action(
-                &mut lines,
-                "delete",
-                &id.id,
-                version,
-                versions.version_type(),
-            );
         }
         other => return Err(format!("unknown eventName {other:?}")),
     }
@@ -451,19 +528,78 @@ fn to_change(
             u.0.kind.as_deref() == Some("Service")
                 && u.0.principal_id.as_deref() == Some("dynamodb.amazonaws.com")
         });
-    let action = if event_name == "REMOVE" {
-        Action::Delete
-    } else {
-        Action::Index
-    };
-    Ok(Change {
-        id: id.id,
+    let change = |index: Arc<str>, action: Action, lines: Vec<u8>| Change {
+        index,
+        id: id.id.clone(),
         action,
         version,
         ttl,
         lines,
         record: position,
-    })
+    };
+    let mut out = Vec::with_capacity(1);
+    let target = match &new_route {
+        Route::Index(index) => Some(index.clone()),
+        Route::Skip => None,
+    };
+    if event_name != "REMOVE"
+        && let Some(index) = &target
+    {
+        out.push(change(index.clone(), Action::Index, lines));
+        if single {
+            return Ok(out);
+        }
+    }
+    // Deletes: a REMOVE's from where its item was; a write's from where its item was before,
+    // if that is elsewhere. An INSERT's item was nowhere.
+    if event_name == "INSERT" {
+        return Ok(out);
+    }
+    let mut delete_lines = Vec::new();
+    let deletes: Vec<Arc<str>> = match old_route()? {
+        Some(Route::Index(old)) if target.as_ref() != Some(&old) || event_name == "REMOVE" => {
+            vec![old]
+        }
+        Some(_) => Vec::new(),
+        // A REMOVE whose index cannot be known: from every index the item could be in.
+        None if event_name == "REMOVE" => router.every_index(table),
+        None => Vec::new(),
+    };
+    for index in deletes {
+        if delete_lines.is_empty() {
+            write_action(
+                &mut delete_lines,
+                "delete",
+                &id.id,
+                version,
+                versions.version_type(),
+            );
+        }
+        out.push(change(index, Action::Delete, delete_lines.clone()));
+    }
+    Ok(out)
+}
+
+/// An attribute's text for routing: a string's text, a number's canonical text; other types
+/// have none (`Some(None)`: present, nothing to compare).
+fn captured_text<'d>(c: &Captured, doc: &'d [u8]) -> Option<Cow<'d, str>> {
+    let raw = &doc[c.span.clone()];
+    match c.kind {
+        AttributeKind::S => serde_json::from_slice::<Cow<'d, str>>(raw).ok(),
+        AttributeKind::N => std::str::from_utf8(raw)
+            .ok()
+            .and_then(Decimal::parse)
+            .map(|d| Cow::Owned(d.canonical_text())),
+        AttributeKind::B | AttributeKind::Other => None,
+    }
+}
+
+/// A key attribute's text for routing (its `KeyPart::text` is already canonical).
+fn key_text(kind: AttributeKind, text: &str) -> Option<Cow<'_, str>> {
+    match kind {
+        AttributeKind::S | AttributeKind::N => Some(Cow::Borrowed(text)),
+        AttributeKind::B | AttributeKind::Other => None,
+    }
 }
 
 /// The image must hold every key attribute of `Keys`, with the same type and value: otherwise
@@ -550,15 +686,20 @@ mod tests {
     }
 
     fn reasons(payload: &str) -> Vec<Option<String>> {
-        plan(payload, &VersionSource::StreamTime, 1 << 20)
-            .unwrap()
-            .records
-            .into_iter()
-            .map(|r| match r.disposition {
-                Disposition::Invalid(reason) => Some(reason),
-                _ => None,
-            })
-            .collect()
+        plan(
+            payload,
+            &VersionSource::StreamTime,
+            &Router::single("t"),
+            1 << 20,
+        )
+        .unwrap()
+        .records
+        .into_iter()
+        .map(|r| match r.disposition {
+            Disposition::Invalid(reason) => Some(reason),
+            _ => None,
+        })
+        .collect()
     }
 
     fn good() -> String {
@@ -574,8 +715,24 @@ mod tests {
     #[test]
     fn only_objects_make_a_batch_and_its_records() {
         let r = good();
-        assert!(plan(&format!("[[{r}]]"), &VersionSource::StreamTime, 1 << 20).is_err());
-        assert!(plan(&format!("[{r}]"), &VersionSource::StreamTime, 1 << 20).is_err());
+        assert!(
+            plan(
+                &format!("[[{r}]]"),
+                &VersionSource::StreamTime,
+                &Router::single("t"),
+                1 << 20
+            )
+            .is_err()
+        );
+        assert!(
+            plan(
+                &format!("[{r}]"),
+                &VersionSource::StreamTime,
+                &Router::single("t"),
+                1 << 20
+            )
+            .is_err()
+        );
         let as_array = r#"["e1","INSERT",null,null,{"Keys":{"pk":{"S":"a"}}}]"#.to_string();
         let got = reasons(&batch(&[good(), as_array, "7".into()]));
         assert_eq!(got[0], None);
@@ -611,7 +768,13 @@ mod tests {
         ];
         for case in cases {
             let payload = batch(&[good(), case.clone()]);
-            let p = plan(&payload, &VersionSource::StreamTime, 1 << 20).unwrap();
+            let p = plan(
+                &payload,
+                &VersionSource::StreamTime,
+                &Router::single("t"),
+                1 << 20,
+            )
+            .unwrap();
             let r = &p.records[1];
             assert!(matches!(r.disposition, Disposition::Invalid(_)), "{case}");
             assert!(
@@ -703,13 +866,25 @@ mod tests {
             record(seq, "MODIFY", time, KEYS, Some(&image))
         };
         let payload = batch(&[modify("9", "1700000100", 2), modify("5", "1700000000", 1)]);
-        let p = plan(&payload, &VersionSource::StreamTime, 1 << 20).unwrap();
+        let p = plan(
+            &payload,
+            &VersionSource::StreamTime,
+            &Router::single("t"),
+            1 << 20,
+        )
+        .unwrap();
         assert_eq!(p.changes.len(), 1);
         assert_eq!(p.changes[0].record, 0, "the newer change is sent");
         assert_eq!(p.records[1].disposition, Disposition::Superseded(0));
         // Equal versions: batch order decides (two changes in one second of stream time).
         let payload = batch(&[modify("5", "1700000000", 1), modify("6", "1700000000", 2)]);
-        let p = plan(&payload, &VersionSource::StreamTime, 1 << 20).unwrap();
+        let p = plan(
+            &payload,
+            &VersionSource::StreamTime,
+            &Router::single("t"),
+            1 << 20,
+        )
+        .unwrap();
         assert_eq!(p.changes[0].record, 1);
     }
 

@@ -4,13 +4,20 @@ use std::time::Duration;
 
 use url::Url;
 
+use crate::routing::Router;
+
 /// Everything the function and the backfill read from the environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// `OPENSEARCH_URL` (required): the cluster endpoint, e.g. `https://search-x.eu-west-1.es.amazonaws.com`.
     pub url: Url,
-    /// `OPENSEARCH_INDEX` (required): the index or alias written to. An alias needs a write index.
-    pub index: String,
+    /// `OPENSEARCH_INDEX` (required unless `ROUTES` is set): the index or alias written to (an
+    /// alias needs a write index); may hold `{table}`. With `ROUTES`: where items no rule
+    /// matches go (unset: they are skipped).
+    pub index: Option<String>,
+    /// `OPENSEARCH_INDEX` and `ROUTES` (a JSON array of rules, see [`crate::routing`]): which
+    /// index each item goes to.
+    pub router: Router,
     /// `OPENSEARCH_AUTH` (default `none`): `none`, `basic` (with `OPENSEARCH_USERNAME` and
     /// `OPENSEARCH_PASSWORD`) or `sigv4` (service from `OPENSEARCH_SIGV4_SERVICE`, `es` or
     /// `aoss`, default `es`; region from `AWS_REGION`).
@@ -76,6 +83,12 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+impl ConfigError {
+    pub fn new(variable: &'static str, reason: impl Into<String>) -> ConfigError {
+        err(variable, reason)
+    }
+}
+
 fn err(variable: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError {
         variable,
@@ -111,8 +124,8 @@ impl Config {
                 "must not hold credentials; set OPENSEARCH_AUTH=basic with OPENSEARCH_USERNAME and OPENSEARCH_PASSWORD",
             ));
         }
-        let index = required("OPENSEARCH_INDEX")?.trim().to_string();
-        validate_index_name("OPENSEARCH_INDEX", &index)?;
+        let index = get("OPENSEARCH_INDEX").map(|i| i.trim().to_string());
+        let router = Router::parse(index.as_deref(), get("ROUTES").as_deref())?;
 
         let auth = match get("OPENSEARCH_AUTH").as_deref().map(str::trim) {
             None | Some("none") => Auth::None,
@@ -168,7 +181,7 @@ impl Config {
         let quarantine_index = get("QUARANTINE_INDEX").map(|s| s.trim().to_string());
         if let Some(q) = &quarantine_index {
             validate_index_name("QUARANTINE_INDEX", q)?;
-            if *q == index {
+            if index.as_deref() == Some(q.as_str()) {
                 return Err(err("QUARANTINE_INDEX", "must differ from OPENSEARCH_INDEX"));
             }
         }
@@ -180,6 +193,7 @@ impl Config {
         Ok(Config {
             url,
             index,
+            router,
             auth,
             // 1 KiB floor: a body must hold at least an action line and a small document.
             bulk_max_bytes: number("BULK_MAX_BYTES", 5 * 1024 * 1024, 1024, 100 * 1024 * 1024)?
@@ -217,7 +231,7 @@ fn is_loopback(url: &Url) -> bool {
 }
 
 /// OpenSearch index names: lowercase, no `\ / * ? " < > | space , #`, not starting with `-_+`.
-fn validate_index_name(variable: &'static str, name: &str) -> Result<(), ConfigError> {
+pub(crate) fn validate_index_name(variable: &'static str, name: &str) -> Result<(), ConfigError> {
     let bad = name.is_empty()
         || name.len() > 255
         || name.starts_with(['-', '_', '+'])
@@ -256,7 +270,8 @@ mod tests {
     #[test]
     fn defaults_apply_when_only_required_values_are_set() {
         let c = config(&BASE).unwrap();
-        assert_eq!(c.index, "items");
+        assert_eq!(c.index.as_deref(), Some("items"));
+        assert!(c.router.is_single());
         assert_eq!(c.auth, Auth::None);
         assert_eq!(c.bulk_max_bytes, 5 * 1024 * 1024);
         assert_eq!(c.bulk_max_actions, 1000);

@@ -61,10 +61,9 @@ struct Progress {
     accepted_any: bool,
 }
 
-/// Delivers `changes` to `index`; returns one outcome per change.
+/// Delivers `changes`, each to its index; returns one outcome per change.
 pub async fn deliver(
     os: &OpenSearch,
-    index: &str,
     changes: &[Change],
     limits: &Limits,
 ) -> (Vec<ItemOutcome>, DeliveryStats) {
@@ -101,7 +100,7 @@ pub async fn deliver(
                 stats.bytes += body.bytes.len() as u64;
                 in_flight.push(async move {
                     let len = body.bytes.len();
-                    let reply = os.bulk(index, body.bytes, &actions, timeout).await;
+                    let reply = os.bulk(&body.index, body.bytes, &actions, timeout).await;
                     (body.changes, len, reply)
                 });
             }
@@ -211,19 +210,28 @@ fn whole_failure(
     false
 }
 
-/// Packs pending changes into bodies, each change in a body of at most its cap of actions.
+/// Packs pending changes into bodies, each change in a body of at most its cap of actions and
+/// of its own index (changes of one index stay together, in batch order).
 fn pack_by_cap(
     changes: &[Change],
     pending: &[usize],
     max_bytes: usize,
     cap: &[usize],
 ) -> Vec<BulkBody> {
-    let mut caps: Vec<usize> = pending.iter().map(|&i| cap[i]).collect();
-    caps.sort_unstable_by(|a, b| b.cmp(a));
-    caps.dedup();
-    caps.into_iter()
-        .flat_map(|c| {
-            let group: Vec<usize> = pending.iter().copied().filter(|&i| cap[i] == c).collect();
+    let mut groups: Vec<(usize, &str)> = pending
+        .iter()
+        .map(|&i| (cap[i], &*changes[i].index))
+        .collect();
+    groups.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    groups.dedup();
+    groups
+        .into_iter()
+        .flat_map(|(c, index)| {
+            let group: Vec<usize> = pending
+                .iter()
+                .copied()
+                .filter(|&i| cap[i] == c && &*changes[i].index == index)
+                .collect();
             bulk::pack(changes, &group, max_bytes, c)
         })
         .collect()

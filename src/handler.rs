@@ -27,6 +27,8 @@ pub enum RecordOutcome {
     Quarantined(String),
     /// Reported in `batchItemFailures` for Lambda to deliver again.
     Reported(String),
+    /// Routed to no index (`ROUTES`).
+    Skipped,
 }
 
 /// Counts for the invocation's log line. `records` equals the sum of the outcome counts
@@ -38,6 +40,8 @@ pub struct Summary {
     pub deleted: usize,
     pub ttl_deleted: usize,
     pub superseded: usize,
+    /// Routed to no index.
+    pub skipped: usize,
     pub quarantined: usize,
     /// Reported for retry: retryable failures still unconfirmed when time ran out.
     pub retryable: usize,
@@ -143,7 +147,12 @@ impl Indexer {
         versions: &VersionSource,
     ) -> Result<Handled, InvocationError> {
         let started = Instant::now();
-        let plan = change::plan(payload, versions, self.config.bulk_max_bytes)?;
+        let plan = change::plan(
+            payload,
+            versions,
+            &self.config.router,
+            self.config.bulk_max_bytes,
+        )?;
         let (outcomes, stats) = self.deliver(&plan, deadline).await;
         let quarantined = self.quarantine(&plan, &outcomes, deadline).await;
         account(&plan, outcomes, &quarantined, &stats, started)
@@ -166,7 +175,8 @@ impl Indexer {
     }
 
     /// Sends the plan's changes; returns each record's outcome, in batch order: its own
-    /// change's, or that of the change that superseded it in the batch.
+    /// change's, or that of the change that superseded it in the batch, unless a further change
+    /// it depends on (a delete from its item's previous index) failed.
     async fn deliver(
         &self,
         plan: &Plan<'_>,
@@ -175,19 +185,30 @@ impl Indexer {
         let stop_at = deadline
             .checked_sub(self.config.deadline_margin)
             .unwrap_or_else(Instant::now);
-        let (change_outcomes, stats) = dispatch::deliver(
-            &self.opensearch,
-            &self.config.index,
-            &plan.changes,
-            &self.limits(stop_at),
-        )
-        .await;
+        let (change_outcomes, stats) =
+            dispatch::deliver(&self.opensearch, &plan.changes, &self.limits(stop_at)).await;
         let outcomes = plan
             .records
             .iter()
-            .map(|r| match &r.disposition {
-                Disposition::Change(i) | Disposition::Superseded(i) => change_outcomes[*i].clone(),
-                Disposition::Invalid(reason) => ItemOutcome::Permanent(reason.clone()),
+            .map(|r| {
+                let own = match &r.disposition {
+                    Disposition::Change(i) | Disposition::Superseded(i) => {
+                        change_outcomes[*i].clone()
+                    }
+                    Disposition::Invalid(reason) => ItemOutcome::Permanent(reason.clone()),
+                    Disposition::Skipped => ItemOutcome::Skipped,
+                };
+                // The worst of its changes: a retry, else a refusal, else its own outcome.
+                let extra = r.extra.iter().map(|&i| &change_outcomes[i]);
+                let worst = extra.clone().find(|o| o.is_retry()).or_else(|| {
+                    extra
+                        .clone()
+                        .find(|o| matches!(o, ItemOutcome::Permanent(_)))
+                });
+                match worst {
+                    Some(o) if !own.is_retry() => o.clone(),
+                    _ => own,
+                }
             })
             .collect();
         (outcomes, stats)
@@ -223,8 +244,13 @@ impl Indexer {
                 let ItemOutcome::Permanent(reason) = &outcomes[p] else {
                     unreachable!("targets are permanent failures")
                 };
+                // The index the record was for; an invalid record has none of its own.
+                let index = match r.disposition {
+                    Disposition::Change(i) | Disposition::Superseded(i) => &*plan.changes[i].index,
+                    _ => self.config.index.as_deref().unwrap_or(""),
+                };
                 Entry::new(
-                    &self.config.index,
+                    index,
                     reason,
                     r.sequence_number.as_deref(),
                     r.event_id.as_deref(),
@@ -300,6 +326,7 @@ fn account(
                 RecordOutcome::Superseded
             }
             ItemOutcome::Indexed => RecordOutcome::Indexed,
+            ItemOutcome::Skipped => RecordOutcome::Skipped,
             ItemOutcome::Deleted => RecordOutcome::Deleted,
             ItemOutcome::Superseded => RecordOutcome::Superseded,
             ItemOutcome::Permanent(reason) if quarantined[p] => RecordOutcome::Quarantined(reason),
@@ -318,6 +345,7 @@ fn account(
                 }
             }
             RecordOutcome::Superseded => summary.superseded += 1,
+            RecordOutcome::Skipped => summary.skipped += 1,
             RecordOutcome::Quarantined(_) => summary.quarantined += 1,
             RecordOutcome::Reported(reason) => match &r.sequence_number {
                 Some(seq) if !seq.is_empty() => {
@@ -365,8 +393,13 @@ const MAX_NAMED_FAILURES: usize = 10;
 /// One line per invocation: counts only, never item contents. Failed records are named by
 /// sequence number, eventID and reason, with the reason's values redacted.
 fn log_summary(s: &Summary, records: &[change::Record<'_>], outcomes: &[RecordOutcome]) {
-    let accounted =
-        s.indexed + s.deleted + s.superseded + s.quarantined + s.retryable + s.permanent;
+    let accounted = s.indexed
+        + s.deleted
+        + s.superseded
+        + s.skipped
+        + s.quarantined
+        + s.retryable
+        + s.permanent;
     let complete = accounted == s.records && s.unaccounted == 0;
     tracing::info!(
         records = s.records,
@@ -374,6 +407,7 @@ fn log_summary(s: &Summary, records: &[change::Record<'_>], outcomes: &[RecordOu
         deleted = s.deleted,
         ttl_deleted = s.ttl_deleted,
         superseded = s.superseded,
+        skipped = s.skipped,
         quarantined = s.quarantined,
         retryable = s.retryable,
         permanent = s.permanent,

@@ -35,6 +35,7 @@ pub mod quarantine;
 pub mod rebuild;
 pub mod redact;
 pub mod replay;
+pub mod routing;
 pub mod runner;
 pub mod telemetry;
 pub mod template;

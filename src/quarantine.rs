@@ -177,12 +177,13 @@ impl Quarantine {
         {
             tracing::warn!(error = %e, "could not create the quarantine index with its mapping");
         }
+        let target: Arc<str> = self.index.as_str().into();
         let changes: Vec<Change> = entries
             .iter()
             .enumerate()
-            .flat_map(|(k, e)| entry_changes(e, k, limits.max_bytes))
+            .flat_map(|(k, e)| entry_changes(&target, e, k, limits.max_bytes))
             .collect();
-        let (outcomes, _) = dispatch::deliver(os, &self.index, &changes, limits).await;
+        let (outcomes, _) = dispatch::deliver(os, &changes, limits).await;
         let mut stored = vec![true; entries.len()];
         let mut failed: Option<&ItemOutcome> = None;
         for (change, outcome) in changes.iter().zip(&outcomes) {
@@ -210,11 +211,11 @@ impl Quarantine {
 
 /// The bulk actions that store one entry: one document, or, when the entry would not fit a
 /// body of `max_bytes`, a head without the record and the record's text in parts.
-fn entry_changes(entry: &Entry, owner: usize, max_bytes: usize) -> Vec<Change> {
+fn entry_changes(index: &Arc<str>, entry: &Entry, owner: usize, max_bytes: usize) -> Vec<Change> {
     let id = entry.id();
     let whole = index_lines(&id, entry);
     if whole.len() <= max_bytes {
-        return vec![entry_change(id, whole, owner)];
+        return vec![entry_change(index, id, whole, owner)];
     }
     // Room for a part's action line and fields around its slice of the record.
     let room = max_bytes.saturating_sub(2 * id.len() + 160).max(64);
@@ -224,7 +225,12 @@ fn entry_changes(entry: &Entry, owner: usize, max_bytes: usize) -> Vec<Change> {
         parts: Some(slices.len() as u32),
         ..entry.clone()
     };
-    let mut changes = vec![entry_change(id.clone(), index_lines(&id, &head), owner)];
+    let mut changes = vec![entry_change(
+        index,
+        id.clone(),
+        index_lines(&id, &head),
+        owner,
+    )];
     for (k, slice) in slices.into_iter().enumerate() {
         let part_id = format!("{id}~{k}");
         let part = Part {
@@ -233,6 +239,7 @@ fn entry_changes(entry: &Entry, owner: usize, max_bytes: usize) -> Vec<Change> {
             record_part: slice.to_string(),
         };
         changes.push(entry_change(
+            index,
             part_id.clone(),
             index_lines(&part_id, &part),
             owner,
@@ -241,8 +248,9 @@ fn entry_changes(entry: &Entry, owner: usize, max_bytes: usize) -> Vec<Change> {
     changes
 }
 
-fn entry_change(id: String, lines: Vec<u8>, owner: usize) -> Change {
+fn entry_change(index: &Arc<str>, id: String, lines: Vec<u8>, owner: usize) -> Change {
     Change {
+        index: index.clone(),
         id,
         action: Action::Index,
         version: None,
@@ -319,7 +327,7 @@ mod tests {
             "x".repeat(5000)
         );
         let entry = Entry::new("t", "too big", Some("5"), Some("e"), &record);
-        let changes = entry_changes(&entry, 7, 1024);
+        let changes = entry_changes(&"q".into(), &entry, 7, 1024);
         assert!(changes.len() > 5, "{}", changes.len());
         assert!(
             changes

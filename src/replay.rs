@@ -101,11 +101,7 @@ pub async fn replay(indexer: &Indexer, dry_run: bool) -> Result<ReplayReport, Re
                 {"stream_order": {"order": "asc", "missing": "_last"}},
                 {"_id": "asc"},
             ],
-            // `index.keyword` too, for a quarantine index that dynamic mapping created.
-            "query": {"bool": {"should": [
-                {"term": {"index": indexer.config.index}},
-                {"term": {"index.keyword": indexer.config.index}},
-            ]}},
+            "query": query_for(&indexer.config.router),
         });
         if let Some(a) = &after {
             query["search_after"] = serde_json::json!(a);
@@ -157,9 +153,12 @@ pub async fn replay(indexer: &Indexer, dry_run: bool) -> Result<ReplayReport, Re
                 .join(",")
         );
         if dry_run {
-            if let Ok(plan) =
-                change::plan(&payload, &indexer.versions(), indexer.config.bulk_max_bytes)
-            {
+            if let Ok(plan) = change::plan(
+                &payload,
+                &indexer.versions(),
+                &indexer.config.router,
+                indexer.config.bulk_max_bytes,
+            ) {
                 report.would_replay += plan
                     .records
                     .iter()
@@ -184,7 +183,10 @@ pub async fn replay(indexer: &Indexer, dry_run: bool) -> Result<ReplayReport, Re
         let mut done: Vec<&Hit> = Vec::new();
         for ((hit, text), outcome) in records.iter().zip(&handled.outcomes) {
             match outcome {
-                RecordOutcome::Indexed | RecordOutcome::Deleted | RecordOutcome::Superseded => {
+                RecordOutcome::Indexed
+                | RecordOutcome::Deleted
+                | RecordOutcome::Superseded
+                | RecordOutcome::Skipped => {
                     report.replayed += 1;
                     done.push(hit);
                 }
@@ -259,4 +261,17 @@ fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes())
         .collect::<String>()
         .replace('+', "%20")
+}
+
+/// The entries this configuration replays: those for its index; with `ROUTES` or a `{table}`
+/// index, every entry (each is routed again as it is replayed).
+fn query_for(router: &crate::routing::Router) -> serde_json::Value {
+    match router.fixed_default().filter(|_| router.is_single()) {
+        // `index.keyword` too, for a quarantine index that dynamic mapping created.
+        Some(index) => serde_json::json!({"bool": {"should": [
+            {"term": {"index": index}},
+            {"term": {"index.keyword": index}},
+        ]}}),
+        None => serde_json::json!({"match_all": {}}),
+    }
 }

@@ -572,11 +572,7 @@ async fn connection_and_tls_failures_name_their_cause() {
         let indexer = indexer(&url, &index, &[("DEADLINE_MARGIN_MS", "0")]).await;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
         let handled = indexer.handle_detailed(&payload, deadline).await.unwrap();
-        let reasons: Vec<String> = handled
-            .outcomes
-            .iter()
-            .map(|o| format!("{o:?}"))
-            .collect();
+        let reasons: Vec<String> = handled.outcomes.iter().map(|o| format!("{o:?}")).collect();
         assert!(
             reasons.iter().all(|r| r.to_lowercase().contains(cause)),
             "{url}: {reasons:?}"

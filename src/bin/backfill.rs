@@ -92,13 +92,18 @@ async fn main() -> anyhow::Result<()> {
     let table = args.table.clone().expect("clap requires --table");
     let mut rebuilding = None;
     if let Some(name) = &args.rebuild {
+        anyhow::ensure!(
+            config.router.is_single(),
+            "--rebuild rebuilds one index: it cannot be combined with ROUTES or a {{table}} index name"
+        );
         let indexer = Indexer::new(config.clone()).await?;
         let index = rebuild::start(&indexer.opensearch, name, &args.gc_deletes).await?;
         println!(
             "rebuild: created {index}; stream writes ({}) now land there",
             rebuild::write_alias(name)
         );
-        config.index = index.clone();
+        config.index = Some(index.clone());
+        config.router = stream_indexer::routing::Router::single(&index);
         rebuilding = Some((name.clone(), index));
     }
     let indexer = Indexer::new(config).await?;
@@ -158,11 +163,12 @@ async fn main() -> anyhow::Result<()> {
     };
     let secs = s.millis as f64 / 1000.0;
     println!(
-        "{}scanned {} indexed {} superseded {} quarantined {} failed {} in {:.1} s ({:.0} items/s)",
+        "{}scanned {} indexed {} superseded {} skipped {} quarantined {} failed {} in {:.1} s ({:.0} items/s)",
         if args.dry_run { "dry run: " } else { "" },
         s.scanned,
         s.indexed,
         s.superseded,
+        s.skipped,
         s.quarantined,
         s.failed,
         secs,

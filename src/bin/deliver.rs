@@ -33,11 +33,18 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init();
     let args = Args::parse();
     let config = Config::from_env()?;
-    let index = config.index.clone();
+    let patterns = config.router.index_patterns();
     let indexer = Indexer::new(config).await?;
     if args.apply_template {
-        template::apply(&indexer.opensearch, &format!("{index}-template"), &index).await?;
-        template::create_index(&indexer.opensearch, &index).await?;
+        // The template for every index the routes write to; fixed names created now.
+        for pattern in &patterns {
+            let name = format!("{}-template", pattern.replace('*', "x"));
+            template::apply(&indexer.opensearch, &name, pattern).await?;
+            if !pattern.contains('*') {
+                template::create_index(&indexer.opensearch, pattern).await?;
+            }
+            println!("template {name} applies to {pattern}");
+        }
     }
     for path in &args.events {
         let payload =
@@ -46,17 +53,20 @@ async fn main() -> anyhow::Result<()> {
         let (response, summary) = indexer.handle(&payload, deadline).await?;
         println!("{}: {}", path.display(), serde_json::to_string(&response)?);
         println!(
-            "  records {} indexed {} deleted {} superseded {} quarantined {} reported {}",
+            "  records {} indexed {} deleted {} superseded {} skipped {} quarantined {} reported {}",
             summary.records,
             summary.indexed,
             summary.deleted,
             summary.superseded,
+            summary.skipped,
             summary.quarantined,
             summary.retryable + summary.permanent
         );
     }
     if args.show {
-        show(&indexer, &index).await?;
+        for index in patterns.iter().filter(|p| !p.contains('*')) {
+            show(&indexer, index).await?;
+        }
     }
     Ok(())
 }

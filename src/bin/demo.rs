@@ -41,7 +41,12 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init();
     let args = Args::parse();
     let config = Config::from_env()?;
-    let index = config.index.clone();
+    let index = config
+        .router
+        .fixed_default()
+        .filter(|_| config.router.is_single())
+        .context("the demo writes to one index: set OPENSEARCH_INDEX (no {table}) and no ROUTES")?
+        .to_string();
     let indexer = Indexer::new(config).await?;
     let sdk = aws::sdk_config(args.endpoint_url.as_deref()).await;
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
