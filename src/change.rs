@@ -375,12 +375,17 @@ fn to_changes(
     let mut names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
     names.push(RAW_KEY_FIELD);
     names.extend(version_name);
-    // The attributes routing reads come last: `names[routed..]` is `router.attributes()`.
-    let routed = names.len();
+    // The attributes routing reads (a key attribute is captured once, under its first name).
     let single = router.is_single();
-    if !single {
-        names.extend(router.attributes());
+    let route_attrs = router.attributes();
+    for a in route_attrs {
+        if !names.contains(&a.as_str()) {
+            names.push(a);
+        }
     }
+    let found = |captured: &[Option<Captured>], name: &str| -> Option<Captured> {
+        captured[names.iter().position(|n| *n == name)?].clone()
+    };
     let table = rec.event_source_arn.as_deref().and_then(routing::table_of);
     if router.needs_table() && table.is_none() {
         return Err(
@@ -397,27 +402,21 @@ fn to_changes(
         }
         if router.reads_only(&key_names) {
             return Ok(Some(router.route(table, |i| {
-                let name = names[routed + i];
+                let name = &route_attrs[i];
                 parts
                     .iter()
-                    .find(|p| p.name == name)
+                    .find(|p| p.name == *name)
                     .map(|p| key_text(p.kind, &p.text))
             })));
         }
         let Some(old) = data.old_image else {
             return Ok(None);
         };
-        let mut scratch = Vec::with_capacity(old.get().len());
-        let captured = convert::write_document_capturing(old.get(), &mut scratch, &names)
+        let values = convert::find_attributes(old.get(), &route_attrs)
             .map_err(|e| format!("OldImage: {e}"))?;
         Ok(Some(router.route(table, |i| {
-            captured[routed + i]
-                .as_ref()
-                .map(|c| captured_text(c, &scratch))
+            values[i].as_ref().map(|t| t.as_deref().map(Cow::Borrowed))
         })))
-    };
-    let found = |captured: &[Option<Captured>], name: &str| -> Option<Captured> {
-        captured[names.iter().position(|n| *n == name)?].clone()
     };
     let lines;
     let version;
@@ -441,9 +440,7 @@ fn to_changes(
                 router.route(table, |_| None)
             } else {
                 router.route(table, |i| {
-                    captured[routed + i]
-                        .as_ref()
-                        .map(|c| captured_text(c, &doc))
+                    found(&captured, &route_attrs[i]).map(|c| captured_text(&c, &doc))
                 })
             };
             version = Some(match versions {

@@ -394,6 +394,69 @@ impl std::ops::Deref for CowStr<'_> {
     }
 }
 
+/// The text of the top-level attributes named in `names` (S: the string; N: its canonical
+/// text; another type: present without text), without converting the image: what routing reads
+/// from an OldImage. The image is parsed but not written (like a validate-only pass), so this
+/// costs a fraction of [`write_document_capturing`]; its values are checked when converted.
+pub fn find_attributes(
+    image: &str,
+    names: &[String],
+) -> Result<Vec<Option<Option<String>>>, ConvertError> {
+    struct Finder<'n>(&'n [String]);
+    impl<'de> Visitor<'de> for Finder<'_> {
+        type Value = Vec<Option<Option<String>>>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an item (attribute name to DynamoDB JSON value)")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut found = vec![None; self.0.len()];
+            while let Some(name) = map.next_key::<CowStr<'de>>()? {
+                match self.0.iter().position(|n| *n == &*name) {
+                    Some(i) => found[i] = Some(map.next_value::<Typed>()?.0),
+                    None => {
+                        map.next_value::<de::IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(found)
+        }
+    }
+    /// One attribute value: the text of `{"S": …}` or `{"N": …}`; another type has none.
+    struct Typed(Option<String>);
+    impl<'de> serde::Deserialize<'de> for Typed {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Typed;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a DynamoDB JSON attribute value")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Typed, A::Error> {
+                    let mut text = None;
+                    while let Some(tag) = map.next_key::<CowStr<'de>>()? {
+                        match &*tag {
+                            "S" => text = Some(map.next_value::<CowStr<'de>>()?.0.into_owned()),
+                            "N" => {
+                                let n = map.next_value::<CowStr<'de>>()?;
+                                text = Decimal::parse(&n).map(|d| d.canonical_text());
+                            }
+                            _ => {
+                                map.next_value::<de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    Ok(Typed(text))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(image);
+    de.deserialize_map(Finder(names))
+        .and_then(|found| de.end().map(|()| found))
+        .map_err(|e| ConvertError(strip_position(&e.to_string()).to_string()))
+}
+
 fn check_base64(text: &str) -> Result<(), String> {
     base64::engine::general_purpose::STANDARD
         .decode(text)
@@ -772,6 +835,23 @@ mod tests {
         );
         let err = convert(r#"{"x":{"S":5}}"#).unwrap_err();
         assert_eq!(err.0, "x: S value is a number, not a string");
+    }
+
+    #[test]
+    fn finds_top_level_attribute_text_without_converting() {
+        let image = r#"{"t":{"S":"Order"},"n":{"N":"1.50"},"m":{"M":{"t":{"S":"inner"}}},"b":{"BOOL":true}}"#;
+        let names = ["t", "n", "m", "missing"].map(String::from);
+        let got = find_attributes(image, &names).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                Some(Some("Order".into())),
+                Some(Some("1.5".into())),
+                Some(None),
+                None
+            ]
+        );
+        assert!(find_attributes(r#"{"t":{"S":"a"}"#, &names).is_err());
     }
 
     #[test]

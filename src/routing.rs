@@ -32,11 +32,15 @@ pub struct Router {
     /// For items no rule matches; `None`: such items are skipped.
     default: Option<IndexName>,
     rules: Vec<Rule>,
+    /// The attributes the rules read, each once.
+    attributes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Rule {
     attribute: String,
+    /// Position of `attribute` in `Router::attributes`.
+    at: usize,
     condition: Condition,
     index: Option<IndexName>,
 }
@@ -50,12 +54,33 @@ enum Condition {
     Exists,
 }
 
-/// An index name, perhaps with `{table}` in it; a fixed name is built once.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An index name, perhaps with `{table}` in it; a fixed name is built once, a per-table name
+/// once per table (a function reads one stream, or a few).
+#[derive(Debug, Clone)]
 enum IndexName {
     Fixed(Arc<str>),
-    PerTable(String),
+    PerTable {
+        pattern: String,
+        built: Arc<std::sync::Mutex<Vec<(String, Arc<str>)>>>,
+    },
 }
+
+impl PartialEq for IndexName {
+    fn eq(&self, other: &IndexName) -> bool {
+        match (self, other) {
+            (IndexName::Fixed(a), IndexName::Fixed(b)) => a == b,
+            (IndexName::PerTable { pattern: a, .. }, IndexName::PerTable { pattern: b, .. }) => {
+                a == b
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for IndexName {}
+
+/// Per-table names kept per pattern; past this many tables they are built each time.
+const BUILT_NAMES: usize = 16;
 
 const TABLE: &str = "{table}";
 
@@ -64,7 +89,10 @@ impl IndexName {
         // Validated with a stand-in table name: the rest must be a valid name on its own.
         validate_index_name(variable, &text.replace(TABLE, "t"))?;
         Ok(if text.contains(TABLE) {
-            IndexName::PerTable(text.to_string())
+            IndexName::PerTable {
+                pattern: text.to_string(),
+                built: Arc::default(),
+            }
         } else {
             IndexName::Fixed(text.into())
         })
@@ -73,9 +101,19 @@ impl IndexName {
     fn resolve(&self, table: Option<&str>) -> Route {
         match self {
             IndexName::Fixed(name) => Route::Index(name.clone()),
-            IndexName::PerTable(pattern) => match table {
-                Some(t) => Route::Index(pattern.replace(TABLE, &t.to_ascii_lowercase()).into()),
-                // No table to fill in: the route is unknown, which routes() reports.
+            IndexName::PerTable { pattern, built } => match table {
+                Some(t) => {
+                    let mut built = built.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some((_, name)) = built.iter().find(|(b, _)| b == t) {
+                        return Route::Index(name.clone());
+                    }
+                    let name: Arc<str> = pattern.replace(TABLE, &t.to_ascii_lowercase()).into();
+                    if built.len() < BUILT_NAMES {
+                        built.push((t.to_string(), name.clone()));
+                    }
+                    Route::Index(name)
+                }
+                // No table to fill in (planning refuses such records before routing them).
                 None => Route::Skip,
             },
         }
@@ -113,6 +151,7 @@ impl Router {
         Router {
             default: Some(IndexName::Fixed(index.into())),
             rules: Vec::new(),
+            attributes: Vec::new(),
         }
     }
 
@@ -126,6 +165,7 @@ impl Router {
                 Some(default) => Ok(Router {
                     default: Some(default),
                     rules: Vec::new(),
+                    attributes: Vec::new(),
                 }),
                 None => Err(ConfigError::new("OPENSEARCH_INDEX", "is required")),
             };
@@ -140,6 +180,7 @@ impl Router {
             )
         })?;
         let mut rules = Vec::with_capacity(texts.len());
+        let mut attributes: Vec<String> = Vec::new();
         for (n, t) in texts.into_iter().enumerate() {
             let rule =
                 |reason: String| ConfigError::new("ROUTES", format!("rule {}: {reason}", n + 1));
@@ -180,13 +221,25 @@ impl Router {
                     Some(IndexName::parse("ROUTES", &name).map_err(|e| rule(e.reason))?)
                 }
             };
+            let at = match attributes.iter().position(|a| *a == w.attribute) {
+                Some(at) => at,
+                None => {
+                    attributes.push(w.attribute.clone());
+                    attributes.len() - 1
+                }
+            };
             rules.push(Rule {
+                at,
                 attribute: w.attribute,
                 condition: conditions.remove(0),
                 index,
             });
         }
-        Ok(Router { default, rules })
+        Ok(Router {
+            default,
+            rules,
+            attributes,
+        })
     }
 
     /// Whether every item goes to one fixed index (nothing to read from records).
@@ -203,14 +256,8 @@ impl Router {
     }
 
     /// The top-level attributes the rules read, each once, in rule order.
-    pub fn attributes(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = Vec::new();
-        for r in &self.rules {
-            if !names.contains(&r.attribute.as_str()) {
-                names.push(&r.attribute);
-            }
-        }
-        names
+    pub fn attributes(&self) -> &[String] {
+        &self.attributes
     }
 
     /// Whether the rules read only attributes among `keys` (then `Keys` alone routes a record).
@@ -228,13 +275,8 @@ impl Router {
         table: Option<&str>,
         value: impl Fn(usize) -> Option<Option<Cow<'v, str>>>,
     ) -> Route {
-        let names = self.attributes();
         for r in &self.rules {
-            let i = names
-                .iter()
-                .position(|n| *n == r.attribute)
-                .expect("attributes() lists every rule's attribute");
-            let matched = match (value(i), &r.condition) {
+            let matched = match (value(r.at), &r.condition) {
                 (None, _) => false,
                 (Some(_), Condition::Exists) => true,
                 (Some(None), _) => false,
@@ -283,7 +325,7 @@ impl Router {
         {
             let p = match name {
                 IndexName::Fixed(n) => n.to_string(),
-                IndexName::PerTable(p) => p.replace(TABLE, "*"),
+                IndexName::PerTable { pattern, .. } => pattern.replace(TABLE, "*"),
             };
             if !out.contains(&p) {
                 out.push(p);
@@ -298,7 +340,7 @@ impl Router {
             .iter()
             .filter_map(|r| r.index.as_ref())
             .chain(&self.default)
-            .any(|i| matches!(i, IndexName::PerTable(_)))
+            .any(|i| matches!(i, IndexName::PerTable { .. }))
     }
 }
 
