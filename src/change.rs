@@ -412,7 +412,7 @@ fn to_changes(
         let Some(old) = data.old_image else {
             return Ok(None);
         };
-        let values = convert::find_attributes(old.get(), &route_attrs)
+        let values = convert::find_attributes(old.get(), route_attrs)
             .map_err(|e| format!("OldImage: {e}"))?;
         Ok(Some(router.route(table, |i| {
             values[i].as_ref().map(|t| t.as_deref().map(Cow::Borrowed))

@@ -411,7 +411,7 @@ pub fn find_attributes(
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut found = vec![None; self.0.len()];
             while let Some(name) = map.next_key::<CowStr<'de>>()? {
-                match self.0.iter().position(|n| *n == &*name) {
+                match self.0.iter().position(|n| *n == *name) {
                     Some(i) => found[i] = Some(map.next_value::<Typed>()?.0),
                     None => {
                         map.next_value::<de::IgnoredAny>()?;

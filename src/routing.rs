@@ -61,7 +61,7 @@ enum IndexName {
     Fixed(Arc<str>),
     PerTable {
         pattern: String,
-        built: Arc<std::sync::Mutex<Vec<(String, Arc<str>)>>>,
+        built: Arc<std::sync::Mutex<BuiltNames>>,
     },
 }
 
@@ -78,6 +78,9 @@ impl PartialEq for IndexName {
 }
 
 impl Eq for IndexName {}
+
+/// Table → index name, built from one pattern.
+type BuiltNames = Vec<(String, Arc<str>)>;
 
 /// Per-table names kept per pattern; past this many tables they are built each time.
 const BUILT_NAMES: usize = 16;
