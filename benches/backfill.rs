@@ -179,6 +179,7 @@ async fn main() -> anyhow::Result<()> {
             &payload,
             &VersionSource::Fixed(1),
             &ceiling.config.router,
+            &ceiling.config.projection,
             ceiling.config.bulk_max_bytes,
         )?;
         let all: Vec<usize> = (0..plan.changes.len()).collect();

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use stream_indexer::bulk;
 use stream_indexer::change::{self, VersionSource};
+use stream_indexer::projection::Projection;
 use stream_indexer::routing::Router;
 
 /// Three rules, the last one matching every record (read from the NewImage and, on
@@ -41,13 +42,20 @@ fn record(i: usize, old_image: bool) -> String {
 fn main() {
     let plain = Router::single("items");
     let routed = Router::parse(Some("items"), Some(ROUTES)).unwrap();
+    let all = Projection::default();
+    let excluded = Projection::parse(Some("email,notes,address.geo"), None).unwrap();
     for old_image in [true, false] {
-        measure(old_image, &plain, "");
-        measure(old_image, &routed, " with 3 ROUTES");
+        measure(old_image, &plain, &all, "");
+        measure(
+            old_image,
+            &routed,
+            &excluded,
+            " with 3 ROUTES and EXCLUDE_ATTRIBUTES",
+        );
     }
 }
 
-fn measure(old_image: bool, router: &Router, label: &str) {
+fn measure(old_image: bool, router: &Router, projection: &Projection, label: &str) {
     let records: Vec<String> = (0..2300).map(|i| record(i, old_image)).collect();
     let payload = format!(r#"{{"Records":[{}]}}"#, records.join(","));
     let view = if old_image {
@@ -61,7 +69,7 @@ fn measure(old_image: bool, router: &Router, label: &str) {
     let max_bytes = 5 * 1024 * 1024;
 
     let run = || {
-        let plan = change::plan(&payload, &versions, router, max_bytes).unwrap();
+        let plan = change::plan(&payload, &versions, router, projection, max_bytes).unwrap();
         let pending: Vec<usize> = (0..plan.changes.len()).collect();
         let bodies = bulk::pack(&plan.changes, &pending, max_bytes, 1000);
         bodies.iter().map(|b| b.bytes.len()).sum::<usize>()

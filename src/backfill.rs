@@ -428,6 +428,7 @@ async fn land_page(
             &payload,
             &versions,
             &shared.indexer.config.router,
+            &shared.indexer.config.projection,
             shared.indexer.config.bulk_max_bytes,
         )
         .map_err(|e| BackfillError::Dynamo(e.to_string()))?;

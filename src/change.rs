@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use crate::convert::{self, AttributeKind, Captured, Decimal};
 use crate::docid::{self, KeyPart, RAW_KEY_FIELD};
+use crate::projection::Projection;
 use crate::routing::{self, Route, Router};
 
 /// How far a record's `ApproximateCreationDateTime` may be ahead of this machine's clock.
@@ -189,6 +190,7 @@ pub fn plan<'a>(
     payload: &'a str,
     versions: &VersionSource,
     router: &Router,
+    projection: &Projection,
     max_lines_bytes: usize,
 ) -> Result<Plan<'a>, NotAStreamEvent> {
     // Fast path: the whole batch in one pass. Only if some record does not even parse as a
@@ -221,8 +223,15 @@ pub fn plan<'a>(
     for (position, parsed) in parsed.into_iter().enumerate() {
         let (sequence_number, event_id, result) = match parsed {
             Ok(rec) => {
-                let planned =
-                    to_changes(&rec, position, versions, router, max_lines_bytes, now_secs);
+                let planned = to_changes(
+                    &rec,
+                    position,
+                    versions,
+                    router,
+                    projection,
+                    max_lines_bytes,
+                    now_secs,
+                );
                 let seq = rec.dynamodb.and_then(|d| d.0.sequence_number);
                 let event_id = rec.event_id;
                 (seq, event_id, planned)
@@ -337,6 +346,7 @@ fn to_changes(
     position: usize,
     versions: &VersionSource,
     router: &Router,
+    projection: &Projection,
     max_lines_bytes: usize,
     now_secs: u64,
 ) -> Result<Vec<Change>, String> {
@@ -433,8 +443,13 @@ fn to_changes(
             // version is known (it may come from the document): one buffer, one small move.
             let raw_len = id.raw.as_ref().map_or(0, |r| r.len() + 32);
             let mut doc = Vec::with_capacity(image.get().len() + raw_len + ACTION_LINE_ROOM);
-            let captured = convert::write_document_capturing(image.get(), &mut doc, &names)
-                .map_err(|e| format!("NewImage: {e}"))?;
+            let captured = convert::write_document_projected(
+                image.get(),
+                &mut doc,
+                &names,
+                projection.filter(),
+            )
+            .map_err(|e| format!("NewImage: {e}"))?;
             check_keys("NewImage", &parts, &captured, &doc)?;
             new_route = if single {
                 router.route(table, |_| None)
@@ -687,6 +702,7 @@ mod tests {
             payload,
             &VersionSource::StreamTime,
             &Router::single("t"),
+            &Projection::default(),
             1 << 20,
         )
         .unwrap()
@@ -717,6 +733,7 @@ mod tests {
                 &format!("[[{r}]]"),
                 &VersionSource::StreamTime,
                 &Router::single("t"),
+                &Projection::default(),
                 1 << 20
             )
             .is_err()
@@ -726,6 +743,7 @@ mod tests {
                 &format!("[{r}]"),
                 &VersionSource::StreamTime,
                 &Router::single("t"),
+                &Projection::default(),
                 1 << 20
             )
             .is_err()
@@ -769,6 +787,7 @@ mod tests {
                 &payload,
                 &VersionSource::StreamTime,
                 &Router::single("t"),
+                &Projection::default(),
                 1 << 20,
             )
             .unwrap();
@@ -867,6 +886,7 @@ mod tests {
             &payload,
             &VersionSource::StreamTime,
             &Router::single("t"),
+            &Projection::default(),
             1 << 20,
         )
         .unwrap();
@@ -879,6 +899,7 @@ mod tests {
             &payload,
             &VersionSource::StreamTime,
             &Router::single("t"),
+            &Projection::default(),
             1 << 20,
         )
         .unwrap();

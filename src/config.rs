@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use url::Url;
 
+use crate::projection::Projection;
 use crate::routing::Router;
 
 /// Everything the function and the backfill read from the environment.
@@ -18,6 +19,9 @@ pub struct Config {
     /// `OPENSEARCH_INDEX` and `ROUTES` (a JSON array of rules, see [`crate::routing`]): which
     /// index each item goes to.
     pub router: Router,
+    /// `EXCLUDE_ATTRIBUTES` or `INCLUDE_ATTRIBUTES` (default: neither, every attribute kept):
+    /// comma-separated attribute paths (`a`, `a.b` into maps); see [`crate::projection`].
+    pub projection: Projection,
     /// `OPENSEARCH_AUTH` (default `none`): `none`, `basic` (with `OPENSEARCH_USERNAME` and
     /// `OPENSEARCH_PASSWORD`) or `sigv4` (service from `OPENSEARCH_SIGV4_SERVICE`, `es` or
     /// `aoss`, default `es`; region from `AWS_REGION`).
@@ -126,6 +130,10 @@ impl Config {
         }
         let index = get("OPENSEARCH_INDEX").map(|i| i.trim().to_string());
         let router = Router::parse(index.as_deref(), get("ROUTES").as_deref())?;
+        let projection = Projection::parse(
+            get("EXCLUDE_ATTRIBUTES").as_deref(),
+            get("INCLUDE_ATTRIBUTES").as_deref(),
+        )?;
 
         let auth = match get("OPENSEARCH_AUTH").as_deref().map(str::trim) {
             None | Some("none") => Auth::None,
@@ -194,6 +202,7 @@ impl Config {
             url,
             index,
             router,
+            projection,
             auth,
             // 1 KiB floor: a body must hold at least an action line and a small document.
             bulk_max_bytes: number("BULK_MAX_BYTES", 5 * 1024 * 1024, 1024, 100 * 1024 * 1024)?

@@ -14,6 +14,8 @@ use base64::Engine as _;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
+use crate::projection::Filter;
+
 /// Converts one item image (a JSON object of attribute name → typed attribute value) into a
 /// document appended to `out`. On error `out` may hold a partial document; callers truncate.
 pub fn write_document(image: &str, out: &mut Vec<u8>) -> Result<(), ConvertError> {
@@ -44,6 +46,17 @@ pub fn write_document_capturing(
     out: &mut Vec<u8>,
     names: &[&str],
 ) -> Result<Vec<Option<Captured>>, ConvertError> {
+    write_document_projected(image, out, names, Filter::All)
+}
+
+/// Like [`write_document_capturing`], writing only the attributes `filter` keeps; the
+/// attributes in `names` are always kept.
+pub fn write_document_projected(
+    image: &str,
+    out: &mut Vec<u8>,
+    names: &[&str],
+    filter: Filter<'_>,
+) -> Result<Vec<Option<Captured>>, ConvertError> {
     let mut de = serde_json::Deserializer::from_str(image);
     let mut sink = Sink {
         out: std::mem::take(out),
@@ -54,6 +67,7 @@ pub fn write_document_capturing(
     let result = ItemSeed {
         sink: &mut sink,
         top: true,
+        filter,
     }
     .deserialize(&mut de)
     .and_then(|()| de.end());
@@ -477,19 +491,21 @@ pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Attribute name → value map (an item image or an `M`).
-struct ItemSeed<'o, 'v> {
+struct ItemSeed<'o, 'v, 'p> {
     sink: &'o mut Sink<'v>,
     top: bool,
+    /// Which of the map's attributes are written.
+    filter: Filter<'p>,
 }
 
-impl<'de> DeserializeSeed<'de> for ItemSeed<'_, '_> {
+impl<'de> DeserializeSeed<'de> for ItemSeed<'_, '_, '_> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de> Visitor<'de> for ItemSeed<'_, '_> {
+impl<'de> Visitor<'de> for ItemSeed<'_, '_, '_> {
     type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a map of attribute name to DynamoDB attribute value")
@@ -509,6 +525,20 @@ impl<'de> Visitor<'de> for ItemSeed<'_, '_> {
                     return Err(e);
                 }
             };
+            let captured_at = if self.top {
+                self.sink.names.iter().position(|n| *n == &*name)
+            } else {
+                None
+            };
+            let filter = match self.filter.child(&name) {
+                Some(f) => f,
+                // Attributes the pipeline reads are kept whatever the projection says.
+                None if captured_at.is_some() => Filter::All,
+                None => {
+                    map.next_value::<de::IgnoredAny>()?;
+                    continue;
+                }
+            };
             if count > 0 {
                 self.sink.out.push(b',');
             }
@@ -518,6 +548,7 @@ impl<'de> Visitor<'de> for ItemSeed<'_, '_> {
             let start = self.sink.out.len();
             let kind = match map.next_value_seed(AttributeSeed {
                 sink: &mut *self.sink,
+                filter,
             }) {
                 Ok(kind) => kind,
                 Err(e) => {
@@ -525,9 +556,7 @@ impl<'de> Visitor<'de> for ItemSeed<'_, '_> {
                     return Err(e);
                 }
             };
-            if self.top
-                && let Some(i) = self.sink.names.iter().position(|n| *n == &*name)
-            {
+            if let Some(i) = captured_at {
                 self.sink.captured[i] = Some(Captured {
                     kind,
                     span: start..self.sink.out.len(),
@@ -540,18 +569,20 @@ impl<'de> Visitor<'de> for ItemSeed<'_, '_> {
 }
 
 /// One typed attribute value: `{"S": ...}`, `{"N": ...}`, and so on.
-struct AttributeSeed<'o, 'v> {
+struct AttributeSeed<'o, 'v, 'p> {
     sink: &'o mut Sink<'v>,
+    /// For an `M`: which of its attributes are written.
+    filter: Filter<'p>,
 }
 
-impl<'de> DeserializeSeed<'de> for AttributeSeed<'_, '_> {
+impl<'de> DeserializeSeed<'de> for AttributeSeed<'_, '_, '_> {
     type Value = AttributeKind;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<AttributeKind, D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de> Visitor<'de> for AttributeSeed<'_, '_> {
+impl<'de> Visitor<'de> for AttributeSeed<'_, '_, '_> {
     type Value = AttributeKind;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a DynamoDB attribute value such as {\"S\": \"text\"}")
@@ -590,7 +621,11 @@ impl<'de> Visitor<'de> for AttributeSeed<'_, '_> {
                 let _: bool = map.next_value()?;
                 out.extend_from_slice(b"null");
             }
-            "M" => map.next_value_seed(ItemSeed { sink, top: false })?,
+            "M" => map.next_value_seed(ItemSeed {
+                sink,
+                top: false,
+                filter: self.filter,
+            })?,
             "L" => map.next_value_seed(ListSeed {
                 sink,
                 kind: ListKind::Attributes,
@@ -695,6 +730,8 @@ impl<'de> Visitor<'de> for ListSeed<'_, '_> {
                 ListKind::Attributes => seq
                     .next_element_seed(AttributeSeed {
                         sink: &mut *self.sink,
+                        // A list's elements are not addressed by paths: kept whole.
+                        filter: Filter::All,
                     })
                     .map(|kind| kind.map(|_| ())),
                 ListKind::Strings => {

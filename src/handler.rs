@@ -151,6 +151,7 @@ impl Indexer {
             payload,
             versions,
             &self.config.router,
+            &self.config.projection,
             self.config.bulk_max_bytes,
         )?;
         let (outcomes, stats) = self.deliver(&plan, deadline).await;

@@ -9,6 +9,8 @@
 //! - [`transport`]: the only HTTP to OpenSearch.
 //! - [`backoff`]: exponential backoff with full jitter; the only sleep.
 //! - [`dispatch`]: bodies in flight under adaptive concurrency, retried until the deadline.
+//! - [`routing`]: which index an item goes to (`OPENSEARCH_INDEX` with `{table}`, `ROUTES`).
+//! - [`projection`]: which attributes reach the document (`EXCLUDE_`/`INCLUDE_ATTRIBUTES`).
 //! - [`quarantine`]: records no index can accept, kept durably with their payload.
 //! - [`redact`]: failure reasons without item values, for logs.
 //! - [`handler`]: one invocation end to end, `batchItemFailures` and the accounting log line.
@@ -31,6 +33,7 @@ pub mod ddb_json;
 pub mod dispatch;
 pub mod docid;
 pub mod handler;
+pub mod projection;
 pub mod quarantine;
 pub mod rebuild;
 pub mod redact;

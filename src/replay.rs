@@ -157,6 +157,7 @@ pub async fn replay(indexer: &Indexer, dry_run: bool) -> Result<ReplayReport, Re
                 &payload,
                 &indexer.versions(),
                 &indexer.config.router,
+                &indexer.config.projection,
                 indexer.config.bulk_max_bytes,
             ) {
                 report.would_replay += plan

@@ -372,11 +372,82 @@ fn backfill_records_route_like_stream_records() {
         1_700_000_000,
     );
     let router = Router::parse(Some("rest-{table}"), Some(&routes("r"))).unwrap();
-    let plan = change::plan(&payload, &VersionSource::Fixed(1), &router, 1 << 20).unwrap();
+    let plan = change::plan(
+        &payload,
+        &VersionSource::Fixed(1),
+        &router,
+        &Default::default(),
+        1 << 20,
+    )
+    .unwrap();
     let indexes: Vec<&str> = plan.changes.iter().map(|c| &*c.index).collect();
     assert_eq!(indexes, ["r-users"], "the audit item is skipped");
     let router = Router::parse(Some("rest-{table}"), None).unwrap();
-    let plan = change::plan(&payload, &VersionSource::Fixed(1), &router, 1 << 20).unwrap();
+    let plan = change::plan(
+        &payload,
+        &VersionSource::Fixed(1),
+        &router,
+        &Default::default(),
+        1 << 20,
+    )
+    .unwrap();
     let indexes: Vec<&str> = plan.changes.iter().map(|c| &*c.index).collect();
     assert_eq!(indexes, ["rest-shop", "rest-shop"]);
+}
+
+/// Projection: excluded attributes are absent at every depth they are named at, key
+/// attributes stay whatever the list says, and an include list keeps only what it names.
+#[tokio::test]
+async fn excluded_attributes_never_reach_the_index_and_included_ones_alone_do() {
+    let item = json!({
+        "pk": {"S": "USER#1"}, "sk": {"S": "PROFILE"},
+        "email": {"S": "a@example.com"}, "name": {"S": "Ada"},
+        "profile": {"M": {
+            "ssn": {"S": "078-05-1120"}, "city": {"S": "Zürich"},
+            "inner": {"M": {"email": {"S": "kept: only the top-level path is excluded"}}}}},
+        "cards": {"L": [{"M": {"ssn": {"S": "in a list: kept whole"}}}]}
+    });
+    let prefix = unique_index("proj");
+    let excluding = indexer(
+        &opensearch_url(),
+        &format!("{prefix}-ex"),
+        &[("EXCLUDE_ATTRIBUTES", "email, profile.ssn, pk")],
+    )
+    .await;
+    let payload = batch(&[record("Shop", 1, "INSERT", Some(&item), None, &item)]);
+    let h = excluding
+        .handle_detailed(&payload, far_deadline())
+        .await
+        .unwrap();
+    assert_eq!(h.summary.indexed, 1, "{:?}", h.outcomes);
+    let (id, _) = expected(&item);
+    let got: Value =
+        serde_json::from_str(&index_contents(&excluding, &format!("{prefix}-ex")).await[&id])
+            .unwrap();
+    let mut want = item.clone();
+    want.as_object_mut().unwrap().remove("email");
+    want["profile"]["M"].as_object_mut().unwrap().remove("ssn");
+    assert_eq!(
+        got,
+        serde_json::from_str::<Value>(&expected(&want).1).unwrap(),
+        "email and profile.ssn gone, the key kept"
+    );
+
+    let including = indexer(
+        &opensearch_url(),
+        &format!("{prefix}-in"),
+        &[("INCLUDE_ATTRIBUTES", "name,profile.city")],
+    )
+    .await;
+    including
+        .handle_detailed(&payload, far_deadline())
+        .await
+        .unwrap();
+    let got: Value =
+        serde_json::from_str(&index_contents(&including, &format!("{prefix}-in")).await[&id])
+            .unwrap();
+    assert_eq!(
+        got,
+        json!({"pk": "USER#1", "sk": "PROFILE", "name": "Ada", "profile": {"city": "Zürich"}})
+    );
 }
