@@ -178,8 +178,7 @@ async fn main() -> anyhow::Result<()> {
         let plan = change::plan(
             &payload,
             &VersionSource::Fixed(1),
-            &ceiling.config.router,
-            &ceiling.config.projection,
+            &ceiling.config.shape(),
             ceiling.config.bulk_max_bytes,
         )?;
         let all: Vec<usize> = (0..plan.changes.len()).collect();

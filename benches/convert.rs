@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use stream_indexer::bulk;
 use stream_indexer::change::{self, VersionSource};
+use stream_indexer::metadata::Metadata;
 use stream_indexer::projection::Projection;
 use stream_indexer::routing::Router;
 
@@ -69,7 +70,17 @@ fn measure(old_image: bool, router: &Router, projection: &Projection, label: &st
     let max_bytes = 5 * 1024 * 1024;
 
     let run = || {
-        let plan = change::plan(&payload, &versions, router, projection, max_bytes).unwrap();
+        let plan = change::plan(
+            &payload,
+            &versions,
+            &change::Shape {
+                router,
+                projection,
+                metadata: &Metadata::default(),
+            },
+            max_bytes,
+        )
+        .unwrap();
         let pending: Vec<usize> = (0..plan.changes.len()).collect();
         let bodies = bulk::pack(&plan.changes, &pending, max_bytes, 1000);
         bodies.iter().map(|b| b.bytes.len()).sum::<usize>()

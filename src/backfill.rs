@@ -427,8 +427,7 @@ async fn land_page(
         let plan = crate::change::plan(
             &payload,
             &versions,
-            &shared.indexer.config.router,
-            &shared.indexer.config.projection,
+            &shared.indexer.config.shape(),
             shared.indexer.config.bulk_max_bytes,
         )
         .map_err(|e| BackfillError::Dynamo(e.to_string()))?;

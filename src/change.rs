@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use crate::convert::{self, AttributeKind, Captured, Decimal};
 use crate::docid::{self, KeyPart, RAW_KEY_FIELD};
+use crate::metadata::{Metadata, RecordFacts};
 use crate::projection::Projection;
 use crate::routing::{self, Route, Router};
 
@@ -182,6 +183,15 @@ impl VersionSource {
     }
 }
 
+/// How documents are shaped: which index (routes), which attributes (projection), which
+/// stream metadata fields.
+#[derive(Clone, Copy)]
+pub struct Shape<'c> {
+    pub router: &'c Router,
+    pub projection: &'c Projection,
+    pub metadata: &'c Metadata,
+}
+
 /// Room reserved for an action line: `{"index":{"_id":…,"version":…,"version_type":…}}`.
 const ACTION_LINE_ROOM: usize = 128;
 
@@ -189,8 +199,7 @@ const ACTION_LINE_ROOM: usize = 128;
 pub fn plan<'a>(
     payload: &'a str,
     versions: &VersionSource,
-    router: &Router,
-    projection: &Projection,
+    shape: &Shape<'_>,
     max_lines_bytes: usize,
 ) -> Result<Plan<'a>, NotAStreamEvent> {
     // Fast path: the whole batch in one pass. Only if some record does not even parse as a
@@ -223,15 +232,8 @@ pub fn plan<'a>(
     for (position, parsed) in parsed.into_iter().enumerate() {
         let (sequence_number, event_id, result) = match parsed {
             Ok(rec) => {
-                let planned = to_changes(
-                    &rec,
-                    position,
-                    versions,
-                    router,
-                    projection,
-                    max_lines_bytes,
-                    now_secs,
-                );
+                let planned =
+                    to_changes(&rec, position, versions, shape, max_lines_bytes, now_secs);
                 let seq = rec.dynamodb.and_then(|d| d.0.sequence_number);
                 let event_id = rec.event_id;
                 (seq, event_id, planned)
@@ -345,11 +347,15 @@ fn to_changes(
     rec: &StreamRecord<'_>,
     position: usize,
     versions: &VersionSource,
-    router: &Router,
-    projection: &Projection,
+    shape: &Shape<'_>,
     max_lines_bytes: usize,
     now_secs: u64,
 ) -> Result<Vec<Change>, String> {
+    let Shape {
+        router,
+        projection,
+        metadata,
+    } = *shape;
     let data = &rec
         .dynamodb
         .as_ref()
@@ -393,6 +399,7 @@ fn to_changes(
             names.push(a);
         }
     }
+    names.extend(metadata.names());
     let found = |captured: &[Option<Captured>], name: &str| -> Option<Captured> {
         captured[names.iter().position(|n| *n == name)?].clone()
     };
@@ -465,6 +472,24 @@ fn to_changes(
                     attribute_version(name, found(&captured, name).map(|c| &doc[c.span]))?
                 }
             });
+            if let Some(name) = metadata.names().find(|n| found(&captured, n).is_some()) {
+                return Err(format!(
+                    "the item has an attribute named {name}, a field METADATA_FIELDS writes (set METADATA_PREFIX to another prefix)"
+                ));
+            }
+            metadata.write(
+                &mut doc,
+                &RecordFacts {
+                    table,
+                    event_name,
+                    stream_time_ms: data
+                        .approximate_creation_date_time
+                        .filter(|t| (0.0..9.0e15).contains(t))
+                        .map(|t| (t * 1000.0).floor() as u64),
+                    sequence_number: data.sequence_number.as_deref(),
+                    event_id: rec.event_id.as_deref(),
+                },
+            );
             if let Some(raw) = &id.raw {
                 if found(&captured, RAW_KEY_FIELD).is_some() {
                     return Err(format!(
@@ -683,6 +708,21 @@ fn write_action(out: &mut Vec<u8>, verb: &str, id: &str, version: Option<u64>, v
 mod tests {
     use super::*;
 
+    /// One index, every attribute, no metadata.
+    fn shape() -> Shape<'static> {
+        static ROUTER: std::sync::LazyLock<Router> =
+            std::sync::LazyLock::new(|| Router::single("t"));
+        static PROJECTION: std::sync::LazyLock<Projection> =
+            std::sync::LazyLock::new(Projection::default);
+        static METADATA: std::sync::LazyLock<Metadata> =
+            std::sync::LazyLock::new(Metadata::default);
+        Shape {
+            router: &ROUTER,
+            projection: &PROJECTION,
+            metadata: &METADATA,
+        }
+    }
+
     /// A stream record with the given pieces (Keys and images as DynamoDB JSON text).
     fn record(seq: &str, name: &str, time: &str, keys: &str, image: Option<&str>) -> String {
         let image = image.map_or(String::new(), |i| format!(",\"NewImage\":{i}"));
@@ -698,21 +738,15 @@ mod tests {
     }
 
     fn reasons(payload: &str) -> Vec<Option<String>> {
-        plan(
-            payload,
-            &VersionSource::StreamTime,
-            &Router::single("t"),
-            &Projection::default(),
-            1 << 20,
-        )
-        .unwrap()
-        .records
-        .into_iter()
-        .map(|r| match r.disposition {
-            Disposition::Invalid(reason) => Some(reason),
-            _ => None,
-        })
-        .collect()
+        plan(payload, &VersionSource::StreamTime, &shape(), 1 << 20)
+            .unwrap()
+            .records
+            .into_iter()
+            .map(|r| match r.disposition {
+                Disposition::Invalid(reason) => Some(reason),
+                _ => None,
+            })
+            .collect()
     }
 
     fn good() -> String {
@@ -732,8 +766,7 @@ mod tests {
             plan(
                 &format!("[[{r}]]"),
                 &VersionSource::StreamTime,
-                &Router::single("t"),
-                &Projection::default(),
+                &shape(),
                 1 << 20
             )
             .is_err()
@@ -742,8 +775,7 @@ mod tests {
             plan(
                 &format!("[{r}]"),
                 &VersionSource::StreamTime,
-                &Router::single("t"),
-                &Projection::default(),
+                &shape(),
                 1 << 20
             )
             .is_err()
@@ -783,14 +815,7 @@ mod tests {
         ];
         for case in cases {
             let payload = batch(&[good(), case.clone()]);
-            let p = plan(
-                &payload,
-                &VersionSource::StreamTime,
-                &Router::single("t"),
-                &Projection::default(),
-                1 << 20,
-            )
-            .unwrap();
+            let p = plan(&payload, &VersionSource::StreamTime, &shape(), 1 << 20).unwrap();
             let r = &p.records[1];
             assert!(matches!(r.disposition, Disposition::Invalid(_)), "{case}");
             assert!(
@@ -882,27 +907,13 @@ mod tests {
             record(seq, "MODIFY", time, KEYS, Some(&image))
         };
         let payload = batch(&[modify("9", "1700000100", 2), modify("5", "1700000000", 1)]);
-        let p = plan(
-            &payload,
-            &VersionSource::StreamTime,
-            &Router::single("t"),
-            &Projection::default(),
-            1 << 20,
-        )
-        .unwrap();
+        let p = plan(&payload, &VersionSource::StreamTime, &shape(), 1 << 20).unwrap();
         assert_eq!(p.changes.len(), 1);
         assert_eq!(p.changes[0].record, 0, "the newer change is sent");
         assert_eq!(p.records[1].disposition, Disposition::Superseded(0));
         // Equal versions: batch order decides (two changes in one second of stream time).
         let payload = batch(&[modify("5", "1700000000", 1), modify("6", "1700000000", 2)]);
-        let p = plan(
-            &payload,
-            &VersionSource::StreamTime,
-            &Router::single("t"),
-            &Projection::default(),
-            1 << 20,
-        )
-        .unwrap();
+        let p = plan(&payload, &VersionSource::StreamTime, &shape(), 1 << 20).unwrap();
         assert_eq!(p.changes[0].record, 1);
     }
 

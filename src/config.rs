@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use url::Url;
 
+use crate::change::Shape;
+use crate::metadata::Metadata;
 use crate::projection::Projection;
 use crate::routing::Router;
 
@@ -22,6 +24,9 @@ pub struct Config {
     /// `EXCLUDE_ATTRIBUTES` or `INCLUDE_ATTRIBUTES` (default: neither, every attribute kept):
     /// comma-separated attribute paths (`a`, `a.b` into maps); see [`crate::projection`].
     pub projection: Projection,
+    /// `METADATA_FIELDS` (default none) under `METADATA_PREFIX` (default `ddb_`): stream
+    /// metadata written into each document; see [`crate::metadata`].
+    pub metadata: Metadata,
     /// `OPENSEARCH_AUTH` (default `none`): `none`, `basic` (with `OPENSEARCH_USERNAME` and
     /// `OPENSEARCH_PASSWORD`) or `sigv4` (service from `OPENSEARCH_SIGV4_SERVICE`, `es` or
     /// `aoss`, default `es`; region from `AWS_REGION`).
@@ -101,6 +106,15 @@ fn err(variable: &'static str, reason: impl Into<String>) -> ConfigError {
 }
 
 impl Config {
+    /// What planning needs to shape documents: routes, projection, metadata.
+    pub fn shape(&self) -> Shape<'_> {
+        Shape {
+            router: &self.router,
+            projection: &self.projection,
+            metadata: &self.metadata,
+        }
+    }
+
     /// Reads the process environment.
     pub fn from_env() -> Result<Config, ConfigError> {
         Config::from_lookup(|name| std::env::var(name).ok())
@@ -133,6 +147,10 @@ impl Config {
         let projection = Projection::parse(
             get("EXCLUDE_ATTRIBUTES").as_deref(),
             get("INCLUDE_ATTRIBUTES").as_deref(),
+        )?;
+        let metadata = Metadata::parse(
+            get("METADATA_FIELDS").as_deref(),
+            get("METADATA_PREFIX").as_deref(),
         )?;
 
         let auth = match get("OPENSEARCH_AUTH").as_deref().map(str::trim) {
@@ -203,6 +221,7 @@ impl Config {
             index,
             router,
             projection,
+            metadata,
             auth,
             // 1 KiB floor: a body must hold at least an action line and a small document.
             bulk_max_bytes: number("BULK_MAX_BYTES", 5 * 1024 * 1024, 1024, 100 * 1024 * 1024)?

@@ -150,8 +150,7 @@ impl Indexer {
         let plan = change::plan(
             payload,
             versions,
-            &self.config.router,
-            &self.config.projection,
+            &self.config.shape(),
             self.config.bulk_max_bytes,
         )?;
         let (outcomes, stats) = self.deliver(&plan, deadline).await;

@@ -10,6 +10,7 @@
 //! - [`backoff`]: exponential backoff with full jitter; the only sleep.
 //! - [`dispatch`]: bodies in flight under adaptive concurrency, retried until the deadline.
 //! - [`routing`]: which index an item goes to (`OPENSEARCH_INDEX` with `{table}`, `ROUTES`).
+//! - [`metadata`]: stream metadata fields in documents (`METADATA_FIELDS`).
 //! - [`projection`]: which attributes reach the document (`EXCLUDE_`/`INCLUDE_ATTRIBUTES`).
 //! - [`quarantine`]: records no index can accept, kept durably with their payload.
 //! - [`redact`]: failure reasons without item values, for logs.
@@ -33,6 +34,7 @@ pub mod ddb_json;
 pub mod dispatch;
 pub mod docid;
 pub mod handler;
+pub mod metadata;
 pub mod projection;
 pub mod quarantine;
 pub mod rebuild;

@@ -156,8 +156,7 @@ pub async fn replay(indexer: &Indexer, dry_run: bool) -> Result<ReplayReport, Re
             if let Ok(plan) = change::plan(
                 &payload,
                 &indexer.versions(),
-                &indexer.config.router,
-                &indexer.config.projection,
+                &indexer.config.shape(),
                 indexer.config.bulk_max_bytes,
             ) {
                 report.would_replay += plan

@@ -375,8 +375,11 @@ fn backfill_records_route_like_stream_records() {
     let plan = change::plan(
         &payload,
         &VersionSource::Fixed(1),
-        &router,
-        &Default::default(),
+        &change::Shape {
+            router: &router,
+            projection: &Default::default(),
+            metadata: &Default::default(),
+        },
         1 << 20,
     )
     .unwrap();
@@ -386,8 +389,11 @@ fn backfill_records_route_like_stream_records() {
     let plan = change::plan(
         &payload,
         &VersionSource::Fixed(1),
-        &router,
-        &Default::default(),
+        &change::Shape {
+            router: &router,
+            projection: &Default::default(),
+            metadata: &Default::default(),
+        },
         1 << 20,
     )
     .unwrap();
@@ -449,5 +455,44 @@ async fn excluded_attributes_never_reach_the_index_and_included_ones_alone_do() 
     assert_eq!(
         got,
         json!({"pk": "USER#1", "sk": "PROFILE", "name": "Ada", "profile": {"city": "Zürich"}})
+    );
+}
+
+/// Metadata fields: the change's table, event, time and sequence number in the document, and a
+/// clear refusal for an item that has an attribute of the same name.
+#[tokio::test]
+async fn metadata_fields_describe_the_change_that_wrote_the_document() {
+    let index = unique_index("meta");
+    let with_meta = indexer(
+        &opensearch_url(),
+        &index,
+        &[(
+            "METADATA_FIELDS",
+            "table,event_name,stream_time,sequence_number",
+        )],
+    )
+    .await;
+    let item = json!({"pk": {"S": "a"}, "sk": {"S": "1"}, "n": {"N": "1"}});
+    let clash = json!({"pk": {"S": "b"}, "sk": {"S": "1"}, "ddb_table": {"S": "mine"}});
+    let records = [
+        record("Shop", 7, "INSERT", Some(&item), None, &item),
+        record("Shop", 8, "INSERT", Some(&clash), None, &clash),
+    ];
+    let h = with_meta
+        .handle_detailed(&batch(&records), far_deadline())
+        .await
+        .unwrap();
+    assert_eq!(h.outcomes[0], RecordOutcome::Indexed);
+    match &h.outcomes[1] {
+        RecordOutcome::Reported(reason) => assert!(reason.contains("ddb_table"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    let (id, _) = expected(&item);
+    let got: Value = serde_json::from_str(&index_contents(&with_meta, &index).await[&id]).unwrap();
+    assert_eq!(
+        got,
+        json!({"pk": "a", "sk": "1", "n": 1, "ddb_table": "Shop", "ddb_event_name": "INSERT",
+               "ddb_stream_time": 1_700_000_007_000u64,
+               "ddb_sequence_number": records[0]["dynamodb"]["SequenceNumber"]})
     );
 }
