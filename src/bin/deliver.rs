@@ -38,7 +38,10 @@ async fn main() -> anyhow::Result<()> {
     if args.apply_template {
         // The template for every index the routes write to; fixed names created now.
         for pattern in &patterns {
-            let name = format!("{}-template", pattern.replace('*', "x"));
+            let name = format!(
+                "{}-template",
+                pattern.replace('*', "").trim_end_matches(['-', '_', '.'])
+            );
             template::apply(&indexer.opensearch, &name, pattern).await?;
             if !pattern.contains('*') {
                 template::create_index(&indexer.opensearch, pattern).await?;
