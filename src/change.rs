@@ -109,6 +109,8 @@ pub struct Record<'a> {
     /// Further changes this record's outcome depends on: the delete from the index its item was
     /// routed to before, or the deletes of a REMOVE whose index cannot be known.
     pub extra: Vec<usize>,
+    /// The record's `ApproximateCreationDateTime` (epoch seconds), for replication lag.
+    pub created_secs: Option<f64>,
 }
 
 /// What became of a record while planning.
@@ -230,8 +232,13 @@ pub fn plan<'a>(
     // The last change per document: (index, id) → position in `changes`.
     let mut by_id: HashMap<(Arc<str>, String), usize> = HashMap::with_capacity(parsed.len());
     for (position, parsed) in parsed.into_iter().enumerate() {
+        let mut created_secs = None;
         let (sequence_number, event_id, result) = match parsed {
             Ok(rec) => {
+                created_secs = rec
+                    .dynamodb
+                    .as_ref()
+                    .and_then(|d| d.0.approximate_creation_date_time);
                 let planned =
                     to_changes(&rec, position, versions, shape, max_lines_bytes, now_secs);
                 let seq = rec.dynamodb.and_then(|d| d.0.sequence_number);
@@ -280,6 +287,7 @@ pub fn plan<'a>(
             event_id,
             disposition,
             extra,
+            created_secs,
         });
     }
     Ok(Plan {

@@ -6,6 +6,7 @@ use url::Url;
 
 use crate::change::Shape;
 use crate::metadata::Metadata;
+use crate::metrics::MetricsConfig;
 use crate::projection::Projection;
 use crate::routing::Router;
 
@@ -27,6 +28,9 @@ pub struct Config {
     /// `METADATA_FIELDS` (default none) under `METADATA_PREFIX` (default `ddb_`): stream
     /// metadata written into each document; see [`crate::metadata`].
     pub metadata: Metadata,
+    /// `METRICS` (`on` by default, `off`) and `METRICS_NAMESPACE` (default `StreamIndexer`):
+    /// one CloudWatch EMF document per invocation on stdout; see [`crate::metrics`].
+    pub metrics: Option<MetricsConfig>,
     /// `OPENSEARCH_AUTH` (default `none`): `none`, `basic` (with `OPENSEARCH_USERNAME` and
     /// `OPENSEARCH_PASSWORD`) or `sigv4` (service from `OPENSEARCH_SIGV4_SERVICE`, `es` or
     /// `aoss`, default `es`; region from `AWS_REGION`).
@@ -148,6 +152,17 @@ impl Config {
             get("EXCLUDE_ATTRIBUTES").as_deref(),
             get("INCLUDE_ATTRIBUTES").as_deref(),
         )?;
+        let metrics = match get("METRICS").as_deref().map(str::trim) {
+            None | Some("on") => Some(MetricsConfig {
+                namespace: get("METRICS_NAMESPACE")
+                    .map(|n| n.trim().to_string())
+                    .unwrap_or_else(|| "StreamIndexer".into()),
+            }),
+            Some("off") => None,
+            Some(other) => {
+                return Err(err("METRICS", format!("must be on or off, not {other:?}")));
+            }
+        };
         let metadata = Metadata::parse(
             get("METADATA_FIELDS").as_deref(),
             get("METADATA_PREFIX").as_deref(),
@@ -222,6 +237,7 @@ impl Config {
             router,
             projection,
             metadata,
+            metrics,
             auth,
             // 1 KiB floor: a body must hold at least an action line and a small document.
             bulk_max_bytes: number("BULK_MAX_BYTES", 5 * 1024 * 1024, 1024, 100 * 1024 * 1024)?

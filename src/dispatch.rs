@@ -32,7 +32,12 @@ pub struct DeliveryStats {
     pub bytes: u64,
     pub rounds: u32,
     pub throttled: u64,
+    /// How long each `_bulk` request took, in milliseconds (the first [`MAX_LATENCIES`]).
+    pub latencies_ms: Vec<u64>,
 }
+
+/// Latencies kept per delivery: CloudWatch takes at most 100 values per metric.
+pub const MAX_LATENCIES: usize = 100;
 
 /// A request shorter than this is not worth starting: it would time out before the cluster
 /// could answer, and the actions are reported for retry anyway.
@@ -100,13 +105,17 @@ pub async fn deliver(
                 stats.bytes += body.bytes.len() as u64;
                 in_flight.push(async move {
                     let len = body.bytes.len();
+                    let sent = Instant::now();
                     let reply = os.bulk(&body.index, body.bytes, &actions, timeout).await;
-                    (body.changes, len, reply)
+                    (body.changes, len, reply, sent.elapsed())
                 });
             }
-            let Some((members, len, reply)) = in_flight.next().await else {
+            let Some((members, len, reply, took)) = in_flight.next().await else {
                 break;
             };
+            if stats.latencies_ms.len() < MAX_LATENCIES {
+                stats.latencies_ms.push(took.as_millis() as u64);
+            }
             match reply {
                 BulkReply::Items(items) => {
                     progress.accepted_any = true;

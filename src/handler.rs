@@ -50,6 +50,15 @@ pub struct Summary {
     pub unaccounted: usize,
     pub bulk_requests: u64,
     pub bulk_bytes: u64,
+    /// Delivery rounds after the first (each re-sends what was retryable).
+    pub retry_rounds: u64,
+    /// Whole `_bulk` requests answered 429.
+    pub throttled: u64,
+    /// Milliseconds per `_bulk` request (at most 100 values).
+    pub bulk_latency_ms: Vec<u64>,
+    /// Replication lag: now − the records' `ApproximateCreationDateTime`, in ms (max, median).
+    pub lag_ms_max: Option<u64>,
+    pub lag_ms_p50: Option<u64>,
     pub millis: u64,
 }
 
@@ -312,6 +321,9 @@ fn account(
         records: plan.records.len(),
         bulk_requests: stats.requests,
         bulk_bytes: stats.bytes,
+        retry_rounds: u64::from(stats.rounds.saturating_sub(1)),
+        throttled: stats.throttled,
+        bulk_latency_ms: stats.latencies_ms.clone(),
         ..Summary::default()
     };
     let mut response = DynamoDbEventResponse::default();
@@ -372,6 +384,7 @@ fn account(
         record_outcomes.push(record_outcome);
     }
     summary.millis = started.elapsed().as_millis() as u64;
+    (summary.lag_ms_max, summary.lag_ms_p50) = replication_lag(&plan.records, SystemTime::now());
     log_summary(&summary, &plan.records, &record_outcomes);
     if !unreportable.is_empty() {
         return Err(InvocationError::Unreportable {
@@ -385,6 +398,25 @@ fn account(
         summary,
         outcomes: record_outcomes,
     })
+}
+
+/// The largest and the median of now − `ApproximateCreationDateTime` over the batch, in ms
+/// (a record time ahead of this clock counts as no lag).
+fn replication_lag(records: &[change::Record<'_>], now: SystemTime) -> (Option<u64>, Option<u64>) {
+    let now_ms = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut lags: Vec<u64> = records
+        .iter()
+        .filter_map(|r| r.created_secs)
+        .filter(|t| t.is_finite() && *t >= 0.0)
+        .map(|t| now_ms.saturating_sub((t * 1000.0) as u64))
+        .collect();
+    if lags.is_empty() {
+        return (None, None);
+    }
+    lags.sort_unstable();
+    (lags.last().copied(), Some(lags[(lags.len() - 1) / 2]))
 }
 
 /// How many failed records the log names one by one per invocation.

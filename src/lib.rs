@@ -11,6 +11,7 @@
 //! - [`dispatch`]: bodies in flight under adaptive concurrency, retried until the deadline.
 //! - [`routing`]: which index an item goes to (`OPENSEARCH_INDEX` with `{table}`, `ROUTES`).
 //! - [`metadata`]: stream metadata fields in documents (`METADATA_FIELDS`).
+//! - [`metrics`]: one CloudWatch EMF document per invocation (counts, bulk latency, lag).
 //! - [`projection`]: which attributes reach the document (`EXCLUDE_`/`INCLUDE_ATTRIBUTES`).
 //! - [`quarantine`]: records no index can accept, kept durably with their payload.
 //! - [`redact`]: failure reasons without item values, for logs.
@@ -35,6 +36,7 @@ pub mod dispatch;
 pub mod docid;
 pub mod handler;
 pub mod metadata;
+pub mod metrics;
 pub mod projection;
 pub mod quarantine;
 pub mod rebuild;

@@ -112,3 +112,105 @@ async fn the_runner_drives_the_binary_over_the_invoke_api() {
         .unwrap();
     assert!(c.ok() && c.table_items == 30, "{c:?}\n{stdout}");
 }
+
+/// One EMF document per invocation on stdout, valid per the specification, its counts adding
+/// up to the batch and its lag that of the records' creation times.
+#[tokio::test]
+async fn each_invocation_prints_one_embedded_metric_format_document() {
+    use tokio::io::AsyncBufReadExt as _;
+    let index = unique_index("emf");
+    create_index(&index).await;
+    let api = LambdaApi::start(|| epoch_ms_in(30)).await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_stream-indexer"))
+        .env("AWS_LAMBDA_RUNTIME_API", &api.addr)
+        .env("AWS_LAMBDA_FUNCTION_NAME", "stream-indexer")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("OPENSEARCH_URL", opensearch_url())
+        .env("OPENSEARCH_INDEX", &index)
+        .env("METRICS_NAMESPACE", "Test")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start stream-indexer");
+    // Five records made 2 s ago, two of them of one key.
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 2;
+    let records: Vec<Value> = (0..5u64)
+        .map(|n| {
+            serde_json::json!({
+                "eventID": format!("e{n}"), "eventName": "INSERT", "eventSource": "aws:dynamodb",
+                "dynamodb": {"ApproximateCreationDateTime": created,
+                    "Keys": {"pk": {"S": format!("k{}", n.min(3))}},
+                    "NewImage": {"pk": {"S": format!("k{}", n.min(3))}, "n": {"N": n.to_string()}},
+                    "SequenceNumber": format!("{}", 100 + n), "StreamViewType": "NEW_IMAGE"}})
+        })
+        .collect();
+    let payload = serde_json::json!({ "Records": records }).to_string();
+    let r = response(api.invoke(&payload, epoch_ms_in(30)).await);
+    assert_eq!(r["batchItemFailures"], serde_json::json!([]), "{r}");
+
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let emf: Value = loop {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("an EMF line within 10 s")
+            .unwrap()
+            .expect("stdout open");
+        if let Ok(v) = serde_json::from_str::<Value>(&line)
+            && v.get("_aws").is_some()
+        {
+            break v;
+        }
+    };
+    let aws = &emf["_aws"];
+    assert!(aws["Timestamp"].as_u64().unwrap() > created * 1000);
+    let directive = &aws["CloudWatchMetrics"][0];
+    assert_eq!(directive["Namespace"], "Test");
+    let dimensions = directive["Dimensions"][0].as_array().unwrap();
+    assert!(dimensions.len() <= 30);
+    for d in dimensions {
+        assert!(
+            emf[d.as_str().unwrap()].is_string(),
+            "dimension {d} has a value"
+        );
+    }
+    assert_eq!(emf["Index"], index.as_str());
+    assert_eq!(emf["FunctionName"], "stream-indexer");
+    let metrics = directive["Metrics"].as_array().unwrap();
+    assert!(metrics.len() <= 100);
+    for m in metrics {
+        let value = &emf[m["Name"].as_str().unwrap()];
+        assert!(
+            value.is_number() || value.as_array().is_some_and(|a| a.len() <= 100),
+            "{m}: {value}"
+        );
+        assert!(m["Unit"].is_string());
+    }
+    let n = |name: &str| emf[name].as_u64().unwrap();
+    assert_eq!(n("Records"), 5);
+    assert_eq!(n("Indexed"), 4);
+    assert_eq!(n("Superseded"), 1);
+    assert_eq!(
+        n("Indexed")
+            + n("Deleted")
+            + n("Superseded")
+            + n("Skipped")
+            + n("Quarantined")
+            + n("ReportedRetryable")
+            + n("ReportedPermanent"),
+        n("Records")
+    );
+    assert_eq!(n("BulkRequests"), 1);
+    assert_eq!(emf["BulkLatency"].as_array().unwrap().len(), 1);
+    let lag = n("ReplicationLagMax");
+    assert!(
+        (2_000..60_000).contains(&lag),
+        "records made 2 s ago: {lag} ms"
+    );
+    assert!(n("ReplicationLagP50") <= lag);
+}
