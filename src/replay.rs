@@ -71,6 +71,101 @@ struct PartHit {
     source: Option<Part>,
 }
 
+/// The quarantine at a glance: entries by index and reason (reasons redacted: no item values),
+/// the oldest and newest entry time. Reads only those fields, page by page.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct QuarantineSummary {
+    pub entries: usize,
+    /// (index, redacted reason) → entries.
+    pub by_reason: std::collections::BTreeMap<(String, String), usize>,
+    /// `quarantined_at` of the oldest and newest entry, epoch ms.
+    pub oldest_ms: Option<u64>,
+    pub newest_ms: Option<u64>,
+}
+
+/// Lists the quarantine without replaying anything.
+pub async fn summarize(indexer: &Indexer) -> Result<QuarantineSummary, ReplayError> {
+    #[derive(Deserialize)]
+    struct Brief {
+        #[serde(default)]
+        index: String,
+        #[serde(default)]
+        reason: String,
+        #[serde(default)]
+        quarantined_at: Option<u64>,
+    }
+    #[derive(Deserialize)]
+    struct BriefHit {
+        #[serde(rename = "_source")]
+        source: Brief,
+        #[serde(default)]
+        sort: Vec<serde_json::Value>,
+    }
+    #[derive(Deserialize)]
+    struct BriefHits {
+        hits: Vec<BriefHit>,
+    }
+    #[derive(Deserialize)]
+    struct BriefResponse {
+        hits: BriefHits,
+    }
+    let quarantine = indexer
+        .quarantine
+        .as_ref()
+        .ok_or(ReplayError::NoQuarantine)?;
+    let os = &indexer.opensearch;
+    let timeout = Duration::from_secs(60);
+    let mut summary = QuarantineSummary::default();
+    let mut after: Option<Vec<serde_json::Value>> = None;
+    loop {
+        // Entries only: part documents have no `index`.
+        let mut query = serde_json::json!({
+            "size": 1000,
+            "sort": [{"_id": "asc"}],
+            "_source": ["index", "reason", "quarantined_at"],
+            "query": {"bool": {
+                "must": [query_for(&indexer.config.router)],
+                "must_not": [{"exists": {"field": "part_of"}}],
+            }},
+        });
+        if let Some(a) = &after {
+            query["search_after"] = serde_json::json!(a);
+        }
+        let path = format!("/{}/_search", quarantine.index);
+        let (_, body) = match os
+            .request(
+                Method::Post,
+                &path,
+                Some(query.to_string().into_bytes()),
+                timeout,
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) if e.status == Some(404) => return Ok(summary),
+            Err(e) => return Err(e.into()),
+        };
+        let page: BriefResponse =
+            serde_json::from_slice(&body).map_err(|e| ReplayError::Response(e.to_string()))?;
+        if page.hits.hits.is_empty() {
+            return Ok(summary);
+        }
+        after = page.hits.hits.last().map(|h| h.sort.clone());
+        for hit in page.hits.hits {
+            let b = hit.source;
+            summary.entries += 1;
+            *summary
+                .by_reason
+                .entry((b.index, crate::redact::reason(&b.reason)))
+                .or_default() += 1;
+            if let Some(t) = b.quarantined_at {
+                summary.oldest_ms = Some(summary.oldest_ms.map_or(t, |o| o.min(t)));
+                summary.newest_ms = Some(summary.newest_ms.map_or(t, |n| n.max(t)));
+            }
+        }
+    }
+}
+
 /// Replays every entry quarantined for the indexer's index. With `dry_run`, only converts and
 /// counts.
 pub async fn replay(indexer: &Indexer, dry_run: bool) -> Result<ReplayReport, ReplayError> {

@@ -4,7 +4,18 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber; `RUST_LOG` overrides the default `info` level.
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_with_default("info");
+}
+
+/// For the operator tools (backfill, replay), which print their own progress and summary: the
+/// handler's accounting line per page would scroll under the progress bar, so the default is
+/// `warn` (`RUST_LOG=info` shows it again).
+pub fn init_for_tool() {
+    init_with_default("warn");
+}
+
+fn init_with_default(level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let in_lambda = std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -178,6 +178,16 @@ async fn quarantined_records_log_no_values_and_their_entries_keep_the_whole_reas
         reason.contains(SECRET),
         "the entry keeps OpenSearch's whole reason, value and id included: {reason}"
     );
+
+    // `replay --list`: counts by index and reason, without values.
+    let summary = stream_indexer::replay::summarize(&indexer).await.unwrap();
+    assert_eq!(summary.entries, 6, "{summary:?}");
+    assert_eq!(summary.by_reason.values().sum::<usize>(), 6);
+    for (index_of, reason) in summary.by_reason.keys() {
+        assert_eq!(index_of, &index);
+        assert!(!reason.to_lowercase().contains(SECRET), "{reason}");
+    }
+    assert!(summary.oldest_ms.is_some() && summary.oldest_ms <= summary.newest_ms);
 }
 
 #[tokio::test]

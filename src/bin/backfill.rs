@@ -77,7 +77,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init();
+    telemetry::init_for_tool();
     let args = Args::parse();
     let mut config = Config::from_env()?;
     if let Some(name) = &args.rollback {
