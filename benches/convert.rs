@@ -41,6 +41,7 @@ fn record(i: usize, old_image: bool) -> String {
 }
 
 fn main() {
+    metrics_cost();
     let plain = Router::single("items");
     let routed = Router::parse(Some("items"), Some(ROUTES)).unwrap();
     let all = Projection::default();
@@ -129,5 +130,35 @@ fn measure(old_image: bool, router: &Router, projection: &Projection, label: &st
         "{view}: validate-only pass (serde IgnoredAny) over the same JSON: {:.0} MB/s; ours is {:.0}% of it (median)",
         mb / per,
         100.0 * per / median
+    );
+}
+
+/// The per-invocation cost of the metrics document (built once per invocation, whatever the
+/// batch size), to set beside the milliseconds a batch takes above.
+fn metrics_cost() {
+    use stream_indexer::handler::Summary;
+    use stream_indexer::metrics::{MetricsConfig, emf};
+    let summary = Summary {
+        records: 2300,
+        indexed: 2200,
+        superseded: 100,
+        bulk_requests: 3,
+        bulk_bytes: 1_900_000,
+        bulk_latency_ms: (0..100).collect(),
+        lag_ms_max: Some(1500),
+        lag_ms_p50: Some(700),
+        ..Summary::default()
+    };
+    let config = MetricsConfig {
+        namespace: "StreamIndexer".into(),
+    };
+    let n = 20_000;
+    let t = Instant::now();
+    for i in 0..n {
+        std::hint::black_box(emf(&config, "stream-indexer", "items", &summary, i));
+    }
+    println!(
+        "metrics: one EMF document per invocation (100 latency values): {:.1} µs",
+        t.elapsed().as_secs_f64() / n as f64 * 1e6
     );
 }
