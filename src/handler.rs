@@ -62,6 +62,38 @@ pub struct Summary {
     pub millis: u64,
 }
 
+impl Summary {
+    /// Adds another invocation's record counts (a runner's or a tool's totals).
+    pub fn add(&mut self, other: &Summary) {
+        self.records += other.records;
+        self.indexed += other.indexed;
+        self.deleted += other.deleted;
+        self.ttl_deleted += other.ttl_deleted;
+        self.superseded += other.superseded;
+        self.skipped += other.skipped;
+        self.quarantined += other.quarantined;
+        self.retryable += other.retryable;
+        self.permanent += other.permanent;
+        self.unaccounted += other.unaccounted;
+        self.bulk_requests += other.bulk_requests;
+        self.bulk_bytes += other.bulk_bytes;
+    }
+
+    /// The records by outcome, as the tools print them.
+    pub fn outcome_line(&self) -> String {
+        format!(
+            "records {} indexed {} deleted {} superseded {} skipped {} quarantined {} reported {}",
+            self.records,
+            self.indexed,
+            self.deleted,
+            self.superseded,
+            self.skipped,
+            self.quarantined,
+            self.retryable + self.permanent + self.unaccounted
+        )
+    }
+}
+
 /// The result of one batch.
 #[derive(Debug)]
 pub struct Handled {

@@ -22,7 +22,7 @@ use aws_sdk_dynamodbstreams::types::{Record, ShardIteratorType};
 
 use crate::backoff::Backoff;
 use crate::ddb_json;
-use crate::handler::Indexer;
+use crate::handler::{Indexer, Summary};
 
 /// Lambda's invocation payload limit.
 pub const MAX_PAYLOAD_BYTES: usize = 6 * 1024 * 1024;
@@ -86,21 +86,45 @@ pub trait Function {
     ) -> impl std::future::Future<Output = Result<DynamoDbEventResponse, String>> + Send;
 }
 
-/// The handler, called in this process.
+/// The handler, called in this process; it keeps the invocations' record counts.
 pub struct InProcess<'a> {
     pub indexer: &'a Indexer,
     /// The function timeout Lambda would give each invocation.
     pub timeout: Duration,
+    pub totals: std::sync::Mutex<Summary>,
+}
+
+impl<'a> InProcess<'a> {
+    pub fn new(indexer: &'a Indexer, timeout: Duration) -> InProcess<'a> {
+        InProcess {
+            indexer,
+            timeout,
+            totals: Default::default(),
+        }
+    }
+
+    /// The record counts of every invocation so far.
+    pub fn totals(&self) -> Summary {
+        self.totals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 impl Function for InProcess<'_> {
     async fn invoke(&self, payload: String) -> Result<DynamoDbEventResponse, String> {
         let deadline = tokio::time::Instant::now() + self.timeout;
-        self.indexer
+        let (response, summary) = self
+            .indexer
             .handle(&payload, deadline)
             .await
-            .map(|(r, _)| r)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        self.totals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add(&summary);
+        Ok(response)
     }
 }
 

@@ -313,10 +313,7 @@ async fn changes_during_the_backfill_converge_to_the_table() {
             max: Duration::from_millis(20),
         },
     };
-    let function = InProcess {
-        indexer: &indexer,
-        timeout: Duration::from_secs(60),
-    };
+    let function = InProcess::new(&indexer, Duration::from_secs(60));
     let (stop, scanned) = (AtomicBool::new(false), AtomicU64::new(0));
     let (summary, (), delivered) = tokio::join!(
         backfill::run(&indexer, &ddb, &opts, &stop, &scanned),

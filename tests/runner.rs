@@ -307,10 +307,7 @@ async fn the_index_equals_the_table_after_the_stream_is_drained() {
             .unwrap();
     }
     let indexer = indexer(&opensearch_url(), &index, &[]).await;
-    let f = InProcess {
-        indexer: &indexer,
-        timeout: Duration::from_secs(60),
-    };
+    let f = InProcess::new(&indexer, Duration::from_secs(60));
     let report = runner::run(&streams, &arn, &f, &settings(100))
         .await
         .unwrap();

@@ -55,16 +55,7 @@ async fn main() -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
         let (response, summary) = indexer.handle(&payload, deadline).await?;
         println!("{}: {}", path.display(), serde_json::to_string(&response)?);
-        println!(
-            "  records {} indexed {} deleted {} superseded {} skipped {} quarantined {} reported {}",
-            summary.records,
-            summary.indexed,
-            summary.deleted,
-            summary.superseded,
-            summary.skipped,
-            summary.quarantined,
-            summary.retryable + summary.permanent
-        );
+        println!("  {}", summary.outcome_line());
     }
     if args.show {
         for index in patterns.iter().filter(|p| !p.contains('*')) {

@@ -92,10 +92,7 @@ async fn main() -> anyhow::Result<()> {
         stop_when_idle: Some(Duration::from_secs(1)),
         retry_backoff: Settings::RETRY_BACKOFF,
     };
-    let function = InProcess {
-        indexer: &indexer,
-        timeout: Duration::from_secs(60),
-    };
+    let function = InProcess::new(&indexer, Duration::from_secs(60));
     let report = runner::run(&streams, &stream_arn, &function, &settings).await?;
     println!(
         "3. stream drained in {:.1} s: {} invocations, {} records delivered, {} completed, {} re-delivered, {} given up",

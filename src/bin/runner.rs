@@ -101,11 +101,10 @@ async fn main() -> anyhow::Result<()> {
         }
         None => {
             let indexer = Indexer::new(Config::from_env()?).await?;
-            let f = InProcess {
-                indexer: &indexer,
-                timeout: Duration::from_secs(args.timeout),
-            };
-            runner::run(&streams, &stream_arn, &f, &settings).await?
+            let f = InProcess::new(&indexer, Duration::from_secs(args.timeout));
+            let report = runner::run(&streams, &stream_arn, &f, &settings).await?;
+            println!("{}", f.totals().outcome_line());
+            report
         }
     };
     println!(
