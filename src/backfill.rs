@@ -67,6 +67,9 @@ pub struct Summary {
     pub quarantined: u64,
     pub failed: u64,
     pub pages: u64,
+    /// The handler's record counts over every page, as the runner prints them.
+    #[serde(skip)]
+    pub records: crate::handler::Summary,
     pub millis: u64,
     pub interrupted: bool,
 }
@@ -456,6 +459,7 @@ async fn land_page(
     let mut s = shared.summary.lock().await;
     s.scanned += items.len() as u64;
     s.pages += 1;
+    s.records.add(&handled.summary);
     let mut failed = 0;
     for o in &handled.outcomes {
         match o {

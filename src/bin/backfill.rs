@@ -174,6 +174,7 @@ async fn main() -> anyhow::Result<()> {
         secs,
         s.scanned as f64 / secs.max(0.001)
     );
+    println!("{}", s.records.outcome_line());
     if s.interrupted {
         println!(
             "stopped early; continue with --resume (checkpoint {})",
