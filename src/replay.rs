@@ -47,12 +47,43 @@ pub enum ReplayError {
 }
 
 #[derive(Deserialize)]
-struct SearchResponse {
-    hits: Hits,
+struct SearchResponse<H> {
+    hits: Hits<H>,
 }
 #[derive(Deserialize)]
-struct Hits {
-    hits: Vec<Hit>,
+struct Hits<H> {
+    hits: Vec<H>,
+}
+
+/// One page of a search of the quarantine, continuing after `after` (the last hit's sort
+/// values); `None` when the quarantine index does not exist.
+async fn search_page<H: serde::de::DeserializeOwned>(
+    os: &crate::transport::OpenSearch,
+    quarantine: &str,
+    mut query: serde_json::Value,
+    after: &Option<Vec<serde_json::Value>>,
+    timeout: Duration,
+) -> Result<Option<Vec<H>>, ReplayError> {
+    if let Some(a) = after {
+        query["search_after"] = serde_json::json!(a);
+    }
+    let path = format!("/{quarantine}/_search");
+    let (_, body) = match os
+        .request(
+            Method::Post,
+            &path,
+            Some(query.to_string().into_bytes()),
+            timeout,
+        )
+        .await
+    {
+        Ok(r) => r,
+        Err(e) if e.status == Some(404) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let page: SearchResponse<H> =
+        serde_json::from_slice(&body).map_err(|e| ReplayError::Response(e.to_string()))?;
+    Ok(Some(page.hits.hits))
 }
 #[derive(Deserialize)]
 struct Hit {
@@ -101,14 +132,6 @@ pub async fn summarize(indexer: &Indexer) -> Result<QuarantineSummary, ReplayErr
         #[serde(default)]
         sort: Vec<serde_json::Value>,
     }
-    #[derive(Deserialize)]
-    struct BriefHits {
-        hits: Vec<BriefHit>,
-    }
-    #[derive(Deserialize)]
-    struct BriefResponse {
-        hits: BriefHits,
-    }
     let quarantine = indexer
         .quarantine
         .as_ref()
@@ -119,7 +142,7 @@ pub async fn summarize(indexer: &Indexer) -> Result<QuarantineSummary, ReplayErr
     let mut after: Option<Vec<serde_json::Value>> = None;
     loop {
         // Entries only: part documents have no `index`.
-        let mut query = serde_json::json!({
+        let query = serde_json::json!({
             "size": 1000,
             "sort": [{"_id": "asc"}],
             "_source": ["index", "reason", "quarantined_at"],
@@ -128,30 +151,13 @@ pub async fn summarize(indexer: &Indexer) -> Result<QuarantineSummary, ReplayErr
                 "must_not": [{"exists": {"field": "part_of"}}],
             }},
         });
-        if let Some(a) = &after {
-            query["search_after"] = serde_json::json!(a);
-        }
-        let path = format!("/{}/_search", quarantine.index);
-        let (_, body) = match os
-            .request(
-                Method::Post,
-                &path,
-                Some(query.to_string().into_bytes()),
-                timeout,
-            )
-            .await
-        {
-            Ok(r) => r,
-            Err(e) if e.status == Some(404) => return Ok(summary),
-            Err(e) => return Err(e.into()),
-        };
-        let page: BriefResponse =
-            serde_json::from_slice(&body).map_err(|e| ReplayError::Response(e.to_string()))?;
-        if page.hits.hits.is_empty() {
+        let page: Option<Vec<BriefHit>> =
+            search_page(os, &quarantine.index, query, &after, timeout).await?;
+        let Some(hits) = page.filter(|h| !h.is_empty()) else {
             return Ok(summary);
-        }
-        after = page.hits.hits.last().map(|h| h.sort.clone());
-        for hit in page.hits.hits {
+        };
+        after = hits.last().map(|h| h.sort.clone());
+        for hit in hits {
             let b = hit.source;
             summary.entries += 1;
             *summary
@@ -190,7 +196,7 @@ pub async fn replay(indexer: &Indexer, dry_run: bool) -> Result<ReplayReport, Re
     loop {
         // Stream order, so that of two changes of one item the later is applied last (and wins
         // in the batch); `_id` breaks ties and pages stably.
-        let mut query = serde_json::json!({
+        let query = serde_json::json!({
             "size": PAGE,
             "sort": [
                 {"stream_order": {"order": "asc", "missing": "_last"}},
@@ -198,35 +204,13 @@ pub async fn replay(indexer: &Indexer, dry_run: bool) -> Result<ReplayReport, Re
             ],
             "query": query_for(&indexer.config.router),
         });
-        if let Some(a) = &after {
-            query["search_after"] = serde_json::json!(a);
-        }
-        let path = format!("/{}/_search", quarantine.index);
-        let (_, body) = match os
-            .request(
-                Method::Post,
-                &path,
-                Some(query.to_string().into_bytes()),
-                timeout,
-            )
-            .await
-        {
-            Ok(r) => r,
-            Err(e) if e.status == Some(404) => return Ok(report),
-            Err(e) => return Err(e.into()),
-        };
-        let page: SearchResponse =
-            serde_json::from_slice(&body).map_err(|e| ReplayError::Response(e.to_string()))?;
-        if page.hits.hits.is_empty() {
+        let page: Option<Vec<Hit>> =
+            search_page(os, &quarantine.index, query, &after, timeout).await?;
+        let Some(page) = page.filter(|h| !h.is_empty()) else {
             return Ok(report);
-        }
-        after = page.hits.hits.last().map(|h| h.sort.clone());
-        let hits: Vec<&Hit> = page
-            .hits
-            .hits
-            .iter()
-            .filter(|h| !rewritten.contains(&h.id))
-            .collect();
+        };
+        after = page.last().map(|h| h.sort.clone());
+        let hits: Vec<&Hit> = page.iter().filter(|h| !rewritten.contains(&h.id)).collect();
         report.entries += hits.len();
         // Entries with their records, in page order; an entry whose record cannot be read back
         // (text that is not JSON, a missing part) cannot be replayed and is left out.
