@@ -628,14 +628,21 @@ fn to_changes(
 /// An attribute's text for routing: a string's text, a number's canonical text; other types
 /// have none (`Some(None)`: present, nothing to compare).
 fn captured_text<'d>(c: &Captured, doc: &'d [u8]) -> Option<Cow<'d, str>> {
-    let raw = &doc[c.span.clone()];
     match c.kind {
-        AttributeKind::S => serde_json::from_slice::<Cow<'d, str>>(raw).ok(),
-        AttributeKind::N => std::str::from_utf8(raw)
+        AttributeKind::S | AttributeKind::N => token_text(c.kind, &doc[c.span.clone()]),
+        AttributeKind::B | AttributeKind::Other => None,
+    }
+}
+
+/// The text of a converted S, N or B value's JSON token, as a key part holds it: a number's
+/// canonical text, a string's (or base64's) decoded text. `None` if the token is neither.
+fn token_text(kind: AttributeKind, token: &[u8]) -> Option<Cow<'_, str>> {
+    match kind {
+        AttributeKind::N => std::str::from_utf8(token)
             .ok()
             .and_then(Decimal::parse)
             .map(|d| Cow::Owned(d.canonical_text())),
-        AttributeKind::B | AttributeKind::Other => None,
+        _ => serde_json::from_slice::<Cow<'_, str>>(token).ok(),
     }
 }
 
@@ -668,14 +675,7 @@ fn check_keys(
                 part.kind, found.kind
             ));
         }
-        let text = &doc[found.span.clone()];
-        let same = match part.kind {
-            AttributeKind::N => std::str::from_utf8(text)
-                .ok()
-                .and_then(Decimal::parse)
-                .is_some_and(|d| d.canonical_text() == part.text),
-            _ => serde_json::from_slice::<Cow<'_, str>>(text).is_ok_and(|s| s == part.text),
-        };
+        let same = token_text(part.kind, &doc[found.span.clone()]).is_some_and(|t| t == part.text);
         if !same {
             return Err(format!(
                 "key attribute {name} has different values in Keys and {image_name}"
