@@ -371,34 +371,25 @@ fn backfill_records_route_like_stream_records() {
         &items,
         1_700_000_000,
     );
-    let router = Router::parse(Some("rest-{table}"), Some(&routes("r"))).unwrap();
-    let plan = change::plan(
-        &payload,
-        &VersionSource::Fixed(1),
-        &change::Shape {
-            router: &router,
-            projection: &Default::default(),
-            metadata: &Default::default(),
-        },
-        1 << 20,
-    )
-    .unwrap();
-    let indexes: Vec<&str> = plan.changes.iter().map(|c| &*c.index).collect();
-    assert_eq!(indexes, ["r-users"], "the audit item is skipped");
-    let router = Router::parse(Some("rest-{table}"), None).unwrap();
-    let plan = change::plan(
-        &payload,
-        &VersionSource::Fixed(1),
-        &change::Shape {
-            router: &router,
-            projection: &Default::default(),
-            metadata: &Default::default(),
-        },
-        1 << 20,
-    )
-    .unwrap();
-    let indexes: Vec<&str> = plan.changes.iter().map(|c| &*c.index).collect();
-    assert_eq!(indexes, ["rest-shop", "rest-shop"]);
+    // The index of each planned change under a router.
+    let indexes = |router: &Router| -> Vec<String> {
+        let plan = change::plan(
+            &payload,
+            &VersionSource::Fixed(1),
+            &change::Shape {
+                router,
+                projection: &Default::default(),
+                metadata: &Default::default(),
+            },
+            1 << 20,
+        )
+        .unwrap();
+        plan.changes.iter().map(|c| c.index.to_string()).collect()
+    };
+    let routed = Router::parse(Some("rest-{table}"), Some(&routes("r"))).unwrap();
+    assert_eq!(indexes(&routed), ["r-users"], "the audit item is skipped");
+    let per_table = Router::parse(Some("rest-{table}"), None).unwrap();
+    assert_eq!(indexes(&per_table), ["rest-shop", "rest-shop"]);
 }
 
 /// Projection: excluded attributes are absent at every depth they are named at, key
