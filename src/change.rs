@@ -418,14 +418,14 @@ fn to_changes(
                 .into(),
         );
     }
-    let key_names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
     // Where the item was before this change, read from the OldImage, or from Keys when the rules
     // read key attributes only. `None`: unknown (no OldImage) or, for an INSERT, nowhere.
     let old_route = || -> Result<Option<Route>, String> {
         if single {
             return Ok(Some(router.route(table, |_| None)));
         }
-        if router.reads_only(&key_names) {
+        // `names` starts with the key attributes.
+        if router.reads_only(&names[..parts.len()]) {
             return Ok(Some(router.route(table, |i| {
                 let name = &route_attrs[i];
                 parts
