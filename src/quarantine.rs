@@ -156,7 +156,7 @@ impl Quarantine {
             .await
         {
             Ok(_) => {}
-            Err(e) if e.status == Some(400) && e.reason.contains("already_exists") => {}
+            Err(e) if e.error_type.as_deref() == Some("resource_already_exists_exception") => {}
             Err(e) => return Err(e),
         }
         self.ready.store(true, Ordering::Relaxed);

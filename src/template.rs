@@ -53,7 +53,7 @@ pub async fn create_index(os: &OpenSearch, index: &str) -> Result<(), RequestErr
         .await
     {
         Ok(_) => Ok(()),
-        Err(e) if e.status == Some(400) && e.reason.contains("already_exists") => Ok(()),
+        Err(e) if e.error_type.as_deref() == Some("resource_already_exists_exception") => Ok(()),
         Err(e) => Err(e),
     }
 }

@@ -57,6 +57,9 @@ pub struct RequestError {
     pub method: String,
     pub path: String,
     pub status: Option<u16>,
+    /// OpenSearch's `error.type` from the response body, when it has one: what callers decide
+    /// on (the reason text is cut to a snippet and is for people).
+    pub error_type: Option<String>,
     pub reason: String,
 }
 
@@ -162,6 +165,7 @@ impl OpenSearch {
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let fail = |status, reason: String| RequestError {
+            error_type: None,
             method: format!("{method:?}").to_uppercase(),
             path: path.to_string(),
             status,
@@ -180,7 +184,22 @@ impl OpenSearch {
         if (200..300).contains(&status) {
             Ok((status, bytes))
         } else {
-            Err(fail(Some(status), format!("{status}: {}", snippet(&bytes))))
+            #[derive(serde::Deserialize)]
+            struct ErrorBody {
+                error: ErrorField,
+            }
+            #[derive(serde::Deserialize)]
+            struct ErrorField {
+                #[serde(rename = "type")]
+                kind: String,
+            }
+            let error_type = serde_json::from_slice::<ErrorBody>(&bytes)
+                .ok()
+                .map(|b| b.error.kind);
+            Err(RequestError {
+                error_type,
+                ..fail(Some(status), format!("{status}: {}", snippet(&bytes)))
+            })
         }
     }
 }

@@ -258,3 +258,30 @@ async fn unreportable_records_and_payloads_that_are_no_event_fail_without_values
         assert_clean(&format!("{logs}\n{error}"), &[]);
     }
 }
+
+/// A quarantine index that exists already (made by an earlier invocation, or by hand) is used
+/// without a warning, however long its name: the decision reads the cluster's error type, not
+/// its reason text, which messages cut short.
+#[tokio::test]
+async fn an_existing_quarantine_index_is_used_without_a_warning() {
+    let index = unique_index("logs");
+    let quarantine = format!("{index}-quarantine-{}", "x".repeat(100));
+    index_with_a_long(&index).await;
+    create_index(&quarantine).await;
+    let indexer = indexer(
+        &opensearch_url(),
+        &index,
+        &[("QUARANTINE_INDEX", quarantine.as_str())],
+    )
+    .await;
+    let records = vec![hostile_records().remove(0)];
+    let (handled, logs) = logs_of(indexer.handle_detailed(&batch(&records), far_deadline())).await;
+    assert!(matches!(
+        handled.unwrap().outcomes[0],
+        RecordOutcome::Quarantined(_)
+    ));
+    assert!(
+        !logs.contains("could not create the quarantine index"),
+        "{logs}"
+    );
+}
