@@ -411,21 +411,12 @@ async fn land_page(
     read_at: SystemTime,
 ) -> Result<(), BackfillError> {
     let opts = shared.opts;
-    let read_secs = read_at
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let safe_secs = read_secs.saturating_sub(opts.clock_skew.as_secs().max(1));
-    let versions = match &shared.indexer.config.version_attribute {
-        Some(name) => VersionSource::Attribute(name.clone()),
-        None => VersionSource::Fixed((safe_secs * 1000).saturating_sub(1)),
-    };
-    let payload = synthetic_batch(
-        &opts.table,
-        &shared.key_names,
-        items,
-        safe_secs.saturating_sub(1),
+    let (versions, approximate_secs) = read_versions(
+        read_at,
+        opts.clock_skew,
+        shared.indexer.config.version_attribute.as_deref(),
     );
+    let payload = synthetic_batch(&opts.table, &shared.key_names, items, approximate_secs);
     if opts.dry_run {
         let plan = crate::change::plan(
             &payload,
@@ -485,6 +476,27 @@ async fn land_page(
         )));
     }
     Ok(())
+}
+
+/// The versions for copies of items read at `read_at` (module docs): with stream-time versions
+/// `floor(read − skew)·1000 − 1`, below every stream change made at or after the read; with a
+/// version attribute, the item's own. Also the `ApproximateCreationDateTime` to give the
+/// copies' synthetic records.
+pub fn read_versions(
+    read_at: SystemTime,
+    clock_skew: Duration,
+    version_attribute: Option<&str>,
+) -> (VersionSource, u64) {
+    let read_secs = read_at
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let safe_secs = read_secs.saturating_sub(clock_skew.as_secs().max(1));
+    let versions = match version_attribute {
+        Some(name) => VersionSource::Attribute(name.to_string()),
+        None => VersionSource::Fixed((safe_secs * 1000).saturating_sub(1)),
+    };
+    (versions, safe_secs.saturating_sub(1))
 }
 
 /// A page as a stream batch of INSERT records: the same conversion, ids and quarantine entries

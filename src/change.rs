@@ -151,6 +151,40 @@ pub struct Change {
     pub record: usize,
 }
 
+impl Change {
+    /// A versioned delete that no stream record asked for: `verify --repair` removing a document
+    /// no item backs. `record` is the caller's position for it.
+    pub fn delete(
+        index: Arc<str>,
+        id: String,
+        version: u64,
+        version_type: &str,
+        record: usize,
+    ) -> Change {
+        let mut lines = Vec::with_capacity(ACTION_LINE_ROOM);
+        write_action(&mut lines, "delete", &id, Some(version), version_type);
+        Change {
+            index,
+            id,
+            action: Action::Delete,
+            version: Some(version),
+            ttl: false,
+            lines,
+            record,
+        }
+    }
+
+    /// The document an index action writes (its second line, without the newline).
+    pub fn document(&self) -> Option<&[u8]> {
+        if self.action != Action::Index {
+            return None;
+        }
+        let start = self.lines.iter().position(|&b| b == b'\n')? + 1;
+        let end = self.lines.len() - usize::from(self.lines.ends_with(b"\n"));
+        self.lines.get(start..end)
+    }
+}
+
 /// Where versions come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VersionSource {

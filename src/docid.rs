@@ -89,6 +89,31 @@ pub fn doc_id_of(parts: &[KeyPart]) -> DocId {
     finish(id)
 }
 
+/// The key texts an id was made from, in attribute-name order: the inverse of [`doc_id_of`].
+/// A hashed id needs the full id (`raw`, from the document's [`RAW_KEY_FIELD`]) and must be its
+/// hash. `None` when no key of `parts` components can give this id.
+pub fn key_texts(id: &str, raw: Option<&str>, parts: usize) -> Option<Vec<String>> {
+    let full = if id.starts_with("\\#") {
+        let raw = raw?;
+        (finish(raw.to_string()).id == id).then_some(raw)?
+    } else {
+        (id.len() <= MAX_ID_BYTES).then_some(id)?
+    };
+    let mut texts = vec![String::new()];
+    let mut chars = full.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(e @ ('\\' | '|')) => texts.last_mut()?.push(e),
+                _ => return None,
+            },
+            '|' => texts.push(String::new()),
+            c => texts.last_mut()?.push(c),
+        }
+    }
+    (texts.len() == parts).then_some(texts)
+}
+
 fn finish(id: String) -> DocId {
     if id.len() <= MAX_ID_BYTES {
         return DocId { id, raw: None };
@@ -199,6 +224,35 @@ enum KeyValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_id_gives_back_its_key_texts_and_a_foreign_id_none() {
+        let parts = |keys: &str| key_parts(keys).unwrap();
+        for keys in [
+            r#"{"pk":{"S":"a|b\\c"},"sk":{"N":"1E+3"}}"#,
+            r#"{"pk":{"S":"\\\\"},"sk":{"S":"|"}}"#,
+            r#"{"pk":{"B":"AAE="}}"#,
+        ] {
+            let p = parts(keys);
+            let d = doc_id_of(&p);
+            let texts: Vec<String> = p.iter().map(|k| k.text.clone()).collect();
+            assert_eq!(key_texts(&d.id, None, p.len()), Some(texts), "{keys}");
+        }
+        let long = format!(
+            r#"{{"pk":{{"S":"{}"}},"sk":{{"S":"x|y"}}}}"#,
+            "z".repeat(600)
+        );
+        let d = doc_id_of(&parts(&long));
+        let raw = d.raw.as_deref();
+        assert_eq!(key_texts(&d.id, raw, 2).unwrap()[1], "x|y");
+        // A hashed id needs its full text, and the text must hash to it.
+        assert_eq!(key_texts(&d.id, None, 2), None);
+        assert_eq!(key_texts(&d.id, Some("zz|x"), 2), None);
+        // Wrong number of parts, a dangling or unknown escape.
+        assert_eq!(key_texts("a|b", None, 1), None);
+        assert_eq!(key_texts("a\\", None, 1), None);
+        assert_eq!(key_texts("a\\x", None, 1), None);
+    }
 
     fn id(keys: &str) -> String {
         doc_id(keys).unwrap().id

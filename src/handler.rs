@@ -199,6 +199,14 @@ impl Indexer {
         account(&plan, outcomes, &quarantined, &stats, started)
     }
 
+    /// Sends changes that no stream record carries (`verify --repair`'s deletes) under the same
+    /// limits and retries as a batch's; returns each change's outcome.
+    pub async fn apply(&self, changes: &[change::Change], deadline: Instant) -> Vec<ItemOutcome> {
+        dispatch::deliver(&self.opensearch, changes, &self.limits(deadline))
+            .await
+            .0
+    }
+
     /// The limits of one delivery that must stop starting requests at `stop_at`.
     fn limits(&self, stop_at: Instant) -> Limits {
         let cfg = &self.config;

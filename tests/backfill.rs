@@ -147,10 +147,8 @@ async fn a_backfill_of_every_type_lands_exactly() {
         (3000, 3000, 0, 0),
         "{s:?}"
     );
-    let c = verify::compare(&ddb, &table, &indexer.opensearch, &index)
-        .await
-        .unwrap();
-    assert!(c.ok() && c.table_items == 3000, "{c:?}");
+    let c = verify::compare(&indexer, &ddb, &table).await.unwrap();
+    assert!(c.equal() && c.items == 3000, "{c:?}");
     let checkpoint = Checkpoint::load(&ckpt).unwrap();
     assert!(checkpoint.segments.iter().all(|s| s.done));
     assert_eq!(
@@ -231,10 +229,8 @@ async fn a_run_killed_midway_resumes_from_its_checkpoint() {
         String::from_utf8_lossy(&out.stderr)
     );
     let indexer = indexer(&opensearch_url(), &index, &[]).await;
-    let c = verify::compare(&ddb, &table, &indexer.opensearch, &index)
-        .await
-        .unwrap();
-    assert!(c.ok() && c.table_items == 2000, "{c:?}");
+    let c = verify::compare(&indexer, &ddb, &table).await.unwrap();
+    assert!(c.equal() && c.items == 2000, "{c:?}");
     let after = Checkpoint::load(&ckpt).unwrap();
     assert!(after.segments.iter().all(|s| s.done));
     // The resumed run read only what the killed run had not confirmed (a page in flight at the
@@ -327,10 +323,8 @@ async fn changes_during_the_backfill_converge_to_the_table() {
         .await
         .unwrap();
     assert_eq!(delivered.unwrap().gave_up + rest.gave_up, 0);
-    let c = verify::compare(&ddb, &table, &indexer.opensearch, &index)
-        .await
-        .unwrap();
-    assert!(c.ok(), "{c:?}");
+    let c = verify::compare(&indexer, &ddb, &table).await.unwrap();
+    assert!(c.equal(), "{c:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -375,10 +369,14 @@ async fn a_rebuild_switches_the_read_alias_and_keeps_the_old_index_for_rollback(
             std::slice::from_ref(&index)
         );
         assert!(
-            verify::compare(&ddb, &table, &os, &name)
-                .await
-                .unwrap()
-                .ok()
+            verify::compare(
+                &common::indexer(&opensearch_url(), &name, &[]).await,
+                &ddb,
+                &table
+            )
+            .await
+            .unwrap()
+            .equal()
         );
         built.push(index);
         tokio::time::sleep(Duration::from_millis(1100)).await; // new names are per second

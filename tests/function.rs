@@ -107,10 +107,8 @@ async fn the_runner_drives_the_binary_over_the_invoke_api() {
         String::from_utf8_lossy(&out.stderr)
     );
     let indexer = indexer(&opensearch_url(), &index, &[]).await;
-    let c = verify::compare(&ddb, &table, &indexer.opensearch, &index)
-        .await
-        .unwrap();
-    assert!(c.ok() && c.table_items == 30, "{c:?}\n{stdout}");
+    let c = verify::compare(&indexer, &ddb, &table).await.unwrap();
+    assert!(c.equal() && c.items == 30, "{c:?}\n{stdout}");
 }
 
 /// One EMF document per invocation on stdout, valid per the specification, its counts adding

@@ -104,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
         report.gave_up
     );
 
-    let c = verify::compare(&ddb, &args.table, &indexer.opensearch, &index).await?;
+    let c = verify::compare(&indexer, &ddb, &args.table).await?;
     let query =
         br#"{"size":3,"query":{"match":{"tags":"blue"}},"_source":["pk","sk","price","tags"]}"#
             .to_vec();
@@ -125,15 +125,8 @@ async fn main() -> anyhow::Result<()> {
     for hit in res["hits"]["hits"].as_array().into_iter().flatten() {
         println!("   {} {}", hit["_id"], hit["_source"]);
     }
-    println!(
-        "5. table versus index: {} items, {} documents, {} missing, {} extra, {} different",
-        c.table_items,
-        c.index_documents,
-        c.missing.len(),
-        c.extra.len(),
-        c.different.len()
-    );
-    anyhow::ensure!(c.ok(), "the index differs from the table: {c:?}");
+    println!("5. table versus index (verify): {}", c.summary_line());
+    anyhow::ensure!(c.equal(), "the index differs from the table: {c:?}");
     println!("   the index equals the table, every value compared exactly");
     Ok(())
 }
