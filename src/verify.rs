@@ -102,7 +102,7 @@ impl Options {
 }
 
 /// A kind of drift.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Drift {
     /// The item has no document in the index it is routed to.
