@@ -20,7 +20,8 @@
 //! - [`template`]: the index template, embedded.
 //! - [`telemetry`]: logging setup; errors with their source chains.
 //! - [`aws`], [`ddb_json`]: AWS SDK configuration; SDK attribute values → DynamoDB JSON.
-//! - [`verify`]: table versus index, item by item, values exact.
+//! - [`verify`]: table versus index both ways, values exact, bounded memory; repair with read-time
+//!   versions.
 //! - [`backfill`]: parallel, resumable, rate-limited scan into the index beside the live stream.
 //! - [`rebuild`]: zero-downtime rebuilds behind a read alias and a write alias.
 //! - [`runner`]: polls a stream and invokes the function as Lambda's event source mapping does.

@@ -1,4 +1,18 @@
-//! "Is the index complete?": compares a table with an index item by item, values exact.
+//! "Is the index complete?": finds drift between a table and the indexes its items are routed
+//! to, and repairs it without ever making the index older than the table.
+//!
+//! - Table → index: each page of a parallel, consistent scan goes through the function's own
+//!   planning (routing, projection, conversion, ids); the documents it would write are fetched
+//!   with one `_mget` and compared in canonical form (numbers by text), metadata fields aside
+//!   (they describe a write, not the item).
+//! - Index → table: each index is walked under a point in time, ids only; each page of ids is
+//!   turned back into keys ([`docid::key_texts`]) and read with a consistent `BatchGetItem`. A
+//!   document whose item is gone, or is routed elsewhere, is extra.
+//! - A difference counts only if a second read of the item and a second fetch of the document
+//!   still show it: a change the stream delivered meanwhile is not drift.
+//! - Repair writes with the backfill's read-time versions ([`backfill::read_versions`]), so any
+//!   stream change made after the read wins over the repair.
+//! - Memory: a page per scan segment and a page of ids per index, whatever the table's size.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -111,6 +125,16 @@ pub enum Drift {
     Different,
     /// The document has no item, or its item is routed elsewhere.
     Extra,
+}
+
+impl Drift {
+    pub fn name(self) -> &'static str {
+        match self {
+            Drift::Missing => "missing",
+            Drift::Different => "different",
+            Drift::Extra => "extra",
+        }
+    }
 }
 
 /// One drifted document: where, and its id (never values).

@@ -215,7 +215,7 @@ async fn verify_reports_exactly_the_drift_injected_and_repair_makes_the_index_eq
         "{out}"
     );
     assert!(
-        out.contains(&format!("Missing in {index}: \"{}\"", id(10))),
+        out.contains(&format!("missing in {index}: \"{}\"", id(10))),
         "{out}"
     );
     assert!(
@@ -379,9 +379,7 @@ async fn repair_beside_a_live_stream_converges_to_the_table() {
         let (ddb, table) = (ddb.clone(), table.clone());
         tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(7);
-            let until = tokio::time::Instant::now() + Duration::from_secs(4);
-            let mut n = 0;
-            while tokio::time::Instant::now() < until {
+            for n in 0..150 {
                 let i = rng.random_range(0..200);
                 if rng.random_bool(0.25) {
                     ddb.delete_item()
@@ -399,10 +397,8 @@ async fn repair_beside_a_live_stream_converges_to_the_table() {
                         .await
                         .unwrap();
                 }
-                n += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            n
         })
     };
     let f = InProcess::new(&indexer, Duration::from_secs(60));
@@ -422,16 +418,18 @@ async fn repair_beside_a_live_stream_converges_to_the_table() {
         done
     };
     let (delivered, repairs) = tokio::join!(runner::run(&streams, &arn, &f, &settings), repairs);
-    let writes = writer.await.unwrap();
+    writer.await.unwrap();
     let delivered = delivered.unwrap();
     assert_eq!(delivered.gave_up, 0, "{delivered:?}");
-    assert!(writes > 100, "the writer made {writes} changes");
     // At least the injected drift (5 missing, 3 extra) was repaired. A repair in the same second
     // as the load loses to the deletes' tombstones (one version above the load's) and reports
     // superseded; a later run repairs it.
     let repaired: u64 = repairs.iter().map(|r| r.indexed + r.deleted).sum();
     assert!(repaired >= 8, "{repairs:?}");
-    // The runner stopped once the stream was idle, so everything the writer did is delivered.
+    // Had the runner stopped in a pause of the writer, a second pass delivers the rest (again
+    // from the stream's start: versions make the repeats harmless).
+    let again = runner::run(&streams, &arn, &f, &settings).await.unwrap();
+    assert_eq!(again.gave_up, 0, "{again:?}");
     let after = verify::compare(&indexer, &ddb, &table).await.unwrap();
     assert!(after.equal(), "{after:?}\nrepairs: {repairs:?}");
 }

@@ -144,7 +144,7 @@ fn print(r: &Report, json: bool) {
     println!("{}", r.summary_line());
     for e in &r.examples {
         let id = serde_json::to_string(&e.id).expect("a string serializes");
-        println!("  {:?} in {}: {id}", e.kind, e.index);
+        println!("  {} in {}: {id}", e.kind.name(), e.index);
     }
     if r.unindexable > 0 {
         println!(
