@@ -307,6 +307,63 @@ async fn an_item_that_changes_type_moves_and_removes_find_their_index() {
     assert!(!index_contents(&routed, &invoices).await.contains_key(&id6));
 }
 
+/// Rules that read key attributes only route a REMOVE from its Keys, with no OldImage: the
+/// delete goes to that one index, not to every index the rules name.
+#[tokio::test]
+async fn a_remove_without_old_image_routed_by_key_deletes_from_its_index_only() {
+    let prefix = unique_index("kr");
+    let (users, orders) = (format!("{prefix}-users"), format!("{prefix}-orders"));
+    let rules = json!([
+        {"when": {"attribute": "pk", "prefix": "USER#"}, "index": users},
+        {"when": {"attribute": "sk", "equals": "ORDER"}, "index": orders},
+    ])
+    .to_string();
+    let routed = indexer(
+        &opensearch_url(),
+        "",
+        &[("OPENSEARCH_INDEX", ""), ("ROUTES", &rules)],
+    )
+    .await;
+    let user = json!({"pk": {"S": "USER#1"}, "sk": {"S": "ORDER"}, "n": {"N": "1"}});
+    let (id, _) = expected(&user);
+    let h = routed
+        .handle_detailed(
+            &batch(&[record("Shop", 1, "INSERT", Some(&user), None, &user)]),
+            far_deadline(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(h.summary.indexed, 1, "{:?}", h.outcomes);
+    // A document under the same id in the other index, which no change of this item can reach
+    // (its key never changes): a key-routed REMOVE must leave it alone.
+    create_index(&orders).await;
+    let res = http()
+        .put(format!(
+            "{}/{orders}/_doc/{}",
+            opensearch_url(),
+            urlencode(&id)
+        ))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success());
+    let keys_only = record("Shop", 2, "REMOVE", None, None, &user);
+    let h = routed
+        .handle_detailed(&batch(&[keys_only]), far_deadline())
+        .await
+        .unwrap();
+    assert_eq!(
+        (h.summary.deleted, h.summary.bulk_requests),
+        (1, 1),
+        "{:?}",
+        h.summary
+    );
+    assert!(!index_contents(&routed, &users).await.contains_key(&id));
+    assert!(index_contents(&routed, &orders).await.contains_key(&id));
+}
+
 #[tokio::test]
 async fn two_tables_streams_through_one_function_land_in_two_indexes() {
     let prefix = unique_index("tb");
