@@ -259,6 +259,49 @@ async fn verify_reports_exactly_the_drift_injected_and_repair_makes_the_index_eq
     assert!(err.contains("no-such-table"), "{err}");
 }
 
+/// Keys over 512 bytes give hashed ids; the walk finds their items through the full key kept
+/// beside the hash, so they are not taken for extra, until their item is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_with_hashed_ids_are_traced_to_their_items() {
+    let (ddb, _) = dynamo_clients().await;
+    let table = unique_index("vlong");
+    create_table(&ddb, &table).await;
+    let index = unique_index("vlong-idx");
+    create_index(&index).await;
+    let long = |i: usize| {
+        let mut it = item(i, "v");
+        it.insert("pk".into(), A::S(format!("{i}|{}", "k".repeat(600))));
+        it
+    };
+    let items: Vec<Item> = (0..3).map(long).collect();
+    put_items(&ddb, &table, items.clone()).await;
+    let indexer = indexer(&opensearch_url(), &index, &[]).await;
+    load_index(&indexer, &table, &items).await;
+    let clean = verify::compare(&indexer, &ddb, &table).await.unwrap();
+    assert!(clean.equal() && clean.documents == 3, "{clean:?}");
+    assert!(
+        all_sources(&index)
+            .await
+            .iter()
+            .all(|(id, _)| id.starts_with("\\#")),
+        "the ids are hashed"
+    );
+    ddb.delete_item()
+        .table_name(&table)
+        .key("pk", items[1]["pk"].clone())
+        .key("sk", items[1]["sk"].clone())
+        .send()
+        .await
+        .unwrap();
+    let found = verify::compare(&indexer, &ddb, &table).await.unwrap();
+    assert_eq!(
+        (found.missing, found.different, found.extra),
+        (0, 0, 1),
+        "{found:?}"
+    );
+    assert!(found.examples[0].id.starts_with("\\#"), "{found:?}");
+}
+
 /// A single-table design under ROUTES, with projection and metadata fields: equal after a
 /// backfill; copies left in the wrong index (a missed move, an item routed nowhere) are extra.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
