@@ -1,4 +1,5 @@
-//! What the benches share: the benchmark table's items, filling the table, CPU time.
+//! What the benches share: stream records and table items of ~1 KB, filling the table, CPU
+//! time.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -116,4 +117,27 @@ pub async fn populate(ddb: &aws_sdk_dynamodb::Client, table: &str, n: usize) -> 
     }
 
     Ok(())
+}
+
+/// One record whose item is ~1 KB of DynamoDB JSON with a mix of attribute types; with
+/// `old_image` the stream is NEW_AND_OLD_IMAGES and the record carries the item twice.
+pub fn record(i: usize, old_image: bool) -> String {
+    let r = format!(
+        r#"{{"eventID":"e{i}","eventName":"MODIFY","eventVersion":"1.1","eventSource":"aws:dynamodb","awsRegion":"eu-west-1","dynamodb":{{"ApproximateCreationDateTime":1763800000,"Keys":{{"pk":{{"S":"customer#{i:08}"}},"sk":{{"N":"{i}"}}}},"NewImage":{{"pk":{{"S":"customer#{i:08}"}},"sk":{{"N":"{i}"}},"name":{{"S":"Customer number {i} with a longer display name"}},"email":{{"S":"customer{i}@example.com"}},"balance":{{"N":"1234567890123456789.{i:06}"}},"score":{{"N":"0.{i}7"}},"active":{{"BOOL":true}},"deleted_at":{{"NULL":true}},"avatar":{{"B":"iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="}},"tags":{{"SS":["gold","newsletter","beta-tester"]}},"lucky":{{"NS":["7","13","42"]}},"address":{{"M":{{"street":{{"S":"{i} Long Street Name Avenue"}},"city":{{"S":"Zürich"}},"zip":{{"S":"8001"}},"geo":{{"M":{{"lat":{{"N":"47.376887"}},"lon":{{"N":"8.541694"}}}}}}}}}},"orders":{{"L":[{{"M":{{"id":{{"S":"o-{i}-1"}},"total":{{"N":"19.99"}}}}}},{{"M":{{"id":{{"S":"o-{i}-2"}},"total":{{"N":"5E+2"}}}}}}]}},"notes":{{"S":"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore et dolore magna aliqua. \"quoted\" \\ text"}}}},"SequenceNumber":"4{i:020}","SizeBytes":900,"StreamViewType":"NEW_IMAGE"}},"eventSourceARN":"arn:aws:dynamodb:eu-west-1:123456789012:table/customers/stream/2026-11-01T00:00:00.000"}}"#
+    );
+    if !old_image {
+        return r;
+    }
+    // The old image: the same item before the change.
+    let start = r.find("\"NewImage\":").unwrap();
+    let end = r.find(",\"SequenceNumber\"").unwrap();
+    let old = r[start..end]
+        .replacen("NewImage", "OldImage", 1)
+        .replace("true", "false");
+    r.replacen(
+        ",\"SequenceNumber\"",
+        &format!(",{old},\"SequenceNumber\""),
+        1,
+    )
+    .replace("NEW_IMAGE", "NEW_AND_OLD_IMAGES")
 }
