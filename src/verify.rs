@@ -533,6 +533,29 @@ impl Verifier<'_> {
         Ok(())
     }
 
+    /// Items read at `read_at` as the backfill hands them to the function: a synthetic batch
+    /// and its read-time versions.
+    fn as_batch(&self, items: &[Item], read_at: SystemTime) -> (String, VersionSource) {
+        let (versions, secs) = backfill::read_versions(
+            read_at,
+            self.opts.clock_skew,
+            self.indexer.config.version_attribute.as_deref(),
+        );
+        let payload = backfill::synthetic_batch(self.table(), &self.key_names, items, secs);
+        (payload, versions)
+    }
+
+    /// The function's plan of a batch from [`Verifier::as_batch`].
+    fn plan<'p>(
+        &self,
+        payload: &'p str,
+        versions: &VersionSource,
+    ) -> Result<change::Plan<'p>, VerifyError> {
+        let config = &self.indexer.config;
+        change::plan(payload, versions, &config.shape(), config.bulk_max_bytes)
+            .map_err(|e| self.fail("planning a page", e))
+    }
+
     /// Plans `items` as the function would and compares each document it would write with the
     /// one in the index. Returns the drifted items and how many are routed to no index.
     async fn judge_items(
@@ -541,14 +564,8 @@ impl Verifier<'_> {
         read_at: SystemTime,
     ) -> Result<(Vec<Found>, u64), VerifyError> {
         let config = &self.indexer.config;
-        let (versions, secs) = backfill::read_versions(
-            read_at,
-            self.opts.clock_skew,
-            config.version_attribute.as_deref(),
-        );
-        let payload = backfill::synthetic_batch(self.table(), &self.key_names, items, secs);
-        let plan = change::plan(&payload, &versions, &config.shape(), config.bulk_max_bytes)
-            .map_err(|e| self.fail("planning a page", e))?;
+        let (payload, versions) = self.as_batch(items, read_at);
+        let plan = self.plan(&payload, &versions)?;
         let mut found = Vec::new();
         let mut skipped = 0;
         let mut wanted: Vec<(usize, &Change)> = Vec::new();
@@ -603,13 +620,7 @@ impl Verifier<'_> {
 
     /// Re-indexes items read at `read_at` through the function's path with read-time versions.
     async fn repair_items(&self, items: &[Item], read_at: SystemTime) -> Result<(), VerifyError> {
-        let config = &self.indexer.config;
-        let (versions, secs) = backfill::read_versions(
-            read_at,
-            self.opts.clock_skew,
-            config.version_attribute.as_deref(),
-        );
-        let payload = backfill::synthetic_batch(self.table(), &self.key_names, items, secs);
+        let (payload, versions) = self.as_batch(items, read_at);
         let handled = self
             .indexer
             .handle_versioned(&payload, Instant::now() + self.opts.timeout, &versions)
@@ -862,15 +873,8 @@ impl Verifier<'_> {
         items: &[Item],
         read_at: SystemTime,
     ) -> Result<Vec<(String, Home)>, VerifyError> {
-        let config = &self.indexer.config;
-        let (versions, secs) = backfill::read_versions(
-            read_at,
-            self.opts.clock_skew,
-            config.version_attribute.as_deref(),
-        );
-        let payload = backfill::synthetic_batch(self.table(), &self.key_names, items, secs);
-        let plan = change::plan(&payload, &versions, &config.shape(), config.bulk_max_bytes)
-            .map_err(|e| self.fail("planning a page", e))?;
+        let (payload, versions) = self.as_batch(items, read_at);
+        let plan = self.plan(&payload, &versions)?;
         Ok(plan
             .records
             .iter()
