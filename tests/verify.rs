@@ -302,6 +302,50 @@ async fn documents_with_hashed_ids_are_traced_to_their_items() {
     assert!(found.examples[0].id.starts_with("\\#"), "{found:?}");
 }
 
+/// A cluster that refuses the `_shard_doc` sort (it came with point-in-time search in newer
+/// versions) is walked in `_id` order instead, and finds the same drift.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_without_the_shard_doc_sort_is_walked_by_id() {
+    use common::proxy::{Fault, Proxy};
+    let (ddb, _) = dynamo_clients().await;
+    let table = unique_index("vsort");
+    create_table(&ddb, &table).await;
+    let index = unique_index("vsort-idx");
+    create_index(&index).await;
+    let items: Vec<Item> = (0..30).map(|i| item(i, "v")).collect();
+    put_items(&ddb, &table, items.clone()).await;
+    load_index(
+        &indexer(&opensearch_url(), &index, &[]).await,
+        &table,
+        &items,
+    )
+    .await;
+    put_doc(&index, "p77777|0", "{}").await;
+    let proxy = Proxy::start(&opensearch_url(), |r| {
+        if String::from_utf8_lossy(&r.body).contains("_shard_doc") {
+            Fault::Status(400)
+        } else {
+            Fault::Pass
+        }
+    })
+    .await;
+    let through = indexer(&proxy.url, &index, &[]).await;
+    let opts = Options {
+        page_size: 7,
+        ..options(&table)
+    };
+    let found = verify::run(&through, &ddb, &opts, &AtomicU64::new(0))
+        .await
+        .unwrap();
+    assert_eq!(proxy.faults.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        (found.documents, found.extra, found.missing),
+        (31, 1, 0),
+        "{found:?}"
+    );
+    assert_eq!(ids(&found, Drift::Extra), set(&["p77777|0".into()]));
+}
+
 /// A single-table design under ROUTES, with projection and metadata fields: equal after a
 /// backfill; copies left in the wrong index (a missed move, an item routed nowhere) are extra.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
