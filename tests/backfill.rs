@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use aws_sdk_dynamodb::primitives::Blob;
-use aws_sdk_dynamodb::types::{AttributeValue as A, PutRequest, WriteRequest};
+use aws_sdk_dynamodb::types::AttributeValue as A;
 use common::*;
 use stream_indexer::backfill::{self, Checkpoint, Options};
 use stream_indexer::runner::{self, InProcess, Settings};
@@ -57,28 +57,7 @@ fn item(i: usize, version: u32) -> HashMap<String, A> {
 }
 
 async fn populate(ddb: &aws_sdk_dynamodb::Client, table: &str, n: usize) {
-    for chunk in (0..n).collect::<Vec<_>>().chunks(25) {
-        let writes: Vec<WriteRequest> = chunk
-            .iter()
-            .map(|&i| {
-                WriteRequest::builder()
-                    .put_request(
-                        PutRequest::builder()
-                            .set_item(Some(item(i, 1)))
-                            .build()
-                            .unwrap(),
-                    )
-                    .build()
-            })
-            .collect();
-        let out = ddb
-            .batch_write_item()
-            .request_items(table, writes)
-            .send()
-            .await
-            .unwrap();
-        assert!(out.unprocessed_items.unwrap_or_default().is_empty());
-    }
+    put_items(ddb, table, (0..n).map(|i| item(i, 1)).collect()).await;
 }
 
 fn options(table: &str, checkpoint: &std::path::Path) -> Options {

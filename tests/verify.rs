@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_dynamodb::primitives::Blob;
-use aws_sdk_dynamodb::types::{AttributeValue as A, PutRequest, WriteRequest};
+use aws_sdk_dynamodb::types::AttributeValue as A;
 use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -41,25 +41,6 @@ fn id(i: usize) -> String {
     format!("p{i:05}|{}", i % 3)
 }
 
-async fn put_items(ddb: &aws_sdk_dynamodb::Client, table: &str, items: Vec<Item>) {
-    let chunks: Vec<Vec<Item>> = items.chunks(25).map(<[Item]>::to_vec).collect();
-    for chunk in chunks {
-        let writes = chunk
-            .into_iter()
-            .map(|i| {
-                WriteRequest::builder()
-                    .put_request(PutRequest::builder().set_item(Some(i)).build().unwrap())
-                    .build()
-            })
-            .collect::<Vec<_>>();
-        ddb.batch_write_item()
-            .request_items(table, writes)
-            .send()
-            .await
-            .unwrap();
-    }
-}
-
 /// Writes items into the index as the backfill would (the function's path, read-time versions).
 async fn load_index(indexer: &Indexer, table: &str, items: &[Item]) {
     let keys = ["pk".to_string(), "sk".to_string()];
@@ -72,6 +53,35 @@ async fn load_index(indexer: &Indexer, table: &str, items: &[Item]) {
             .await
             .unwrap();
         assert_eq!(h.summary.indexed, page.len(), "{:?}", h.summary);
+    }
+}
+
+/// A table with a stream holding `items`, and an index holding their documents.
+struct Fixture {
+    ddb: aws_sdk_dynamodb::Client,
+    streams: aws_sdk_dynamodbstreams::Client,
+    table: String,
+    arn: String,
+    index: String,
+    indexer: Indexer,
+}
+
+async fn fixture_with(name: &str, items: &[Item]) -> Fixture {
+    let (ddb, streams) = dynamo_clients().await;
+    let table = unique_index(name);
+    let arn = create_table(&ddb, &table).await;
+    let index = unique_index(&format!("{name}-idx"));
+    create_index(&index).await;
+    put_items(&ddb, &table, items.to_vec()).await;
+    let indexer = indexer(&opensearch_url(), &index, &[]).await;
+    load_index(&indexer, &table, items).await;
+    Fixture {
+        ddb,
+        streams,
+        table,
+        arn,
+        index,
+        indexer,
     }
 }
 
@@ -149,15 +159,15 @@ fn runner_settings() -> Settings {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_reports_exactly_the_drift_injected_and_repair_makes_the_index_equal() {
-    let (ddb, streams) = dynamo_clients().await;
-    let table = unique_index("verify");
-    let arn = create_table(&ddb, &table).await;
-    let index = unique_index("verify-idx");
-    create_index(&index).await;
     let items: Vec<Item> = (0..200).map(|i| item(i, "v")).collect();
-    put_items(&ddb, &table, items.clone()).await;
-    let indexer = indexer(&opensearch_url(), &index, &[]).await;
-    load_index(&indexer, &table, &items).await;
+    let Fixture {
+        ddb,
+        streams,
+        table,
+        arn,
+        index,
+        indexer,
+    } = fixture_with("verify", &items).await;
     let clean = verify::run(&indexer, &ddb, &options(&table), &AtomicU64::new(0))
         .await
         .unwrap();
@@ -263,20 +273,19 @@ async fn verify_reports_exactly_the_drift_injected_and_repair_makes_the_index_eq
 /// beside the hash, so they are not taken for extra, until their item is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn documents_with_hashed_ids_are_traced_to_their_items() {
-    let (ddb, _) = dynamo_clients().await;
-    let table = unique_index("vlong");
-    create_table(&ddb, &table).await;
-    let index = unique_index("vlong-idx");
-    create_index(&index).await;
     let long = |i: usize| {
         let mut it = item(i, "v");
         it.insert("pk".into(), A::S(format!("{i}|{}", "k".repeat(600))));
         it
     };
     let items: Vec<Item> = (0..3).map(long).collect();
-    put_items(&ddb, &table, items.clone()).await;
-    let indexer = indexer(&opensearch_url(), &index, &[]).await;
-    load_index(&indexer, &table, &items).await;
+    let Fixture {
+        ddb,
+        table,
+        index,
+        indexer,
+        ..
+    } = fixture_with("vlong", &items).await;
     let clean = verify::compare(&indexer, &ddb, &table).await.unwrap();
     assert!(clean.equal() && clean.documents == 3, "{clean:?}");
     assert!(
@@ -307,19 +316,10 @@ async fn documents_with_hashed_ids_are_traced_to_their_items() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_without_the_shard_doc_sort_is_walked_by_id() {
     use common::proxy::{Fault, Proxy};
-    let (ddb, _) = dynamo_clients().await;
-    let table = unique_index("vsort");
-    create_table(&ddb, &table).await;
-    let index = unique_index("vsort-idx");
-    create_index(&index).await;
     let items: Vec<Item> = (0..30).map(|i| item(i, "v")).collect();
-    put_items(&ddb, &table, items.clone()).await;
-    load_index(
-        &indexer(&opensearch_url(), &index, &[]).await,
-        &table,
-        &items,
-    )
-    .await;
+    let Fixture {
+        ddb, table, index, ..
+    } = fixture_with("vsort", &items).await;
     put_doc(&index, "p77777|0", "{}").await;
     let proxy = Proxy::start(&opensearch_url(), |r| {
         if String::from_utf8_lossy(&r.body).contains("_shard_doc") {
@@ -446,15 +446,15 @@ async fn verify_follows_routes_and_finds_copies_left_in_the_wrong_index() {
 /// index ends equal to the table, whatever order the repairs and the stream's writes land in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repair_beside_a_live_stream_converges_to_the_table() {
-    let (ddb, streams) = dynamo_clients().await;
-    let table = unique_index("vlive");
-    let arn = create_table(&ddb, &table).await;
-    let index = unique_index("vlive-idx");
-    create_index(&index).await;
     let items: Vec<Item> = (0..150).map(|i| item(i, "v")).collect();
-    put_items(&ddb, &table, items.clone()).await;
-    let indexer = indexer(&opensearch_url(), &index, &[]).await;
-    load_index(&indexer, &table, &items).await;
+    let Fixture {
+        ddb,
+        streams,
+        table,
+        arn,
+        index,
+        indexer,
+    } = fixture_with("vlive", &items).await;
     for i in 0..5 {
         delete_doc(&index, &id(i)).await;
     }
@@ -525,15 +525,14 @@ async fn repair_beside_a_live_stream_converges_to_the_table() {
 /// estimated from a 20% sample within a factor of two.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sample_estimates_the_drift_rate_within_a_factor_of_two() {
-    let (ddb, _) = dynamo_clients().await;
-    let table = unique_index("vsample");
-    create_table(&ddb, &table).await;
-    let index = unique_index("vsample-idx");
-    create_index(&index).await;
     let items: Vec<Item> = (0..10_000).map(|i| item(i, "v")).collect();
-    put_items(&ddb, &table, items.clone()).await;
-    let indexer = indexer(&opensearch_url(), &index, &[]).await;
-    load_index(&indexer, &table, &items).await;
+    let Fixture {
+        ddb,
+        table,
+        index,
+        indexer,
+        ..
+    } = fixture_with("vsample", &items).await;
     for i in (0..10_000).step_by(100) {
         if i % 200 == 0 {
             delete_doc(&index, &id(i)).await;

@@ -345,3 +345,31 @@ pub async fn create_table(ddb: &aws_sdk_dynamodb::Client, name: &str) -> String 
         .unwrap();
     out.table_description.unwrap().latest_stream_arn.unwrap()
 }
+
+/// Writes items with BatchWriteItem, 25 at a time; every write must be processed.
+pub async fn put_items(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    items: Vec<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>>,
+) {
+    use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        let writes: Vec<WriteRequest> = items
+            .by_ref()
+            .take(25)
+            .map(|i| {
+                WriteRequest::builder()
+                    .put_request(PutRequest::builder().set_item(Some(i)).build().unwrap())
+                    .build()
+            })
+            .collect();
+        let out = ddb
+            .batch_write_item()
+            .request_items(table, writes)
+            .send()
+            .await
+            .unwrap();
+        assert!(out.unprocessed_items.unwrap_or_default().is_empty());
+    }
+}
