@@ -18,7 +18,7 @@
 //! - [`handler`]: one invocation end to end, `batchItemFailures` and the accounting log line.
 //! - [`replay`]: re-drives quarantined records.
 //! - [`template`]: the index template, embedded.
-//! - [`telemetry`]: logging setup; errors with their source chains.
+//! - [`telemetry`]: logging setup; errors with their source chains; the tools' progress bar.
 //! - [`aws`], [`ddb_json`]: AWS SDK configuration; SDK attribute values → DynamoDB JSON.
 //! - [`verify`]: table versus index both ways, values exact, bounded memory; repair with read-time
 //!   versions.

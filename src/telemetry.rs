@@ -1,4 +1,5 @@
-//! Logging setup: JSON lines in Lambda (CloudWatch parses them), readable text in a terminal.
+//! Logging setup: JSON lines in Lambda (CloudWatch parses them), readable text in a terminal;
+//! the operator tools' progress bar.
 
 use tracing_subscriber::EnvFilter;
 
@@ -44,4 +45,46 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// A progress bar that follows a counter the work increments (the backfill's items read,
+/// verify's items and documents checked), growing its length if the estimate was short.
+pub struct Progress {
+    bar: indicatif::ProgressBar,
+    ticker: tokio::task::JoinHandle<()>,
+}
+
+impl Progress {
+    /// `template` is indicatif's; `hidden` shows nothing (`--quiet`).
+    pub fn start(
+        counter: std::sync::Arc<std::sync::atomic::AtomicU64>,
+        estimate: u64,
+        template: &str,
+        hidden: bool,
+    ) -> Progress {
+        let bar = if hidden {
+            indicatif::ProgressBar::hidden()
+        } else {
+            indicatif::ProgressBar::new(estimate)
+        };
+        bar.set_style(indicatif::ProgressStyle::with_template(template).expect("a valid template"));
+        let b = bar.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                let n = counter.load(std::sync::atomic::Ordering::Relaxed);
+                if n > b.length().unwrap_or(0) {
+                    b.set_length(n);
+                }
+                b.set_position(n);
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        });
+        Progress { bar, ticker }
+    }
+
+    /// Stops following and clears the bar, so the summary prints on a clean line.
+    pub fn finish(self) {
+        self.ticker.abort();
+        self.bar.finish_and_clear();
+    }
 }

@@ -2,11 +2,10 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use clap::Parser;
-use indicatif::{ProgressBar, ProgressStyle};
 use stream_indexer::backfill::{self, Options};
 use stream_indexer::config::Config;
 use stream_indexer::handler::Indexer;
@@ -127,33 +126,14 @@ async fn main() -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     backfill::stop_on_ctrl_c(stop.clone());
     let scanned = Arc::new(AtomicU64::new(0));
-    let bar = if args.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(estimate.max(0) as u64)
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} items  {per_sec}  ETA {eta}",
-        )
-        .expect("a valid template"),
+    let bar = telemetry::Progress::start(
+        scanned.clone(),
+        estimate.max(0) as u64,
+        "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} items  {per_sec}  ETA {eta}",
+        args.quiet,
     );
-    let ticker = {
-        let (bar, scanned) = (bar.clone(), scanned.clone());
-        tokio::spawn(async move {
-            loop {
-                let n = scanned.load(Ordering::Relaxed);
-                if n > bar.length().unwrap_or(0) {
-                    bar.set_length(n);
-                }
-                bar.set_position(n);
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-    };
     let result = backfill::run(&indexer, &ddb, &opts, &stop, &scanned).await;
-    ticker.abort();
-    bar.finish_and_clear();
+    bar.finish();
     let s = match result {
         Ok(s) => s,
         Err(e) => {

@@ -1,11 +1,10 @@
 //! Finds drift between a table and its index, and repairs it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use clap::Parser;
-use indicatif::{ProgressBar, ProgressStyle};
 use stream_indexer::config::Config;
 use stream_indexer::handler::Indexer;
 use stream_indexer::verify::{self, Options, Report};
@@ -103,33 +102,14 @@ async fn verify_table(args: &Args) -> anyhow::Result<Report> {
     let (items, _) = backfill::table_size(&ddb, &args.table).await?;
     let expected = (items.max(0) as f64 * args.sample.unwrap_or(1.0)) as u64;
     let progress = Arc::new(AtomicU64::new(0));
-    let bar = if args.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(expected)
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} items and documents  {per_sec}",
-        )
-        .expect("a valid template"),
+    let bar = telemetry::Progress::start(
+        progress.clone(),
+        expected,
+        "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} items and documents  {per_sec}",
+        args.quiet,
     );
-    let ticker = {
-        let (bar, progress) = (bar.clone(), progress.clone());
-        tokio::spawn(async move {
-            loop {
-                let n = progress.load(Ordering::Relaxed);
-                if n > bar.length().unwrap_or(0) {
-                    bar.set_length(n);
-                }
-                bar.set_position(n);
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-    };
     let report = verify::run(&indexer, &ddb, &opts, &progress).await;
-    ticker.abort();
-    bar.finish_and_clear();
+    bar.finish();
     Ok(report?)
 }
 
