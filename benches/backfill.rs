@@ -14,38 +14,26 @@ use std::time::{Duration, Instant};
 use futures::stream::{self, StreamExt};
 use stream_indexer::backfill::{self, Options};
 use stream_indexer::change::{self, VersionSource};
-use stream_indexer::config::Config;
 use stream_indexer::handler::Indexer;
-use stream_indexer::{aws, bulk, template};
+use stream_indexer::{bulk, template};
 use support::cpu_secs;
 
 mod support;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let n: usize = std::env::var("BENCH_ITEMS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
-    let endpoint =
-        std::env::var("DYNAMODB_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:8000".into());
-    let os_url = std::env::var("OPENSEARCH_URL").unwrap_or_else(|_| "http://127.0.0.1:9200".into());
-    let sdk = aws::sdk_config(Some(&endpoint)).await;
-    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
-    let table = format!("bench-{n}");
-
-    support::populate(&ddb, &table, n).await?;
+    let support::Bench {
+        n,
+        os_url,
+        ddb,
+        table,
+        ..
+    } = support::bench_table().await?;
 
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
-    let config_for = |index: &str| {
-        let vars = [
-            ("OPENSEARCH_URL", os_url.clone()),
-            ("OPENSEARCH_INDEX", index.to_string()),
-        ];
-        Config::from_lookup(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))
-    };
+    let config_for = |index: &str| support::config(&os_url, index);
 
     // The ceiling: the same documents, bodies built beforehand, posted with the same concurrency.
     let ceiling_index = format!("bench-ceiling-{stamp}");

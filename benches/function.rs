@@ -38,28 +38,9 @@ fn function(api_addr: &str, url: &str, index: &str) -> tokio::process::Child {
         .expect("start stream-indexer")
 }
 
-/// (CPU seconds, peak RSS in KiB) of a running process.
+/// (CPU seconds, peak RSS in KiB) of the running function.
 fn usage(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0);
-    ((ticks(11) + ticks(12)) / 100.0, hwm)
+    support::usage(&pid.to_string()).expect("the function is running")
 }
 
 fn batch(from: usize, n: usize, old_image: bool) -> String {

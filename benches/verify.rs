@@ -12,52 +12,25 @@
 use std::time::{Duration, Instant};
 
 use stream_indexer::backfill;
-use stream_indexer::config::Config;
 use stream_indexer::handler::Indexer;
-use stream_indexer::{aws, template};
+use stream_indexer::template;
 
 mod support;
 
-/// (peak RSS in KiB, CPU seconds) of a running process, from /proc.
-fn usage(pid: u32) -> Option<(u64, f64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let hwm = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
-    Some((hwm, (ticks(11)? + ticks(12)?) / 100.0))
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let n: usize = std::env::var("BENCH_ITEMS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
     let segments = std::env::var("BENCH_SEGMENTS").unwrap_or_else(|_| "8".into());
-    let endpoint =
-        std::env::var("DYNAMODB_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:8000".into());
-    let os_url = std::env::var("OPENSEARCH_URL").unwrap_or_else(|_| "http://127.0.0.1:9200".into());
-    let sdk = aws::sdk_config(Some(&endpoint)).await;
-    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
-    let table = format!("bench-{n}");
-    support::populate(&ddb, &table, n).await?;
+    let support::Bench {
+        n,
+        endpoint,
+        os_url,
+        table,
+        ..
+    } = support::bench_table().await?;
 
     // The index: the same items through the function's path (no scan: moto's is slow).
     let index = format!("bench-verify-{n}");
-    let vars = [
-        ("OPENSEARCH_URL", os_url.clone()),
-        ("OPENSEARCH_INDEX", index.clone()),
-    ];
-    let config =
-        Config::from_lookup(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))?;
+    let config = support::config(&os_url, &index)?;
     let indexer = Indexer::new(config).await?;
     template::create_index(&indexer.opensearch, &index).await?;
     let keys = vec!["pk".to_string()];
@@ -103,8 +76,8 @@ async fn main() -> anyhow::Result<()> {
     let pid = child.id();
     let mut last = (0, 0.0);
     while child.try_wait()?.is_none() {
-        if let Some(u) = usage(pid) {
-            last = u;
+        if let Some((cpu, hwm)) = support::usage(&pid.to_string()) {
+            last = (hwm, cpu);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

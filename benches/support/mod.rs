@@ -12,23 +12,70 @@ use aws_sdk_dynamodb::types::{
 };
 use futures::stream::{self, StreamExt};
 
-/// This process's CPU time in seconds (user + system), from /proc on Linux; 0 elsewhere.
-pub fn cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+/// (CPU seconds, user + system; peak RSS in KiB) of process `pid` (`"self"`: this one), from
+/// /proc on Linux; `None` elsewhere or once the process is gone.
+pub fn usage(pid: &str) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the line; 12 and 13 after the ")".
-    (ticks(11) + ticks(12)) / 100.0
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(((ticks(11)? + ticks(12)?) / 100.0, hwm))
+}
+
+/// This process's CPU time in seconds; 0 where /proc is missing.
+pub fn cpu_secs() -> f64 {
+    usage("self").map_or(0.0, |u| u.0)
+}
+
+/// The benchmark table and where the servers are (`BENCH_ITEMS`, `DYNAMODB_ENDPOINT`,
+/// `OPENSEARCH_URL`; the local servers' ports by default).
+pub struct Bench {
+    pub n: usize,
+    pub endpoint: String,
+    pub os_url: String,
+    pub ddb: aws_sdk_dynamodb::Client,
+    pub table: String,
+}
+
+/// Reads the settings and fills the table `bench-<n>` unless it exists.
+pub async fn bench_table() -> anyhow::Result<Bench> {
+    let n: usize = std::env::var("BENCH_ITEMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let endpoint =
+        std::env::var("DYNAMODB_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:8000".into());
+    let os_url = std::env::var("OPENSEARCH_URL").unwrap_or_else(|_| "http://127.0.0.1:9200".into());
+    let sdk = stream_indexer::aws::sdk_config(Some(&endpoint)).await;
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let table = format!("bench-{n}");
+    populate(&ddb, &table, n).await?;
+    Ok(Bench {
+        n,
+        endpoint,
+        os_url,
+        ddb,
+        table,
+    })
+}
+
+/// The function's configuration for `index` on `os_url`.
+pub fn config(os_url: &str, index: &str) -> anyhow::Result<stream_indexer::config::Config> {
+    let vars = [("OPENSEARCH_URL", os_url), ("OPENSEARCH_INDEX", index)];
+    Ok(stream_indexer::config::Config::from_lookup(|k| {
+        vars.iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| v.to_string())
+    })?)
 }
 
 pub fn item(i: usize) -> HashMap<String, A> {
