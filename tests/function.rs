@@ -65,10 +65,21 @@ async fn documents_land_whether_the_deadline_is_cargo_lambdas_duration_or_an_epo
     assert!(all_sources(&index).await.len() > after_insert);
 
     // An invocation error carries a stable errorType, not a Rust type name.
-    match api.invoke("[]", epoch_ms_in(30)).await {
-        Answer::Error(e) => assert_eq!(e["errorType"], "NotAStreamEvent", "{e}"),
-        other => panic!("{other:?}"),
+    // So does a payload that is not JSON or not text (the handler parses the body itself).
+    let payloads: [&[u8]; 3] = [
+        b"[]",
+        br#"{"Records":[{"eventID":"#,
+        b"{\"Records\":[\"\xff\"]}",
+    ];
+    for payload in payloads {
+        match api.invoke_bytes(payload, epoch_ms_in(30)).await {
+            Answer::Error(e) => assert_eq!(e["errorType"], "NotAStreamEvent", "{e}"),
+            other => panic!("{other:?}"),
+        }
     }
+    // And the function goes on with the next batch.
+    let r = response(api.invoke(&fixture("insert.json"), epoch_ms_in(30)).await);
+    assert_eq!(r["batchItemFailures"], serde_json::json!([]), "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

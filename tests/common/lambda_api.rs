@@ -71,6 +71,11 @@ impl LambdaApi {
     pub async fn invoke(&self, payload: &str, deadline_ms: u64) -> Answer {
         invoke(&self.state, payload.as_bytes().to_vec(), deadline_ms).await
     }
+
+    /// Like [`LambdaApi::invoke`] with any bytes (Lambda itself only sends JSON).
+    pub async fn invoke_bytes(&self, payload: &[u8], deadline_ms: u64) -> Answer {
+        invoke(&self.state, payload.to_vec(), deadline_ms).await
+    }
 }
 
 async fn invoke(state: &State, payload: Vec<u8>, deadline_ms: u64) -> Answer {
