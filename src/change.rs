@@ -492,13 +492,9 @@ fn to_changes(
             // version is known (it may come from the document): one buffer, one small move.
             let raw_len = id.raw.as_ref().map_or(0, |r| r.len() + 32);
             let mut doc = Vec::with_capacity(image.get().len() + raw_len + ACTION_LINE_ROOM);
-            let captured = convert::write_document_projected(
-                image.get(),
-                &mut doc,
-                &names,
-                projection.filter(),
-            )
-            .map_err(|e| format!("NewImage: {e}"))?;
+            let captured =
+                convert::write_document_projected(image, &mut doc, &names, projection.filter())
+                    .map_err(|e| format!("NewImage: {e}"))?;
             check_keys("NewImage", &parts, &captured, &doc)?;
             new_route = if single {
                 router.route(table, |_| None)
@@ -572,9 +568,8 @@ fn to_changes(
                 VersionSource::Attribute(name) => match data.old_image {
                     Some(old) => {
                         let mut scratch = Vec::with_capacity(old.get().len());
-                        let captured =
-                            convert::write_document_capturing(old.get(), &mut scratch, &names)
-                                .map_err(|e| format!("OldImage: {e}"))?;
+                        let captured = convert::write_document_capturing(old, &mut scratch, &names)
+                            .map_err(|e| format!("OldImage: {e}"))?;
                         check_keys("OldImage", &parts, &captured, &scratch)?;
                         // One above the deleted item's version: strictly newer than the write
                         // it removes, as `external` requires.

@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`config`]: environment configuration, validated once at cold start.
-//! - [`convert`]: DynamoDB JSON image → exact document JSON, streamed, no value tree.
+//! - [`convert`]: DynamoDB JSON image → exact document JSON, streamed, no value tree; a
+//!   byte-level fast path (`convert::fast`) for validated images, the serde walk for the rest.
 //! - [`docid`]: key attributes → document `_id`, injective, hashed past 512 bytes.
 //! - [`change`]: stream batch → one versioned index/delete per document id (last change wins).
 //! - [`bulk`]: changes → byte-bounded NDJSON bodies; `_bulk` responses → outcomes by position.

@@ -16,10 +16,16 @@ use serde_json::value::RawValue;
 
 use crate::projection::Filter;
 
+mod fast;
+
 /// Converts one item image (a JSON object of attribute name → typed attribute value) into a
 /// document appended to `out`. On error `out` may hold a partial document; callers truncate.
 pub fn write_document(image: &str, out: &mut Vec<u8>) -> Result<(), ConvertError> {
-    write_document_capturing(image, out, &[]).map(|_| ())
+    match serde_json::from_str::<&RawValue>(image) {
+        Ok(raw) => write_document_capturing(raw, out, &[]).map(|_| ()),
+        // Not even JSON: the walk says where, by attribute path.
+        Err(_) => walk(image, out, &[], Filter::All).map(|_| ()),
+    }
 }
 
 /// A top-level attribute found while converting: its DynamoDB type and the range of the output
@@ -42,7 +48,7 @@ pub enum AttributeKind {
 /// Like [`write_document`], and also finds the top-level attributes named in `names` (the key
 /// attributes, the version attribute): one entry per name, `None` when the image lacks it.
 pub fn write_document_capturing(
-    image: &str,
+    image: &RawValue,
     out: &mut Vec<u8>,
     names: &[&str],
 ) -> Result<Vec<Option<Captured>>, ConvertError> {
@@ -50,8 +56,26 @@ pub fn write_document_capturing(
 }
 
 /// Like [`write_document_capturing`], writing only the attributes `filter` keeps; the
-/// attributes in `names` are always kept.
+/// attributes in `names` are always kept. The image is a `RawValue`, JSON already validated by
+/// the parse that found it, which is what lets the byte-level fast path copy it without a
+/// second validation; anything that path does not cover is converted by the serde walk.
 pub fn write_document_projected(
+    image: &RawValue,
+    out: &mut Vec<u8>,
+    names: &[&str],
+    filter: Filter<'_>,
+) -> Result<Vec<Option<Captured>>, ConvertError> {
+    let mark = out.len();
+    if let Some(captured) = fast::transcode(image.get(), out, names, filter) {
+        return Ok(captured);
+    }
+    out.truncate(mark);
+    walk(image.get(), out, names, filter)
+}
+
+/// The definition of conversion: a serde `DeserializeSeed` walk over the image, checking every
+/// rule and naming the attribute path of the first error.
+fn walk(
     image: &str,
     out: &mut Vec<u8>,
     names: &[&str],
@@ -417,7 +441,7 @@ pub fn find_attributes(
     image: &str,
     names: &[String],
 ) -> Result<Vec<Option<Option<String>>>, ConvertError> {
-    match scan_top_level(image, names) {
+    match fast::scan_top_level(image, names) {
         Some(found) => Ok(found),
         None => parse_attributes(image, names),
     }
@@ -481,120 +505,6 @@ impl<'de> serde::Deserialize<'de> for Typed {
             }
         }
         d.deserialize_map(V)
-    }
-}
-
-/// The fast path of [`find_attributes`]: a byte scan over the top level of an image that the
-/// record's parse has already validated (it arrives as a `RawValue`), skipping every value but
-/// the named ones without parsing it. Serde's `IgnoredAny` still decodes each skipped string and
-/// number, which made routing on `NEW_AND_OLD_IMAGES` cost a fifth more than conversion alone.
-/// It stops once every name is found: DynamoDB's images name each attribute once.
-/// `None` (use the parser) for anything unusual: a name with escapes, a value that is not an
-/// attribute value, text that is not a JSON object.
-fn scan_top_level(image: &str, names: &[String]) -> Option<Vec<Option<Option<String>>>> {
-    let b = image.as_bytes();
-    let mut found = vec![None; names.len()];
-    let mut i = skip_ws(b, 0);
-    if b.get(i) != Some(&b'{') {
-        return None;
-    }
-    i = skip_ws(b, i + 1);
-    if b.get(i) == Some(&b'}') {
-        return (skip_ws(b, i + 1) == b.len()).then_some(found);
-    }
-    loop {
-        if b.get(i) != Some(&b'"') {
-            return None;
-        }
-        let name_end = string_end(b, i)?;
-        let name = &image[i + 1..name_end];
-        if name.contains('\\') {
-            return None;
-        }
-        i = skip_ws(b, name_end + 1);
-        if b.get(i) != Some(&b':') {
-            return None;
-        }
-        let start = skip_ws(b, i + 1);
-        let end = value_end(b, start)?;
-        if let Some(k) = names.iter().position(|n| n == name) {
-            found[k] = Some(serde_json::from_str::<Typed>(&image[start..end]).ok()?.0);
-            // DynamoDB's images name each attribute once: the rest need not be read.
-            if found.iter().all(Option::is_some) {
-                return Some(found);
-            }
-        }
-        i = skip_ws(b, end);
-        match b.get(i)? {
-            b',' => i = skip_ws(b, i + 1),
-            b'}' => return (skip_ws(b, i + 1) == b.len()).then_some(found),
-            _ => return None,
-        }
-    }
-}
-
-fn skip_ws(b: &[u8], mut i: usize) -> usize {
-    while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-        i += 1;
-    }
-    i
-}
-
-/// The position of the quote that closes the string opening at `open`.
-fn string_end(b: &[u8], open: usize) -> Option<usize> {
-    let mut i = open + 1;
-    loop {
-        i += memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
-        if b[i] == b'"' {
-            return Some(i);
-        }
-        i += 2;
-    }
-}
-
-/// The bytes that open or close a string, object or array.
-static STRUCTURAL: [bool; 256] = {
-    let mut t = [false; 256];
-    t[b'"' as usize] = true;
-    t[b'{' as usize] = true;
-    t[b'}' as usize] = true;
-    t[b'[' as usize] = true;
-    t[b']' as usize] = true;
-    t
-};
-
-/// The position just after the value starting at `start`.
-fn value_end(b: &[u8], start: usize) -> Option<usize> {
-    match b.get(start)? {
-        b'"' => string_end(b, start).map(|e| e + 1),
-        b'{' | b'[' => {
-            let mut depth = 0usize;
-            let mut i = start;
-            loop {
-                while !STRUCTURAL[*b.get(i)? as usize] {
-                    i += 1;
-                }
-                match b[i] {
-                    b'"' => i = string_end(b, i)?,
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            return Some(i + 1);
-                        }
-                    }
-                    _ => {}
-                }
-                i += 1;
-            }
-        }
-        _ => {
-            let len = b[start..]
-                .iter()
-                .position(|c| matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
-                .unwrap_or(b.len() - start);
-            Some(start + len)
-        }
     }
 }
 
@@ -900,73 +810,6 @@ impl<'de> Visitor<'de> for ListSeed<'_, '_> {
 }
 
 #[cfg(test)]
-mod scan_tests {
-    use super::{parse_attributes, scan_top_level};
-    use proptest::prelude::*;
-    use serde_json::{Value, json};
-
-    /// Attribute values with strings that hold JSON's structural characters.
-    fn attribute() -> impl Strategy<Value = Value> {
-        let text = prop::sample::select(vec!["x", "}", "]\"", "a\\b", "{[", "é", ""]);
-        let leaf = prop_oneof![
-            text.clone().prop_map(|t| json!({ "S": t })),
-            prop::sample::select(vec!["1", "-1.50", "1E+3", "0.000"])
-                .prop_map(|n| json!({ "N": n })),
-            any::<bool>().prop_map(|b| json!({ "BOOL": b })),
-            Just(json!({"NULL": true})),
-            prop::collection::vec(text, 0..3).prop_map(|v| json!({ "SS": v })),
-        ];
-        leaf.prop_recursive(3, 16, 4, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..4).prop_map(|l| json!({ "L": l })),
-                prop::collection::btree_map(prop::sample::select(vec!["a", "}", "S"]), inner, 0..3)
-                    .prop_map(|m| json!({ "M": m })),
-            ]
-        })
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
-        /// The byte scan finds what the parser finds, in compact and in pretty JSON; it gives up
-        /// (the parser decides) only on names with escapes.
-        #[test]
-        fn the_byte_scan_agrees_with_the_parser(
-            image in prop::collection::btree_map(
-                prop::sample::select(vec!["pk", "type", "a", "q\"x", "é", "{"]), attribute(), 0..6),
-            pretty in any::<bool>(),
-        ) {
-            let text = if pretty {
-                serde_json::to_string_pretty(&image).unwrap()
-            } else {
-                serde_json::to_string(&image).unwrap()
-            };
-            let names: Vec<String> = ["pk", "type", "q\"x", "missing"].map(String::from).to_vec();
-            let parsed = parse_attributes(&text, &names).unwrap();
-            match scan_top_level(&text, &names) {
-                Some(scanned) => prop_assert_eq!(scanned, parsed),
-                None => prop_assert!(image.contains_key("q\"x"), "gave up on {}", text),
-            }
-        }
-    }
-
-    #[test]
-    fn the_byte_scan_leaves_what_is_not_an_object_to_the_parser() {
-        let names = vec!["a".to_string()];
-        // (Text after the object cannot reach it: images arrive validated, as `RawValue`s.)
-        for text in [
-            "[]",
-            "1",
-            r#"{"b":1} x"#,
-            r#"{"a" {"S":"x"}}"#,
-            r#"{"a":1}"#,
-        ] {
-            assert_eq!(scan_top_level(text, &names), None, "{text}");
-        }
-        assert_eq!(scan_top_level(" { } ", &names), Some(vec![None]));
-    }
-}
-
-#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -1145,7 +988,10 @@ mod tests {
     fn captures_top_level_attributes_with_their_type_and_text() {
         let mut out = Vec::new();
         let got = write_document_capturing(
-            r#"{"pk":{"S":"a\"b"},"m":{"M":{"v":{"N":"1"}}},"v":{"N":"7.0"},"b":{"B":"AA=="}}"#,
+            serde_json::from_str(
+                r#"{"pk":{"S":"a\"b"},"m":{"M":{"v":{"N":"1"}}},"v":{"N":"7.0"},"b":{"B":"AA=="}}"#,
+            )
+            .unwrap(),
             &mut out,
             &["v", "pk", "b", "m", "absent"],
         )

@@ -1,0 +1,645 @@
+//! The byte-level fast paths of conversion, for images whose JSON a parse has already
+//! validated (they arrive as `RawValue`s): no tokenizer, no visitor, strings found with `memchr`
+//! and copied as the escaped tokens they are.
+//!
+//! Why beside the serde walk rather than instead of it: the walk is the definition (every rule,
+//! every error with its attribute path); this path covers the DynamoDB JSON that streams and
+//! scans send and gives up (`None`) on anything else, and the caller then runs the walk from
+//! the start. So an image converts the same either way, which `the_fast_path_agrees_with_the_walk`
+//! checks on generated images, odd and broken ones included.
+
+use base64::Engine as _;
+
+use super::{AttributeKind, Captured, check_range, is_json_number};
+use crate::projection::Filter;
+
+/// Converts a validated image like [`super::write_document_projected`]'s walk, appending to
+/// `out`; `None` where the walk must decide (then `out` holds a partial document to cut off).
+/// Gives up on: a name or N/B text with escapes, an S with a `\u` escape (the walk checks it
+/// for lone surrogates), a number outside JSON grammar or DynamoDB's range, invalid base64, an
+/// attribute value that is not exactly one known type tag with a value of its type.
+pub(super) fn transcode(
+    image: &str,
+    out: &mut Vec<u8>,
+    names: &[&str],
+    filter: Filter<'_>,
+) -> Option<Vec<Option<Captured>>> {
+    let mut t = Transcoder {
+        image,
+        b: image.as_bytes(),
+        i: 0,
+        out,
+        scratch: Vec::new(),
+    };
+    let mut captured = vec![None; names.len()];
+    t.ws();
+    t.map(filter, Some((names, &mut captured)))?;
+    t.ws();
+    (t.i == t.b.len()).then_some(captured)
+}
+
+struct Transcoder<'a, 'o> {
+    image: &'a str,
+    b: &'a [u8],
+    i: usize,
+    out: &'o mut Vec<u8>,
+    /// Where base64 text is decoded to check it.
+    scratch: Vec<u8>,
+}
+
+impl<'a> Transcoder<'a, '_> {
+    fn ws(&mut self) {
+        self.i = skip_ws(self.b, self.i);
+    }
+
+    /// Consumes `c` (after whitespace), or gives up.
+    fn expect(&mut self, c: u8) -> Option<()> {
+        self.ws();
+        (self.b.get(self.i) == Some(&c)).then(|| self.i += 1)
+    }
+
+    /// After a member or element: `true` at `,`, `false` at `close`.
+    fn more(&mut self, close: u8) -> Option<bool> {
+        self.ws();
+        let c = *self.b.get(self.i)?;
+        self.i += 1;
+        match c {
+            b',' => Some(true),
+            c if c == close => Some(false),
+            _ => None,
+        }
+    }
+
+    /// `"…"` without escapes: its text (between the quotes).
+    fn plain_string(&mut self) -> Option<&'a str> {
+        let token = self.string_token()?;
+        let text = &token[1..token.len() - 1];
+        (!text.contains('\\')).then_some(text)
+    }
+
+    /// A string token, quotes included, as it stands in the image.
+    fn string_token(&mut self) -> Option<&'a str> {
+        self.ws();
+        if self.b.get(self.i) != Some(&b'"') {
+            return None;
+        }
+        let end = string_end(self.b, self.i)?;
+        let token = &self.image[self.i..=end];
+        self.i = end + 1;
+        Some(token)
+    }
+
+    /// An attribute map (an image or an `M`); at the top level, also the named attributes.
+    fn map(
+        &mut self,
+        filter: Filter<'_>,
+        mut names: Option<(&[&str], &mut Vec<Option<Captured>>)>,
+    ) -> Option<()> {
+        self.expect(b'{')?;
+        self.out.push(b'{');
+        self.ws();
+        if self.b.get(self.i) == Some(&b'}') {
+            self.i += 1;
+            self.out.push(b'}');
+            return Some(());
+        }
+        let mut count = 0usize;
+        loop {
+            let name = self.plain_string()?;
+            self.expect(b':')?;
+            let captured_at = names
+                .as_ref()
+                .and_then(|(names, _)| names.iter().position(|n| *n == name));
+            let child = match filter.child(name) {
+                Some(f) => Some(f),
+                None if captured_at.is_some() => Some(Filter::All),
+                None => None,
+            };
+            match child {
+                None => {
+                    self.ws();
+                    self.i = value_end(self.b, self.i)?;
+                }
+                Some(child) => {
+                    if count > 0 {
+                        self.out.push(b',');
+                    }
+                    count += 1;
+                    // A name without escapes is its own JSON token.
+                    self.out.push(b'"');
+                    self.out.extend_from_slice(name.as_bytes());
+                    self.out.extend_from_slice(b"\":");
+                    let start = self.out.len();
+                    let kind = self.attribute(child)?;
+                    if let (Some(k), Some((_, captured))) = (captured_at, names.as_mut()) {
+                        captured[k] = Some(Captured {
+                            kind,
+                            span: start..self.out.len(),
+                        });
+                    }
+                }
+            }
+            if !self.more(b'}')? {
+                break;
+            }
+        }
+        self.out.push(b'}');
+        Some(())
+    }
+
+    /// `{"<tag>": value}` with exactly one tag.
+    fn attribute(&mut self, filter: Filter<'_>) -> Option<AttributeKind> {
+        self.expect(b'{')?;
+        let tag = self.plain_string()?;
+        self.expect(b':')?;
+        let kind = match tag {
+            "S" => {
+                self.string()?;
+                AttributeKind::S
+            }
+            "N" => {
+                self.number()?;
+                AttributeKind::N
+            }
+            "B" => {
+                self.binary()?;
+                AttributeKind::B
+            }
+            "BOOL" => {
+                let value = self.literal()?;
+                self.out.extend_from_slice(value.as_bytes());
+                AttributeKind::Other
+            }
+            "NULL" => {
+                self.literal()?;
+                self.out.extend_from_slice(b"null");
+                AttributeKind::Other
+            }
+            "M" => {
+                self.map(filter, None)?;
+                AttributeKind::Other
+            }
+            "L" => {
+                self.list(|t| t.attribute(Filter::All).map(|_| ()))?;
+                AttributeKind::Other
+            }
+            "SS" => {
+                self.list(Self::string)?;
+                AttributeKind::Other
+            }
+            "NS" => {
+                self.list(Self::number)?;
+                AttributeKind::Other
+            }
+            "BS" => {
+                self.list(Self::binary)?;
+                AttributeKind::Other
+            }
+            _ => return None,
+        };
+        self.expect(b'}')?;
+        Some(kind)
+    }
+
+    /// `[…]` of elements each written by `element`, comma-separated.
+    fn list(&mut self, mut element: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.expect(b'[')?;
+        self.out.push(b'[');
+        self.ws();
+        if self.b.get(self.i) == Some(&b']') {
+            self.i += 1;
+            self.out.push(b']');
+            return Some(());
+        }
+        loop {
+            element(self)?;
+            if !self.more(b']')? {
+                break;
+            }
+            self.out.push(b',');
+        }
+        self.out.push(b']');
+        Some(())
+    }
+
+    /// An S value: the token as it stands.
+    fn string(&mut self) -> Option<()> {
+        let token = self.string_token()?;
+        if token.contains("\\u") {
+            return None;
+        }
+        self.out.extend_from_slice(token.as_bytes());
+        Some(())
+    }
+
+    /// An N value: its text, already a JSON number within DynamoDB's range.
+    fn number(&mut self) -> Option<()> {
+        let text = self.plain_string()?;
+        if !is_json_number(text) || check_range(text).is_err() {
+            return None;
+        }
+        self.out.extend_from_slice(text.as_bytes());
+        Some(())
+    }
+
+    /// A B value: valid base64, kept as its string token.
+    fn binary(&mut self) -> Option<()> {
+        let text = self.plain_string()?;
+        self.scratch
+            .resize(base64::decoded_len_estimate(text.len()), 0);
+        base64::engine::general_purpose::STANDARD
+            .decode_slice(text, &mut self.scratch)
+            .ok()?;
+        self.out.push(b'"');
+        self.out.extend_from_slice(text.as_bytes());
+        self.out.push(b'"');
+        Some(())
+    }
+
+    /// `true` or `false`.
+    fn literal(&mut self) -> Option<&'static str> {
+        self.ws();
+        let rest = &self.b[self.i..];
+        let value = if rest.starts_with(b"true") {
+            "true"
+        } else if rest.starts_with(b"false") {
+            "false"
+        } else {
+            return None;
+        };
+        self.i += value.len();
+        Some(value)
+    }
+}
+
+/// The fast path of [`find_attributes`]: a byte scan over the top level of an image that the
+/// record's parse has already validated (it arrives as a `RawValue`), skipping every value but
+/// the named ones without parsing it. Serde's `IgnoredAny` still decodes each skipped string and
+/// number, which made routing on `NEW_AND_OLD_IMAGES` cost a fifth more than conversion alone.
+/// It stops once every name is found: DynamoDB's images name each attribute once.
+/// `None` (use the parser) for anything unusual: a name with escapes, a value that is not an
+/// attribute value, text that is not a JSON object.
+pub(super) fn scan_top_level(image: &str, names: &[String]) -> Option<Vec<Option<Option<String>>>> {
+    let b = image.as_bytes();
+    let mut found = vec![None; names.len()];
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(b, i + 1);
+    if b.get(i) == Some(&b'}') {
+        return (skip_ws(b, i + 1) == b.len()).then_some(found);
+    }
+    loop {
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let name_end = string_end(b, i)?;
+        let name = &image[i + 1..name_end];
+        if name.contains('\\') {
+            return None;
+        }
+        i = skip_ws(b, name_end + 1);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        let start = skip_ws(b, i + 1);
+        let end = value_end(b, start)?;
+        if let Some(k) = names.iter().position(|n| n == name) {
+            found[k] = Some(
+                serde_json::from_str::<super::Typed>(&image[start..end])
+                    .ok()?
+                    .0,
+            );
+            // DynamoDB's images name each attribute once: the rest need not be read.
+            if found.iter().all(Option::is_some) {
+                return Some(found);
+            }
+        }
+        i = skip_ws(b, end);
+        match b.get(i)? {
+            b',' => i = skip_ws(b, i + 1),
+            b'}' => return (skip_ws(b, i + 1) == b.len()).then_some(found),
+            _ => return None,
+        }
+    }
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        i += 1;
+    }
+    i
+}
+
+/// The position of the quote that closes the string opening at `open`.
+fn string_end(b: &[u8], open: usize) -> Option<usize> {
+    let mut i = open + 1;
+    loop {
+        i += memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
+        if b[i] == b'"' {
+            return Some(i);
+        }
+        i += 2;
+    }
+}
+
+/// The bytes that open or close a string, object or array.
+static STRUCTURAL: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'"' as usize] = true;
+    t[b'{' as usize] = true;
+    t[b'}' as usize] = true;
+    t[b'[' as usize] = true;
+    t[b']' as usize] = true;
+    t
+};
+
+/// The position just after the value starting at `start`.
+fn value_end(b: &[u8], start: usize) -> Option<usize> {
+    match b.get(start)? {
+        b'"' => string_end(b, start).map(|e| e + 1),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = start;
+            loop {
+                while !STRUCTURAL[*b.get(i)? as usize] {
+                    i += 1;
+                }
+                match b[i] {
+                    b'"' => i = string_end(b, i)?,
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+        }
+        _ => {
+            let len = b[start..]
+                .iter()
+                .position(|c| matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                .unwrap_or(b.len() - start);
+            Some(start + len)
+        }
+    }
+}
+
+#[cfg(test)]
+mod scan_tests {
+    use super::super::parse_attributes;
+    use super::scan_top_level;
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    /// Attribute values with strings that hold JSON's structural characters.
+    fn attribute() -> impl Strategy<Value = Value> {
+        let text = prop::sample::select(vec!["x", "}", "]\"", "a\\b", "{[", "é", ""]);
+        let leaf = prop_oneof![
+            text.clone().prop_map(|t| json!({ "S": t })),
+            prop::sample::select(vec!["1", "-1.50", "1E+3", "0.000"])
+                .prop_map(|n| json!({ "N": n })),
+            any::<bool>().prop_map(|b| json!({ "BOOL": b })),
+            Just(json!({"NULL": true})),
+            prop::collection::vec(text, 0..3).prop_map(|v| json!({ "SS": v })),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(|l| json!({ "L": l })),
+                prop::collection::btree_map(prop::sample::select(vec!["a", "}", "S"]), inner, 0..3)
+                    .prop_map(|m| json!({ "M": m })),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+        /// The byte scan finds what the parser finds, in compact and in pretty JSON; it gives up
+        /// (the parser decides) only on names with escapes.
+        #[test]
+        fn the_byte_scan_agrees_with_the_parser(
+            image in prop::collection::btree_map(
+                prop::sample::select(vec!["pk", "type", "a", "q\"x", "é", "{"]), attribute(), 0..6),
+            pretty in any::<bool>(),
+        ) {
+            let text = if pretty {
+                serde_json::to_string_pretty(&image).unwrap()
+            } else {
+                serde_json::to_string(&image).unwrap()
+            };
+            let names: Vec<String> = ["pk", "type", "q\"x", "missing"].map(String::from).to_vec();
+            let parsed = parse_attributes(&text, &names).unwrap();
+            match scan_top_level(&text, &names) {
+                Some(scanned) => prop_assert_eq!(scanned, parsed),
+                None => prop_assert!(image.contains_key("q\"x"), "gave up on {}", text),
+            }
+        }
+    }
+
+    #[test]
+    fn the_byte_scan_leaves_what_is_not_an_object_to_the_parser() {
+        let names = vec!["a".to_string()];
+        // (Text after the object cannot reach it: images arrive validated, as `RawValue`s.)
+        for text in [
+            "[]",
+            "1",
+            r#"{"b":1} x"#,
+            r#"{"a" {"S":"x"}}"#,
+            r#"{"a":1}"#,
+        ] {
+            assert_eq!(scan_top_level(text, &names), None, "{text}");
+        }
+        assert_eq!(scan_top_level(" { } ", &names), Some(vec![None]));
+    }
+}
+
+#[cfg(test)]
+mod transcode_tests {
+    use super::transcode;
+    use crate::convert::walk;
+    use crate::projection::Projection;
+    use proptest::prelude::*;
+
+    /// JSON text of attribute values, well-formed and not: wrong types, escapes, numbers outside
+    /// JSON grammar or DynamoDB's range, bad base64, missing, unknown and doubled tags.
+    fn attribute() -> impl Strategy<Value = String> {
+        let strings = prop::sample::select(vec![
+            r#""x""#,
+            r#""}""#,
+            r#""a\\b""#,
+            r#""\u00e9""#,
+            r#""\ud800""#,
+            r#""\n\"q\"""#,
+            r#""é""#,
+            r#""""#,
+            "1",
+            "null",
+        ]);
+        let numbers = prop::sample::select(vec![
+            r#""1""#,
+            r#""-1.50""#,
+            r#""1E+3""#,
+            r#""0.000""#,
+            r#""+5""#,
+            r#"".5""#,
+            r#""007""#,
+            r#""1e""#,
+            r#""abc""#,
+            r#""1E+126""#,
+            r#""1E-131""#,
+            r#""123456789012345678901234567890123456789""#,
+            r#""\u0031""#,
+            "5",
+        ]);
+        let binaries = prop::sample::select(vec![
+            r#""AA==""#,
+            r#""iVBORw0K""#,
+            r#""AAA""#,
+            r#""AB==""#,
+            r#""A===""#,
+            r#""""#,
+            r#""A\/8=""#,
+            "1",
+        ]);
+        let literals = prop::sample::select(vec!["true", "false", r#""true""#, "null", "1"]);
+        let set = |inner: BoxedStrategy<&'static str>| {
+            prop_oneof![
+                4 => prop::collection::vec(inner, 0..4).prop_map(|v| format!("[{}]", v.join(","))),
+                1 => Just(r#""x""#.to_string()),
+            ]
+        };
+        let leaf = prop_oneof![
+            strings.clone().prop_map(|s| format!(r#"{{"S":{s}}}"#)),
+            numbers.clone().prop_map(|n| format!(r#"{{"N":{n}}}"#)),
+            binaries.clone().prop_map(|b| format!(r#"{{"B":{b}}}"#)),
+            literals.clone().prop_map(|l| format!(r#"{{"BOOL":{l}}}"#)),
+            literals.prop_map(|l| format!(r#"{{"NULL":{l}}}"#)),
+            set(strings.boxed()).prop_map(|s| format!(r#"{{"SS":{s}}}"#)),
+            set(numbers.boxed()).prop_map(|s| format!(r#"{{"NS":{s}}}"#)),
+            set(binaries.boxed()).prop_map(|s| format!(r#"{{"BS":{s}}}"#)),
+            prop::sample::select(vec![
+                "{}",
+                r#"{"X":1}"#,
+                r#"{"S":"a","N":"1"}"#,
+                r#"{"S":"a","S":"b"}"#,
+                r#""x""#,
+                "[1]",
+                r#"{"\u0053":"x"}"#,
+            ])
+            .prop_map(String::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|l| format!(r#"{{"L":[{}]}}"#, l.join(","))),
+                object(inner).prop_map(|m| format!(r#"{{"M":{m}}}"#)),
+            ]
+        })
+    }
+
+    /// An attribute map with names that need escapes, an escaped plain name and repeats.
+    fn object(values: impl Strategy<Value = String>) -> impl Strategy<Value = String> {
+        let name = prop::sample::select(vec![
+            r#""pk""#,
+            r#""a""#,
+            r#""m""#,
+            r#""x""#,
+            r#""q\"x""#,
+            r#""\u0070k""#,
+            r#""é""#,
+            r#""}""#,
+        ]);
+        prop::collection::vec((name, values), 0..6).prop_map(|members| {
+            let members: Vec<String> = members.iter().map(|(n, v)| format!("{n}:{v}")).collect();
+            format!("{{{}}}", members.join(","))
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, failure_persistence: None, ..ProptestConfig::default() })]
+        /// Where the fast path converts an image, the walk converts it to the same bytes with the
+        /// same captures; where the walk fails, the fast path gives up. With and without
+        /// projections, compact and spaced out.
+        #[test]
+        fn the_fast_path_agrees_with_the_walk(
+            image in object(attribute()),
+            spaced in any::<bool>(),
+            projection in prop::sample::select(vec![(None, None), (Some("a,m.x"), None), (None, Some("pk,m.a"))]),
+        ) {
+            let image = if spaced { space_out(&image) } else { image };
+            let projection = Projection::parse(projection.0, projection.1).unwrap();
+            let names = ["pk", "q\"x", "a", "missing"];
+            let mut walked = b"prefix".to_vec();
+            let walk_result = walk(&image, &mut walked, &names, projection.filter());
+            let mut fast = b"prefix".to_vec();
+            if let Some(captured) = transcode(&image, &mut fast, &names, projection.filter()) {
+                prop_assert_eq!(walk_result, Ok(captured), "{}", image);
+                prop_assert_eq!(String::from_utf8(fast).unwrap(), String::from_utf8(walked).unwrap());
+            }
+        }
+    }
+
+    /// The same JSON with whitespace around every structural character outside strings.
+    fn space_out(text: &str) -> String {
+        let mut out = String::new();
+        let (mut in_string, mut escaped) = (false, false);
+        for c in text.chars() {
+            if in_string {
+                out.push(c);
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' => escaped = true,
+                    '"' => in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match c {
+                '"' => {
+                    in_string = true;
+                    out.push(c);
+                }
+                '{' | '}' | '[' | ']' | ':' | ',' => {
+                    out.push_str(" \n");
+                    out.push(c);
+                    out.push_str("\t ");
+                }
+                _ => out.push(c),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_typical_stream_image_takes_the_fast_path() {
+        let image = r#"{"pk":{"S":"customer#1"},"sk":{"N":"1"},"name":{"S":"Zoë \"Z\""},"balance":{"N":"1234567890123456789.000001"},"active":{"BOOL":true},"gone":{"NULL":true},"avatar":{"B":"iVBORw0KGgo="},"tags":{"SS":["a","b"]},"lucky":{"NS":["7","-1E+3"]},"blobs":{"BS":["AA=="]},"address":{"M":{"city":{"S":"Zürich"},"geo":{"M":{"lat":{"N":"47.37"}}}}},"orders":{"L":[{"M":{"id":{"S":"o-1"}}},{"N":"5E+2"}]}}"#;
+        let mut out = Vec::new();
+        let captured = transcode(
+            image,
+            &mut out,
+            &["sk", "pk"],
+            crate::projection::Filter::All,
+        )
+        .expect("the fast path covers what streams send");
+        let mut walked = Vec::new();
+        assert_eq!(
+            walk(
+                image,
+                &mut walked,
+                &["sk", "pk"],
+                crate::projection::Filter::All
+            ),
+            Ok(captured)
+        );
+        assert_eq!(out, walked);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"pk":"customer#1","sk":1,"name":"Zoë \"Z\"","balance":1234567890123456789.000001,"active":true,"gone":null,"avatar":"iVBORw0KGgo=","tags":["a","b"],"lucky":[7,-1E+3],"blobs":["AA=="],"address":{"city":"Zürich","geo":{"lat":47.37}},"orders":[{"id":"o-1"},5E+2]}"#
+        );
+    }
+}
