@@ -32,7 +32,7 @@ pub fn pack(
     let mut buf: Vec<u8> = Vec::new();
     let mut members = Vec::new();
     let mut index: Option<&std::sync::Arc<str>> = None;
-    for &i in pending {
+    for (position, &i) in pending.iter().enumerate() {
         let lines = &changes[i].lines;
         if let Some(current) = index
             && (buf.len() + lines.len() > max_bytes
@@ -47,7 +47,13 @@ pub fn pack(
         }
         index = Some(&changes[i].index);
         if buf.capacity() == 0 {
-            buf.reserve(max_bytes.min(lines.len() * 16));
+            buf.reserve(body_size(
+                changes,
+                pending,
+                position,
+                max_bytes,
+                max_actions,
+            ));
         }
         buf.extend_from_slice(lines);
         members.push(i);
@@ -62,6 +68,27 @@ pub fn pack(
         });
     }
     bodies
+}
+
+/// The bytes of the body that starts at `pending[from]`, so it is allocated once (bodies are
+/// megabytes; growing one by doubling copies it over and over).
+fn body_size(
+    changes: &[Change],
+    pending: &[usize],
+    from: usize,
+    max_bytes: usize,
+    max_actions: usize,
+) -> usize {
+    let first = &changes[pending[from]];
+    let mut size = 0;
+    for &i in pending[from..].iter().take(max_actions) {
+        let change = &changes[i];
+        if change.index != first.index || (size > 0 && size + change.lines.len() > max_bytes) {
+            break;
+        }
+        size += change.lines.len();
+    }
+    size
 }
 
 /// What happened to one action.

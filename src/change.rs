@@ -488,10 +488,21 @@ fn to_changes(
                     "{event_name} record has no NewImage: the stream view type ({view}) must be NEW_IMAGE or NEW_AND_OLD_IMAGES"
                 )
             })?;
-            // The document is written first and the action line put in front of it once the
-            // version is known (it may come from the document): one buffer, one small move.
+            // One buffer: the action line, then the document. A version from the stream (or a
+            // fixed one) is known now and its action line goes first; one read from the
+            // document's version attribute is put in front of it afterwards (one small move).
+            // The stream time's error, if any, is still reported where the version is read.
+            let early_version = match versions {
+                VersionSource::StreamTime => Some(stream_version()),
+                VersionSource::Fixed(v) => Some(Ok(*v)),
+                VersionSource::Attribute(_) => None,
+            };
             let raw_len = id.raw.as_ref().map_or(0, |r| r.len() + 32);
             let mut doc = Vec::with_capacity(image.get().len() + raw_len + ACTION_LINE_ROOM);
+            if let Some(Ok(v)) = early_version {
+                write_action(&mut doc, "index", &id.id, Some(v), versions.version_type());
+            }
+            let doc_start = doc.len();
             let captured =
                 convert::write_document_projected(image, &mut doc, &names, projection.filter())
                     .map_err(|e| format!("NewImage: {e}"))?;
@@ -503,11 +514,13 @@ fn to_changes(
                     found(&captured, &route_attrs[i]).map(|c| captured_text(&c, &doc))
                 })
             };
-            version = Some(match versions {
-                VersionSource::StreamTime => stream_version()?,
-                VersionSource::Fixed(v) => *v,
-                VersionSource::Attribute(name) => {
+            version = Some(match (versions, early_version) {
+                (_, Some(early)) => early?,
+                (VersionSource::Attribute(name), None) => {
                     attribute_version(name, found(&captured, name).map(|c| &doc[c.span]))?
+                }
+                (VersionSource::StreamTime | VersionSource::Fixed(_), None) => {
+                    unreachable!("stream and fixed versions are read before the document")
                 }
             });
             if let Some(name) = metadata.names().find(|n| found(&captured, n).is_some()) {
@@ -537,7 +550,7 @@ fn to_changes(
                 }
                 // Keep the full key beside a hashed id, so the document can be found by its key.
                 doc.pop();
-                if doc.len() > 1 {
+                if doc.last() != Some(&b'{') {
                     doc.push(b',');
                 }
                 convert::write_json_str(&mut doc, RAW_KEY_FIELD);
@@ -546,15 +559,17 @@ fn to_changes(
                 doc.push(b'}');
             }
             doc.push(b'\n');
-            let mut action = Vec::with_capacity(ACTION_LINE_ROOM);
-            write_action(
-                &mut action,
-                "index",
-                &id.id,
-                version,
-                versions.version_type(),
-            );
-            doc.splice(0..0, action);
+            if doc_start == 0 {
+                let mut action = Vec::with_capacity(ACTION_LINE_ROOM);
+                write_action(
+                    &mut action,
+                    "index",
+                    &id.id,
+                    version,
+                    versions.version_type(),
+                );
+                doc.splice(0..0, action);
+            }
             lines = doc;
         }
         "REMOVE" => {

@@ -83,9 +83,11 @@ impl Metadata {
         if self.fields.is_empty() {
             return;
         }
+        // `doc` may hold the action line before the document: a member follows another unless
+        // the object is still empty (only `{` left once its `}` is taken off).
         doc.pop();
         for (field, name) in &self.fields {
-            if doc.len() > 1 {
+            if doc.last() != Some(&b'{') {
                 doc.push(b',');
             }
             write_json_str(doc, name);

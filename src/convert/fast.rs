@@ -72,21 +72,21 @@ impl<'a> Transcoder<'a, '_> {
 
     /// `"…"` without escapes: its text (between the quotes).
     fn plain_string(&mut self) -> Option<&'a str> {
-        let token = self.string_token()?;
-        let text = &token[1..token.len() - 1];
-        (!text.contains('\\')).then_some(text)
+        let (token, escaped) = self.string_token()?;
+        (!escaped).then(|| &token[1..token.len() - 1])
     }
 
-    /// A string token, quotes included, as it stands in the image.
-    fn string_token(&mut self) -> Option<&'a str> {
+    /// A string token, quotes included, as it stands in the image; and whether it holds an
+    /// escape.
+    fn string_token(&mut self) -> Option<(&'a str, bool)> {
         self.ws();
         if self.b.get(self.i) != Some(&b'"') {
             return None;
         }
-        let end = string_end(self.b, self.i)?;
+        let (end, escaped) = string_end_escaped(self.b, self.i)?;
         let token = &self.image[self.i..=end];
         self.i = end + 1;
-        Some(token)
+        Some((token, escaped))
     }
 
     /// An attribute map (an image or an `M`); at the top level, also the named attributes.
@@ -224,8 +224,8 @@ impl<'a> Transcoder<'a, '_> {
 
     /// An S value: the token as it stands.
     fn string(&mut self) -> Option<()> {
-        let token = self.string_token()?;
-        if token.contains("\\u") {
+        let (token, escaped) = self.string_token()?;
+        if escaped && token.contains("\\u") {
             return None;
         }
         self.out.extend_from_slice(token.as_bytes());
@@ -235,7 +235,11 @@ impl<'a> Transcoder<'a, '_> {
     /// An N value: its text, already a JSON number within DynamoDB's range.
     fn number(&mut self) -> Option<()> {
         let text = self.plain_string()?;
-        if !is_json_number(text) || check_range(text).is_err() {
+        // Without an exponent, text of at most 38 characters holds at most 38 digits and a
+        // magnitude from 1E-37 to below 1E+38: within DynamoDB's range without counting.
+        let short = text.len() <= super::MAX_SIGNIFICANT_DIGITS
+            && !text.bytes().any(|c| c == b'e' || c == b'E');
+        if !is_json_number(text) || (!short && check_range(text).is_err()) {
             return None;
         }
         self.out.extend_from_slice(text.as_bytes());
@@ -334,12 +338,33 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 
 /// The position of the quote that closes the string opening at `open`.
 fn string_end(b: &[u8], open: usize) -> Option<usize> {
+    string_end_escaped(b, open).map(|(end, _)| end)
+}
+
+/// [`string_end`], and whether the string holds an escape. Most strings of an image are short
+/// (type tags, names, numbers): the first bytes are looked at one by one, which costs less than
+/// setting up `memchr` for them; longer strings go to `memchr`.
+fn string_end_escaped(b: &[u8], open: usize) -> Option<(usize, bool)> {
+    const SHORT: usize = 16;
     let mut i = open + 1;
+    let mut escaped = false;
+    let short_end = (i + SHORT).min(b.len());
+    while i < short_end {
+        match b[i] {
+            b'"' => return Some((i, escaped)),
+            b'\\' => {
+                escaped = true;
+                i += 2;
+            }
+            _ => i += 1,
+        }
+    }
     loop {
         i += memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
         if b[i] == b'"' {
-            return Some(i);
+            return Some((i, escaped));
         }
+        escaped = true;
         i += 2;
     }
 }
