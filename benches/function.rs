@@ -106,6 +106,18 @@ async fn main() {
         let pid = child.id().unwrap();
         // Warm-up: the index is created, connections opened.
         invoke_ok(&api, &batch(0, 100, old_image)).await;
+        // The fixed cost of an invocation: one-record batches.
+        let singles: Vec<String> = (0..500).map(|b| batch(50_000 + b, 1, old_image)).collect();
+        let (cpu0, _) = usage(pid);
+        for p in &singles {
+            invoke_ok(&api, p).await;
+        }
+        let (cpu1, _) = usage(pid);
+        println!(
+            "{view}: one-record batches: {:.2} CPU-ms per invocation ({} invocations)",
+            (cpu1 - cpu0) * 1000.0 / singles.len() as f64,
+            singles.len()
+        );
         let (records, per) = (10_000, 100);
         let payloads: Vec<String> = (0..records / per)
             .map(|b| batch(100 + b * per, per, old_image))
