@@ -1,26 +1,118 @@
-//! AWS SDK configuration shared by the runner, the backfill and the demo.
+//! AWS SDK configuration shared by the runner, the backfill, verify and the demo.
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 
-/// Loads the default AWS configuration. With `endpoint` (a local DynamoDB such as moto or
-/// DynamoDB Local) requests go there, and when no credentials are configured, placeholder ones
-/// are used, which local servers accept.
+/// The SDK's standard endpoint variables for the services the tools call. The SDK itself sends
+/// requests where they point; they are read here only to tell that a local server is meant.
+const ENDPOINT_VARIABLES: [&str; 4] = [
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_DYNAMODB",
+    "AWS_ENDPOINT_URL_DYNAMODB_STREAMS",
+    "AWS_ENDPOINT_URL_S3",
+];
+
+/// Loads the default AWS configuration. With `endpoint` (`--endpoint-url`, a local DynamoDB such
+/// as moto or DynamoDB Local) requests go there. The SDK's standard variables
+/// (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_DYNAMODB`, ...) are honoured as the SDK honours them.
+/// When a local server is meant (an `endpoint`, or a standard variable naming a loopback
+/// address) and no credentials or region are configured, placeholders are used, which local
+/// servers accept.
 pub async fn sdk_config(endpoint: Option<&str>) -> SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
     if let Some(url) = endpoint {
         loader = loader.endpoint_url(url);
-        if std::env::var_os("AWS_ACCESS_KEY_ID").is_none()
-            && std::env::var_os("AWS_PROFILE").is_none()
-        {
-            loader = loader.credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-                "local", "local", None, None, "local",
-            ));
-        }
-        if std::env::var_os("AWS_REGION").is_none()
-            && std::env::var_os("AWS_DEFAULT_REGION").is_none()
-        {
-            loader = loader.region(Region::new("us-east-1"));
-        }
+    }
+    let (credentials, region) = placeholders(endpoint, |k| std::env::var(k).ok());
+    if credentials {
+        loader = loader.credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "local", "local", None, None, "local",
+        ));
+    }
+    if region {
+        loader = loader.region(Region::new("us-east-1"));
     }
     loader.load().await
+}
+
+/// Whether placeholder (credentials, region) are wanted, from `--endpoint-url` and the
+/// environment. A standard variable counts only with a loopback address: one naming a real
+/// endpoint (a VPC endpoint, say) must get the real credentials chain.
+fn placeholders(endpoint: Option<&str>, env: impl Fn(&str) -> Option<String>) -> (bool, bool) {
+    let set = |k: &str| env(k).is_some_and(|v| !v.is_empty());
+    let ignored =
+        env("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let local = endpoint.is_some()
+        || (!ignored
+            && ENDPOINT_VARIABLES.iter().any(|k| {
+                env(k)
+                    .and_then(|v| url::Url::parse(&v).ok())
+                    .is_some_and(|u| crate::config::is_loopback(&u))
+            }));
+    (
+        local && !set("AWS_ACCESS_KEY_ID") && !set("AWS_PROFILE"),
+        local && !set("AWS_REGION") && !set("AWS_DEFAULT_REGION"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::placeholders;
+
+    fn with(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn a_loopback_endpoint_variable_means_a_local_server() {
+        let local = "http://127.0.0.1:8000";
+        assert_eq!(placeholders(None, with(&[])), (false, false));
+        assert_eq!(placeholders(Some(local), with(&[])), (true, true));
+        for var in [
+            "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_DYNAMODB",
+            "AWS_ENDPOINT_URL_S3",
+        ] {
+            assert_eq!(
+                placeholders(None, with(&[(var, local)])),
+                (true, true),
+                "{var}"
+            );
+            assert_eq!(
+                placeholders(None, with(&[(var, "http://localhost:4566")])),
+                (true, true)
+            );
+        }
+        // A real endpoint keeps the real chain.
+        let vpc = "https://vpce-1.dynamodb.eu-west-1.vpce.amazonaws.com";
+        assert_eq!(
+            placeholders(None, with(&[("AWS_ENDPOINT_URL", vpc)])),
+            (false, false)
+        );
+        // Configured credentials and region are kept; an ignored variable means nothing.
+        assert_eq!(
+            placeholders(
+                None,
+                with(&[
+                    ("AWS_ENDPOINT_URL", local),
+                    ("AWS_PROFILE", "dev"),
+                    ("AWS_REGION", "eu-west-1")
+                ])
+            ),
+            (false, false)
+        );
+        assert_eq!(
+            placeholders(
+                None,
+                with(&[
+                    ("AWS_ENDPOINT_URL", local),
+                    ("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true")
+                ])
+            ),
+            (false, false)
+        );
+    }
 }

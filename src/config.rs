@@ -265,7 +265,7 @@ impl Config {
 }
 
 /// `localhost`, 127.0.0.0/8 or ::1: plain HTTP there never leaves the machine.
-fn is_loopback(url: &Url) -> bool {
+pub(crate) fn is_loopback(url: &Url) -> bool {
     match url.host() {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),

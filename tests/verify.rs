@@ -311,6 +311,46 @@ async fn documents_with_hashed_ids_are_traced_to_their_items() {
     assert!(found.examples[0].id.starts_with("\\#"), "{found:?}");
 }
 
+/// The SDK's standard `AWS_ENDPOINT_URL` is enough to reach a local server: no flag, and no
+/// credentials or region configured (placeholders, as with `--endpoint-url`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standard_endpoint_variable_reaches_a_local_server_without_flags() {
+    let items: Vec<Item> = (0..5).map(|i| item(i, "v")).collect();
+    let Fixture { table, index, .. } = fixture_with("venv", &items).await;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_verify"));
+    cmd.args(["--table", &table, "--segments", "1", "--quiet"])
+        .env("OPENSEARCH_URL", opensearch_url())
+        .env("OPENSEARCH_INDEX", &index)
+        .env("AWS_ENDPOINT_URL", dynamodb_url())
+        .env("AWS_CONFIG_FILE", "/nonexistent/config")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("ROUTES");
+    for var in [
+        "DYNAMODB_ENDPOINT",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+    ] {
+        cmd.env_remove(var);
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("items 5 documents 5 missing 0 different 0 extra 0"),
+        "{stdout}"
+    );
+}
+
 /// A cluster that refuses the `_shard_doc` sort (it came with point-in-time search in newer
 /// versions) is walked in `_id` order instead, and finds the same drift.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
