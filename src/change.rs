@@ -499,10 +499,13 @@ fn to_changes(
             };
             let raw_len = id.raw.as_ref().map_or(0, |r| r.len() + 32);
             let mut doc = Vec::with_capacity(image.get().len() + raw_len + ACTION_LINE_ROOM);
-            if let Some(Ok(v)) = early_version {
-                write_action(&mut doc, "index", &id.id, Some(v), versions.version_type());
-            }
-            let doc_start = doc.len();
+            let action_first = match early_version {
+                Some(Ok(v)) => {
+                    write_action(&mut doc, "index", &id.id, Some(v), versions.version_type());
+                    true
+                }
+                _ => false,
+            };
             let captured =
                 convert::write_document_projected(image, &mut doc, &names, projection.filter())
                     .map_err(|e| format!("NewImage: {e}"))?;
@@ -559,7 +562,7 @@ fn to_changes(
                 doc.push(b'}');
             }
             doc.push(b'\n');
-            if doc_start == 0 {
+            if !action_first {
                 let mut action = Vec::with_capacity(ACTION_LINE_ROOM);
                 write_action(
                     &mut action,
