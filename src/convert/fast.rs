@@ -58,6 +58,20 @@ impl<'a> Transcoder<'a, '_> {
         (self.b.get(self.i) == Some(&c)).then(|| self.i += 1)
     }
 
+    /// Consumes and writes `open`; `true` if the object or array is empty (its `close` is then
+    /// consumed and written too).
+    fn open(&mut self, open: u8, close: u8) -> Option<bool> {
+        self.expect(open)?;
+        self.out.push(open);
+        self.ws();
+        let empty = self.b.get(self.i) == Some(&close);
+        if empty {
+            self.i += 1;
+            self.out.push(close);
+        }
+        Some(empty)
+    }
+
     /// After a member or element: `true` at `,`, `false` at `close`.
     fn more(&mut self, close: u8) -> Option<bool> {
         self.ws();
@@ -95,12 +109,7 @@ impl<'a> Transcoder<'a, '_> {
         filter: Filter<'_>,
         mut names: Option<(&[&str], &mut Vec<Option<Captured>>)>,
     ) -> Option<()> {
-        self.expect(b'{')?;
-        self.out.push(b'{');
-        self.ws();
-        if self.b.get(self.i) == Some(&b'}') {
-            self.i += 1;
-            self.out.push(b'}');
+        if self.open(b'{', b'}')? {
             return Some(());
         }
         let mut count = 0usize;
@@ -203,12 +212,7 @@ impl<'a> Transcoder<'a, '_> {
 
     /// `[…]` of elements each written by `element`, comma-separated.
     fn list(&mut self, mut element: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
-        self.expect(b'[')?;
-        self.out.push(b'[');
-        self.ws();
-        if self.b.get(self.i) == Some(&b']') {
-            self.i += 1;
-            self.out.push(b']');
+        if self.open(b'[', b']')? {
             return Some(());
         }
         loop {
