@@ -553,11 +553,7 @@ fn to_changes(
                 }
                 // Keep the full key beside a hashed id, so the document can be found by its key.
                 doc.pop();
-                if doc.last() != Some(&b'{') {
-                    doc.push(b',');
-                }
-                convert::write_json_str(&mut doc, RAW_KEY_FIELD);
-                doc.push(b':');
+                convert::write_member_name(&mut doc, RAW_KEY_FIELD);
                 convert::write_json_str(&mut doc, raw);
                 doc.push(b'}');
             }

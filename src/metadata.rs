@@ -4,7 +4,7 @@
 //! `sequence_number`, `event_id`, each under `METADATA_PREFIX` (default `ddb_`).
 
 use crate::config::ConfigError;
-use crate::convert::write_json_str;
+use crate::convert::{write_json_str, write_member_name};
 
 /// The configured fields; [`Metadata::default`] writes none.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -83,15 +83,9 @@ impl Metadata {
         if self.fields.is_empty() {
             return;
         }
-        // `doc` may hold the action line before the document: a member follows another unless
-        // the object is still empty (only `{` left once its `}` is taken off).
         doc.pop();
         for (field, name) in &self.fields {
-            if doc.last() != Some(&b'{') {
-                doc.push(b',');
-            }
-            write_json_str(doc, name);
-            doc.push(b':');
+            write_member_name(doc, name);
             let text = match field {
                 Field::Table => facts.table,
                 Field::EventName => Some(facts.event_name),

@@ -527,6 +527,17 @@ pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
     }
 }
 
+/// Starts member `name` of an object whose closing `}` has been taken off (to add fields to a
+/// written document): `"name":`, after a comma unless the object is still empty. The buffer may
+/// hold an action line before the document; only the object's own last byte is looked at.
+pub fn write_member_name(out: &mut Vec<u8>, name: &str) {
+    if out.last() != Some(&b'{') {
+        out.push(b',');
+    }
+    write_json_str(out, name);
+    out.push(b':');
+}
+
 /// Attribute name → value map (an item image or an `M`).
 struct ItemSeed<'o, 'v, 'p> {
     sink: &'o mut Sink<'v>,
