@@ -116,17 +116,25 @@ fn set(ids: &[String]) -> BTreeSet<String> {
     ids.iter().cloned().collect()
 }
 
-/// Runs the `verify` binary as a user would; returns its exit code and stdout.
+/// Runs the `verify` binary as a user would; returns its exit code, stdout and stderr.
 fn verify_command(index: &str, table: &str, extra: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_verify"))
-        .args(["--table", table, "--segments", "2", "--quiet"])
+    run(verify_process(index, table, extra))
+}
+
+/// The `verify` binary's command line and environment for `index` and `table`.
+fn verify_process(index: &str, table: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_verify"));
+    cmd.args(["--table", table, "--segments", "2", "--quiet"])
         .args(extra)
         .env("OPENSEARCH_URL", opensearch_url())
         .env("OPENSEARCH_INDEX", index)
         .env("DYNAMODB_ENDPOINT", dynamodb_url())
-        .env_remove("ROUTES")
-        .output()
-        .unwrap();
+        .env_remove("ROUTES");
+    cmd
+}
+
+fn run(mut cmd: Command) -> (i32, String, String) {
+    let out = cmd.output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8(out.stdout).unwrap(),
@@ -317,15 +325,11 @@ async fn documents_with_hashed_ids_are_traced_to_their_items() {
 async fn the_standard_endpoint_variable_reaches_a_local_server_without_flags() {
     let items: Vec<Item> = (0..5).map(|i| item(i, "v")).collect();
     let Fixture { table, index, .. } = fixture_with("venv", &items).await;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_verify"));
-    cmd.args(["--table", &table, "--segments", "1", "--quiet"])
-        .env("OPENSEARCH_URL", opensearch_url())
-        .env("OPENSEARCH_INDEX", &index)
-        .env("AWS_ENDPOINT_URL", dynamodb_url())
+    let mut cmd = verify_process(&index, &table, &[]);
+    cmd.env("AWS_ENDPOINT_URL", dynamodb_url())
         .env("AWS_CONFIG_FILE", "/nonexistent/config")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env_remove("ROUTES");
+        .env("AWS_EC2_METADATA_DISABLED", "true");
     for var in [
         "DYNAMODB_ENDPOINT",
         "AWS_ACCESS_KEY_ID",
@@ -337,14 +341,8 @@ async fn the_standard_endpoint_variable_reaches_a_local_server_without_flags() {
     ] {
         cmd.env_remove(var);
     }
-    let out = cmd.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, stdout, stderr) = run(cmd);
+    assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(
         stdout.contains("items 5 documents 5 missing 0 different 0 extra 0"),
         "{stdout}"
