@@ -34,20 +34,36 @@ pub async fn sdk_config(endpoint: Option<&str>) -> SdkConfig {
     loader.load().await
 }
 
-/// Whether placeholder (credentials, region) are wanted, from `--endpoint-url` and the
-/// environment. A standard variable counts only with a loopback address: one naming a real
-/// endpoint (a VPC endpoint, say) must get the real credentials chain.
-fn placeholders(endpoint: Option<&str>, env: impl Fn(&str) -> Option<String>) -> (bool, bool) {
-    let set = |k: &str| env(k).is_some_and(|v| !v.is_empty());
+/// An S3 client (reading exports). Local servers (moto, MinIO) answer path-style requests
+/// (`http://host/bucket/key`), not virtual-hosted ones (`http://bucket.host/key`).
+pub fn s3_client(sdk: &SdkConfig, endpoint: Option<&str>) -> aws_sdk_s3::Client {
+    let local = is_local(endpoint, |k| std::env::var(k).ok());
+    let config = aws_sdk_s3::config::Builder::from(sdk)
+        .force_path_style(local)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+/// Whether a local server is meant: `--endpoint-url`, or a standard variable with a loopback
+/// address. One naming a real endpoint (a VPC endpoint, say) is not local.
+fn is_local(endpoint: Option<&str>, env: impl Fn(&str) -> Option<String>) -> bool {
     let ignored =
         env("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS").is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let local = endpoint.is_some()
+    endpoint.is_some()
         || (!ignored
             && ENDPOINT_VARIABLES.iter().any(|k| {
                 env(k)
                     .and_then(|v| url::Url::parse(&v).ok())
                     .is_some_and(|u| crate::config::is_loopback(&u))
-            }));
+            }))
+}
+
+/// Whether placeholder (credentials, region) are wanted, from `--endpoint-url` and the
+/// environment: for a local server, unless configured. A real endpoint must get the real
+/// credentials chain.
+fn placeholders(endpoint: Option<&str>, env: impl Fn(&str) -> Option<String>) -> (bool, bool) {
+    let set = |k: &str| env(k).is_some_and(|v| !v.is_empty());
+    let local = is_local(endpoint, &env);
     (
         local && !set("AWS_ACCESS_KEY_ID") && !set("AWS_PROFILE"),
         local && !set("AWS_REGION") && !set("AWS_DEFAULT_REGION"),

@@ -36,6 +36,7 @@ pub mod convert;
 pub mod ddb_json;
 pub mod dispatch;
 pub mod docid;
+pub mod export;
 pub mod handler;
 pub mod metadata;
 pub mod metrics;

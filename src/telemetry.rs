@@ -51,7 +51,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 /// verify's items and documents checked), growing its length if the estimate was short.
 pub struct Progress {
     bar: indicatif::ProgressBar,
-    ticker: tokio::task::JoinHandle<()>,
+    tickers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Progress {
@@ -79,12 +79,39 @@ impl Progress {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
         });
-        Progress { bar, ticker }
+        Progress {
+            bar,
+            tickers: vec![ticker],
+        }
+    }
+
+    /// Also shows `bytes` against `total` (the template's `{msg}`), for work measured both in
+    /// items and in bytes (an export's items and its compressed data files).
+    pub fn with_bytes(
+        mut self,
+        bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+        total: u64,
+    ) -> Progress {
+        let b = self.bar.clone();
+        self.tickers.push(tokio::spawn(async move {
+            loop {
+                let n = bytes.load(std::sync::atomic::Ordering::Relaxed);
+                b.set_message(format!(
+                    "{}/{}",
+                    indicatif::HumanBytes(n),
+                    indicatif::HumanBytes(total.max(n))
+                ));
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }));
+        self
     }
 
     /// Stops following and clears the bar, so the summary prints on a clean line.
     pub fn finish(self) {
-        self.ticker.abort();
+        for t in &self.tickers {
+            t.abort();
+        }
         self.bar.finish_and_clear();
     }
 }

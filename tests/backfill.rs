@@ -2,63 +2,14 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
-use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue as A;
 use common::*;
 use stream_indexer::backfill::{self, Checkpoint, Options};
 use stream_indexer::runner::{self, InProcess, Settings};
 use stream_indexer::{rebuild, verify};
-
-fn item(i: usize, version: u32) -> HashMap<String, A> {
-    let mut m = HashMap::new();
-    m.insert("pk".into(), A::S(format!("user#{i:05}")));
-    m.insert("sk".into(), A::N(format!("{}", i % 3)));
-    m.insert("name".into(), A::S(format!("Nämé \"{i}\" 😀 v{version}")));
-    m.insert(
-        "balance".into(),
-        A::N(format!("{i}12345678901234567890123456789.{version}")),
-    );
-    m.insert("exp".into(), A::N(format!("{}E+{}", i % 9 + 1, i % 120)));
-    m.insert("neg".into(), A::N(format!("-{}E-{}", i % 9 + 1, i % 130)));
-    m.insert(
-        "bin".into(),
-        A::B(Blob::new(vec![(i % 256) as u8, 0, 255, version as u8])),
-    );
-    m.insert("ok".into(), A::Bool(i.is_multiple_of(2)));
-    m.insert("gone".into(), A::Null(true));
-    m.insert("ss".into(), A::Ss(vec!["x".into(), format!("y{i}")]));
-    m.insert("ns".into(), A::Ns(vec!["1".into(), format!("{i}.25")]));
-    m.insert(
-        "bs".into(),
-        A::Bs(vec![
-            Blob::new(vec![1u8]),
-            Blob::new(vec![2u8, (i % 256) as u8]),
-        ]),
-    );
-    m.insert(
-        "l".into(),
-        A::L(vec![A::S("a".into()), A::S(format!("v{version}"))]),
-    );
-    m.insert(
-        "m".into(),
-        A::M(HashMap::from([(
-            "deep".to_string(),
-            A::M(HashMap::from([(
-                "n".to_string(),
-                A::N(format!("{version}")),
-            )])),
-        )])),
-    );
-    m
-}
-
-async fn populate(ddb: &aws_sdk_dynamodb::Client, table: &str, n: usize) {
-    put_items(ddb, table, (0..n).map(|i| item(i, 1)).collect()).await;
-}
 
 fn options(table: &str, checkpoint: &std::path::Path) -> Options {
     Options {
@@ -259,7 +210,7 @@ async fn changes_during_the_backfill_converge_to_the_table() {
                 } else {
                     ddb.put_item()
                         .table_name(&table)
-                        .set_item(Some(item(i, round as u32 + 2)))
+                        .set_item(Some(every_type_item(i, round as u32 + 2)))
                         .send()
                         .await
                         .unwrap();
@@ -268,7 +219,7 @@ async fn changes_during_the_backfill_converge_to_the_table() {
             for i in 0..10 {
                 ddb.put_item()
                     .table_name(&table)
-                    .set_item(Some(item(2000 + round * 10 + i, 1)))
+                    .set_item(Some(every_type_item(2000 + round * 10 + i, 1)))
                     .send()
                     .await
                     .unwrap();

@@ -373,3 +373,92 @@ pub async fn put_items(
         assert!(out.unprocessed_items.unwrap_or_default().is_empty());
     }
 }
+
+/// An item with every attribute type and exact-number edge cases; `version` varies its values.
+pub fn every_type_item(
+    i: usize,
+    version: u32,
+) -> std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue> {
+    let mut m = std::collections::HashMap::new();
+    m.insert(
+        "pk".into(),
+        aws_sdk_dynamodb::types::AttributeValue::S(format!("user#{i:05}")),
+    );
+    m.insert(
+        "sk".into(),
+        aws_sdk_dynamodb::types::AttributeValue::N(format!("{}", i % 3)),
+    );
+    m.insert(
+        "name".into(),
+        aws_sdk_dynamodb::types::AttributeValue::S(format!("Nämé \"{i}\" 😀 v{version}")),
+    );
+    m.insert(
+        "balance".into(),
+        aws_sdk_dynamodb::types::AttributeValue::N(format!(
+            "{i}12345678901234567890123456789.{version}"
+        )),
+    );
+    m.insert(
+        "exp".into(),
+        aws_sdk_dynamodb::types::AttributeValue::N(format!("{}E+{}", i % 9 + 1, i % 120)),
+    );
+    m.insert(
+        "neg".into(),
+        aws_sdk_dynamodb::types::AttributeValue::N(format!("-{}E-{}", i % 9 + 1, i % 130)),
+    );
+    m.insert(
+        "bin".into(),
+        aws_sdk_dynamodb::types::AttributeValue::B(aws_sdk_dynamodb::primitives::Blob::new(vec![
+            (i % 256) as u8,
+            0,
+            255,
+            version as u8,
+        ])),
+    );
+    m.insert(
+        "ok".into(),
+        aws_sdk_dynamodb::types::AttributeValue::Bool(i.is_multiple_of(2)),
+    );
+    m.insert(
+        "gone".into(),
+        aws_sdk_dynamodb::types::AttributeValue::Null(true),
+    );
+    m.insert(
+        "ss".into(),
+        aws_sdk_dynamodb::types::AttributeValue::Ss(vec!["x".into(), format!("y{i}")]),
+    );
+    m.insert(
+        "ns".into(),
+        aws_sdk_dynamodb::types::AttributeValue::Ns(vec!["1".into(), format!("{i}.25")]),
+    );
+    m.insert(
+        "bs".into(),
+        aws_sdk_dynamodb::types::AttributeValue::Bs(vec![
+            aws_sdk_dynamodb::primitives::Blob::new(vec![1u8]),
+            aws_sdk_dynamodb::primitives::Blob::new(vec![2u8, (i % 256) as u8]),
+        ]),
+    );
+    m.insert(
+        "l".into(),
+        aws_sdk_dynamodb::types::AttributeValue::L(vec![
+            aws_sdk_dynamodb::types::AttributeValue::S("a".into()),
+            aws_sdk_dynamodb::types::AttributeValue::S(format!("v{version}")),
+        ]),
+    );
+    m.insert(
+        "m".into(),
+        aws_sdk_dynamodb::types::AttributeValue::M(std::collections::HashMap::from([(
+            "deep".to_string(),
+            aws_sdk_dynamodb::types::AttributeValue::M(std::collections::HashMap::from([(
+                "n".to_string(),
+                aws_sdk_dynamodb::types::AttributeValue::N(format!("{version}")),
+            )])),
+        )])),
+    );
+    m
+}
+
+/// `n` items from [`every_type_item`].
+pub async fn populate(ddb: &aws_sdk_dynamodb::Client, table: &str, n: usize) {
+    put_items(ddb, table, (0..n).map(|i| every_type_item(i, 1)).collect()).await;
+}

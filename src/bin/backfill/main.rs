@@ -1,4 +1,5 @@
-//! Copies the items already in a table into the index, safe while the stream is live.
+//! Copies the items already in a table into the index, safe while the stream is live: by a
+//! parallel scan, or from a DynamoDB export in S3 (`--from-export`, `--export`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -6,12 +7,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use clap::Parser;
+
+mod export;
 use stream_indexer::backfill::{self, Options};
 use stream_indexer::config::Config;
 use stream_indexer::handler::Indexer;
 use stream_indexer::{aws, rebuild, telemetry};
 
-/// Backfill a DynamoDB table into OpenSearch with a parallel scan.
+/// Backfill a DynamoDB table into OpenSearch with a parallel scan, or from an export to S3.
 ///
 /// Uses the same OPENSEARCH_* (and VERSION_ATTRIBUTE, QUARANTINE_INDEX, BULK_*) configuration as
 /// the stream function, and the same conversion, ids, versions and quarantine, so it is safe to
@@ -20,8 +23,9 @@ use stream_indexer::{aws, rebuild, telemetry};
 #[derive(Parser)]
 #[command(version)]
 struct Args {
-    /// The table to scan.
-    #[arg(long, required_unless_present = "rollback")]
+    /// The table to scan (or to export with --export; with --from-export, default: the table
+    /// the export's manifest names).
+    #[arg(long, required_unless_present_any = ["rollback", "from_export"])]
     table: Option<String>,
     /// DynamoDB endpoint (a local server); default: the AWS endpoint of the configured region.
     #[arg(long, env = "DYNAMODB_ENDPOINT")]
@@ -72,6 +76,44 @@ struct Args {
     /// No progress bar (logs and the final summary only).
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    export: ExportArgs,
+}
+
+/// Loading from a DynamoDB export instead of scanning: no read capacity used.
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// Load this export: s3://bucket/prefix/AWSDynamoDB/<export-id>/ (DYNAMODB_JSON format).
+    #[arg(long, value_name = "S3_URL", conflicts_with_all = ["export", "rebuild", "rollback", "segments", "max_items_per_second", "max_read_units_per_second"])]
+    from_export: Option<String>,
+    /// Export the table to S3 first (ExportTableToPointInTime; needs point-in-time recovery),
+    /// wait for it, then load it. index.gc_deletes is raised before the export is requested.
+    #[arg(long, requires_all = ["table", "s3_bucket"], conflicts_with_all = ["rollback", "resume", "segments", "max_items_per_second", "max_read_units_per_second"])]
+    export: bool,
+    /// Bucket for --export.
+    #[arg(long, requires = "export")]
+    s3_bucket: Option<String>,
+    /// Key prefix for --export.
+    #[arg(long, requires = "export")]
+    s3_prefix: Option<String>,
+    /// Load only this share of the data files, i/N (1 ≤ i ≤ N): run N machines with 1/N … N/N.
+    /// With N > 1, index.gc_deletes is raised but not restored (the others may still run).
+    #[arg(long, value_name = "i/N", default_value = "1/1")]
+    files: stream_indexer::export::Share,
+    /// Data files read at once. Default: twice BULK_CONCURRENCY.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    files_in_parallel: Option<u32>,
+    /// The export's point in time (RFC 3339), for an export without manifest-summary.json.
+    #[arg(long, value_name = "TIME")]
+    export_time: Option<String>,
+    /// The table's key attributes, comma-separated, partition key first; needed only when the
+    /// table cannot be described (an export copied from another account).
+    #[arg(long, value_delimiter = ',')]
+    keys: Option<Vec<String>>,
+    /// Load even if the index may have forgotten deletes made since the export (the load
+    /// refuses otherwise); run `verify --repair` afterwards.
+    #[arg(long)]
+    allow_old_export: bool,
 }
 
 #[tokio::main]
@@ -88,7 +130,6 @@ async fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let table = args.table.clone().expect("clap requires --table");
     let mut rebuilding = None;
     if let Some(name) = &args.rebuild {
         anyhow::ensure!(
@@ -108,6 +149,11 @@ async fn main() -> anyhow::Result<()> {
     let indexer = Indexer::new(config).await?;
     let sdk = aws::sdk_config(args.endpoint_url.as_deref()).await;
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    if args.export.export || args.export.from_export.is_some() {
+        let s3 = aws::s3_client(&sdk, args.endpoint_url.as_deref());
+        return export::run(&args, &indexer, &ddb, &s3).await;
+    }
+    let table = args.table.clone().expect("clap requires --table");
     let opts = Options {
         table: table.clone(),
         segments: args.segments,
@@ -141,10 +187,22 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
+    report(&s, args.dry_run, &args.checkpoint);
+    if let Some((name, index)) = rebuilding {
+        let previous = rebuild::finish(&indexer.opensearch, &name, &index).await?;
+        println!(
+            "rebuild: readers ({name}) switched to {index}; previous {previous:?} kept (undo with --rollback {name})"
+        );
+    }
+    Ok(())
+}
+
+/// Prints the summary; exits 130 if stopped early and 1 if some item is not accounted for.
+fn report(s: &backfill::Summary, dry_run: bool, checkpoint: &std::path::Path) {
     let secs = s.millis as f64 / 1000.0;
     println!(
         "{}scanned {} indexed {} superseded {} skipped {} quarantined {} failed {} in {:.1} s ({:.0} items/s)",
-        if args.dry_run { "dry run: " } else { "" },
+        if dry_run { "dry run: " } else { "" },
         s.scanned,
         s.indexed,
         s.superseded,
@@ -158,7 +216,7 @@ async fn main() -> anyhow::Result<()> {
     if s.interrupted {
         println!(
             "stopped early; continue with --resume (checkpoint {})",
-            args.checkpoint.display()
+            checkpoint.display()
         );
         std::process::exit(130);
     }
@@ -169,11 +227,4 @@ async fn main() -> anyhow::Result<()> {
         );
         std::process::exit(1);
     }
-    if let Some((name, index)) = rebuilding {
-        let previous = rebuild::finish(&indexer.opensearch, &name, &index).await?;
-        println!(
-            "rebuild: readers ({name}) switched to {index}; previous {previous:?} kept (undo with --rollback {name})"
-        );
-    }
-    Ok(())
 }

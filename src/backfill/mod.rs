@@ -33,6 +33,8 @@ use crate::handler::{Indexer, RecordOutcome};
 use crate::transport::RequestError;
 use crate::verify;
 
+pub mod from_export;
+
 /// How a backfill runs.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -91,6 +93,14 @@ pub enum BackfillError {
     Checkpoint { path: String, reason: String },
     #[error(transparent)]
     Verify(#[from] verify::VerifyError),
+    #[error(transparent)]
+    Export(#[from] crate::export::ExportError),
+    /// A data file that cannot be read as an export: names the file, the line and why.
+    #[error("{0}")]
+    ExportData(String),
+    /// An export too old for the index's delete memory (`from_export` module docs).
+    #[error("{0}")]
+    StaleExport(String),
 }
 
 /// Segment positions, written after each page is confirmed in OpenSearch.
@@ -112,33 +122,40 @@ pub struct SegmentPosition {
 
 impl Checkpoint {
     pub fn load(path: &Path) -> Result<Checkpoint, BackfillError> {
-        let text = std::fs::read_to_string(path).map_err(|e| BackfillError::Checkpoint {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        serde_json::from_str(&text).map_err(|e| BackfillError::Checkpoint {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })
+        load_json(path)
     }
 
-    /// Written to a temporary file and renamed over the old one: a crash leaves either the old
-    /// or the new checkpoint, never half of one.
     pub fn save(&self, path: &Path) -> Result<(), BackfillError> {
-        let fail = |e: std::io::Error| BackfillError::Checkpoint {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        };
-        let tmp = path.with_extension("tmp");
-        let text = serde_json::to_vec_pretty(self).expect("a checkpoint serializes");
-        {
-            use std::io::Write as _;
-            let mut f = std::fs::File::create(&tmp).map_err(fail)?;
-            f.write_all(&text).map_err(fail)?;
-            f.sync_all().map_err(fail)?;
-        }
-        std::fs::rename(&tmp, path).map_err(fail)
+        save_json(path, self)
     }
+}
+
+/// Reads a checkpoint file.
+pub(crate) fn load_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, BackfillError> {
+    let fail = |reason: String| BackfillError::Checkpoint {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    serde_json::from_str(&text).map_err(|e| fail(e.to_string()))
+}
+
+/// Writes a checkpoint file: to a temporary file renamed over the old one, so a crash leaves
+/// either the old or the new checkpoint, never half of one.
+pub(crate) fn save_json<T: Serialize>(path: &Path, value: &T) -> Result<(), BackfillError> {
+    let fail = |e: std::io::Error| BackfillError::Checkpoint {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    let tmp = path.with_extension("tmp");
+    let text = serde_json::to_vec_pretty(value).expect("a checkpoint serializes");
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&tmp).map_err(fail)?;
+        f.write_all(&text).map_err(fail)?;
+        f.sync_all().map_err(fail)?;
+    }
+    std::fs::rename(&tmp, path).map_err(fail)
 }
 
 /// A sensible number of segments: one per 512 MiB of table, and at least twice the bulk
@@ -188,8 +205,20 @@ struct Shared<'a> {
     units_limit: Option<RateLimiter>,
     stop: &'a AtomicBool,
     scanned: &'a AtomicU64,
+    sink: Sink<'a>,
+}
+
+/// The write side every backfill source shares: a page becomes a synthetic stream batch that
+/// goes through the handler and is confirmed before its source moves on; outcomes are counted
+/// into one summary.
+pub(crate) struct Sink<'a> {
+    indexer: &'a Indexer,
+    dry_run: bool,
+    /// Time each page may take to land, retries included.
+    page_timeout: Duration,
     summary: Mutex<Summary>,
-    /// Pages being written at once, across segments: BULK_CONCURRENCY, as in the function.
+    /// Pages being written at once, across segments or files: BULK_CONCURRENCY, as in the
+    /// function.
     writing: tokio::sync::Semaphore,
 }
 
@@ -204,12 +233,8 @@ pub async fn run(
 ) -> Result<Summary, BackfillError> {
     let started = Instant::now();
     // Every index the routes can send this table's items to (one, without ROUTES).
-    let indexes = indexer.config.router.every_index(Some(&opts.table));
-    let index = indexes
-        .iter()
-        .map(|i| i.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let indexes = every_index(indexer, &opts.table);
+    let index = indexes.join(",");
     let key_names = verify::key_names(ddb, &opts.table).await?;
     if key_names.is_empty() {
         return Err(BackfillError::Dynamo(format!(
@@ -258,18 +283,11 @@ pub async fn run(
     if !opts.dry_run {
         checkpoint.save(&opts.checkpoint)?;
     }
-    if !opts.dry_run {
-        // Their settings are changed below; the first write would create them anyway.
-        for index in &indexes {
-            crate::template::create_index(&indexer.opensearch, index).await?;
-        }
-    }
-    let mut previous_gc = Vec::new();
-    if let (Some(value), false) = (&opts.gc_deletes, opts.dry_run) {
-        for index in &indexes {
-            previous_gc.push((index, set_gc_deletes(indexer, index, Some(value)).await?));
-        }
-    }
+    let previous_gc = if opts.dry_run {
+        Vec::new()
+    } else {
+        prepare_indexes(indexer, &indexes, opts.gc_deletes.as_deref()).await?
+    };
     let total = checkpoint.total_segments;
     let todo: Vec<u32> = (0..total)
         .filter(|&i| !checkpoint.segments[i as usize].done)
@@ -284,18 +302,15 @@ pub async fn run(
         units_limit: opts.max_read_units_per_second.map(RateLimiter::new),
         stop,
         scanned,
-        summary: Mutex::new(Summary::default()),
-        writing: tokio::sync::Semaphore::new(indexer.config.bulk_concurrency),
+        sink: Sink::new(indexer, opts.dry_run, opts.page_timeout),
     };
     let results = futures::future::join_all(
         todo.into_iter()
             .map(|segment| scan_segment(&shared, segment, total)),
     )
     .await;
-    for (index, previous) in previous_gc {
-        set_gc_deletes(indexer, index, previous.as_deref()).await?;
-    }
-    let mut summary = shared.summary.into_inner();
+    restore_gc_deletes(indexer, previous_gc).await?;
+    let mut summary = shared.sink.summary.into_inner();
     summary.millis = started.elapsed().as_millis() as u64;
     summary.interrupted = stop.load(Ordering::Relaxed);
     for r in results {
@@ -401,8 +416,7 @@ async fn scan_segment(shared: &Shared<'_>, segment: u32, total: u32) -> Result<(
     }
 }
 
-/// Writes one page through the handler and waits until every item is accounted for; returns
-/// an error (leaving the checkpoint before this page) if some item could not be confirmed.
+/// Writes one scanned page through the sink.
 async fn land_page(
     shared: &Shared<'_>,
     segment: u32,
@@ -410,70 +424,153 @@ async fn land_page(
     items: &[HashMap<String, AttributeValue>],
     read_at: SystemTime,
 ) -> Result<(), BackfillError> {
-    let opts = shared.opts;
     let (versions, approximate_secs) = read_versions(
         read_at,
-        opts.clock_skew,
+        shared.opts.clock_skew,
         shared.indexer.config.version_attribute.as_deref(),
     );
-    let payload = synthetic_batch(&opts.table, &shared.key_names, items, approximate_secs);
-    if opts.dry_run {
-        let plan = crate::change::plan(
+    let payload = synthetic_batch(
+        &shared.opts.table,
+        &shared.key_names,
+        items,
+        approximate_secs,
+    );
+    shared
+        .sink
+        .land(
+            &format!("segment {segment} page {page}"),
             &payload,
+            items.len() as u64,
             &versions,
-            &shared.indexer.config.shape(),
-            shared.indexer.config.bulk_max_bytes,
         )
-        .map_err(|e| BackfillError::Dynamo(e.to_string()))?;
-        let mut s = shared.summary.lock().await;
-        s.scanned += items.len() as u64;
+        .await
+}
+
+impl<'a> Sink<'a> {
+    pub(crate) fn new(indexer: &'a Indexer, dry_run: bool, page_timeout: Duration) -> Sink<'a> {
+        Sink {
+            indexer,
+            dry_run,
+            page_timeout,
+            summary: Mutex::new(Summary::default()),
+            writing: tokio::sync::Semaphore::new(indexer.config.bulk_concurrency),
+        }
+    }
+
+    pub(crate) fn into_summary(self) -> Summary {
+        self.summary.into_inner()
+    }
+
+    /// Writes one page (`items` records in `payload`) through the handler and waits until every
+    /// item is accounted for; returns an error naming `page` if some item could not be
+    /// confirmed, so that its source keeps its position before this page.
+    pub(crate) async fn land(
+        &self,
+        page: &str,
+        payload: &str,
+        items: u64,
+        versions: &VersionSource,
+    ) -> Result<(), BackfillError> {
+        let config = &self.indexer.config;
+        if self.dry_run {
+            let plan =
+                crate::change::plan(payload, versions, &config.shape(), config.bulk_max_bytes)
+                    .map_err(|e| BackfillError::Dynamo(e.to_string()))?;
+            let mut s = self.summary.lock().await;
+            s.scanned += items;
+            s.pages += 1;
+            for r in &plan.records {
+                match &r.disposition {
+                    crate::change::Disposition::Invalid(_) => s.failed += 1,
+                    _ => s.indexed += 1,
+                }
+            }
+            return Ok(());
+        }
+        let _permit = self
+            .writing
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        let deadline = Instant::now() + self.page_timeout;
+        let handled = self
+            .indexer
+            .handle_versioned(payload, deadline, versions)
+            .await
+            .map_err(|e| BackfillError::Dynamo(format!("{page}: {e}")))?;
+        let mut s = self.summary.lock().await;
+        s.scanned += items;
         s.pages += 1;
-        for r in &plan.records {
-            match &r.disposition {
-                crate::change::Disposition::Invalid(_) => s.failed += 1,
-                _ => s.indexed += 1,
+        s.records.add(&handled.summary);
+        let mut failed = 0;
+        for o in &handled.outcomes {
+            match o {
+                RecordOutcome::Indexed | RecordOutcome::Deleted => s.indexed += 1,
+                RecordOutcome::Superseded => s.superseded += 1,
+                RecordOutcome::Skipped => s.skipped += 1,
+                RecordOutcome::Quarantined(_) => s.quarantined += 1,
+                RecordOutcome::Reported(_) => failed += 1,
             }
         }
-        return Ok(());
+        s.failed += failed;
+        if failed > 0 {
+            let reason = handled
+                .outcomes
+                .iter()
+                .find_map(|o| match o {
+                    RecordOutcome::Reported(r) => Some(crate::redact::reason(r)),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            return Err(BackfillError::Dynamo(format!(
+                "{page}: {failed} item(s) not confirmed in time ({reason}); --resume continues from the last confirmed page"
+            )));
+        }
+        Ok(())
     }
-    let _permit = shared
-        .writing
-        .acquire()
-        .await
-        .expect("the semaphore is never closed");
-    let deadline = Instant::now() + opts.page_timeout;
-    let handled = shared
-        .indexer
-        .handle_versioned(&payload, deadline, &versions)
-        .await
-        .map_err(|e| BackfillError::Dynamo(format!("segment {segment} page {page}: {e}")))?;
-    let mut s = shared.summary.lock().await;
-    s.scanned += items.len() as u64;
-    s.pages += 1;
-    s.records.add(&handled.summary);
-    let mut failed = 0;
-    for o in &handled.outcomes {
-        match o {
-            RecordOutcome::Indexed | RecordOutcome::Deleted => s.indexed += 1,
-            RecordOutcome::Superseded => s.superseded += 1,
-            RecordOutcome::Skipped => s.skipped += 1,
-            RecordOutcome::Quarantined(_) => s.quarantined += 1,
-            RecordOutcome::Reported(_) => failed += 1,
+}
+
+/// Every index the routes can send `table`'s items to (one, without ROUTES).
+pub fn every_index(indexer: &Indexer, table: &str) -> Vec<String> {
+    indexer
+        .config
+        .router
+        .every_index(Some(table))
+        .iter()
+        .map(|i| i.to_string())
+        .collect()
+}
+
+/// Creates `indexes` (their settings change here; the first write would create them anyway) and
+/// sets `index.gc_deletes` to `gc_deletes` on each; returns what [`restore_gc_deletes`] puts
+/// back.
+pub async fn prepare_indexes(
+    indexer: &Indexer,
+    indexes: &[String],
+    gc_deletes: Option<&str>,
+) -> Result<Vec<(String, Option<String>)>, BackfillError> {
+    for index in indexes {
+        crate::template::create_index(&indexer.opensearch, index).await?;
+    }
+    let mut previous = Vec::new();
+    if let Some(value) = gc_deletes {
+        for index in indexes {
+            previous.push((
+                index.clone(),
+                set_gc_deletes(indexer, index, Some(value)).await?,
+            ));
         }
     }
-    s.failed += failed;
-    if failed > 0 {
-        let reason = handled
-            .outcomes
-            .iter()
-            .find_map(|o| match o {
-                RecordOutcome::Reported(r) => Some(crate::redact::reason(r)),
-                _ => None,
-            })
-            .unwrap_or_default();
-        return Err(BackfillError::Dynamo(format!(
-            "segment {segment} page {page}: {failed} item(s) not confirmed in time ({reason}); --resume continues from the last confirmed page"
-        )));
+    Ok(previous)
+}
+
+/// Puts back the `index.gc_deletes` values [`prepare_indexes`] replaced.
+pub async fn restore_gc_deletes(
+    indexer: &Indexer,
+    previous: Vec<(String, Option<String>)>,
+) -> Result<(), BackfillError> {
+    for (index, value) in previous {
+        set_gc_deletes(indexer, &index, value.as_deref()).await?;
     }
     Ok(())
 }
@@ -501,48 +598,98 @@ pub fn read_versions(
 
 /// A page as a stream batch of INSERT records: the same conversion, ids and quarantine entries
 /// (with a replayable record) as the stream.
-///
-/// Each record's eventID (and SequenceNumber) is a digest of the table, the item's key and the
-/// read's time: unique per item copy, and the same if one read is handled twice. Ids from a
-/// page counter would restart with every `--resume` and make two items share a quarantine entry.
 pub fn synthetic_batch(
     table: &str,
     key_names: &[String],
     items: &[HashMap<String, AttributeValue>],
     approximate_secs: u64,
 ) -> String {
-    use sha2::{Digest, Sha256};
-    // Shaped like a stream ARN, so that routing finds the table for `{table}`.
-    let arn = serde_json::to_string(&format!("arn:aws:dynamodb:::table/{table}/stream/backfill"))
-        .expect("string");
-    let mut out = String::from("{\"Records\":[");
-    let mut keys_json = String::new();
-    for (i, item) in items.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
+    let mut batch = SyntheticBatch::new(table, approximate_secs);
+    let (mut keys_json, mut item_json) = (String::new(), String::new());
+    for item in items {
         let keys: HashMap<String, AttributeValue> = key_names
             .iter()
             .filter_map(|k| item.get(k).map(|v| (k.clone(), v.clone())))
             .collect();
         keys_json.clear();
         ddb_json::table::write_item(&mut keys_json, &keys);
+        item_json.clear();
+        ddb_json::table::write_item(&mut item_json, item);
+        batch.push(&keys_json, &item_json);
+    }
+    batch.finish()
+}
+
+/// A stream batch of INSERT records built one item at a time, from DynamoDB JSON text.
+///
+/// Each record's eventID (and SequenceNumber) is a digest of the table, the item's key and the
+/// read's time: unique per item copy, and the same if one read is handled twice. Ids from a
+/// page counter would restart with every `--resume` and make two items share a quarantine entry.
+pub struct SyntheticBatch {
+    out: String,
+    table: String,
+    /// The table's stream ARN shape as a JSON string, so that routing finds the table for
+    /// `{table}`.
+    arn: String,
+    approximate_secs: u64,
+    records: usize,
+}
+
+impl SyntheticBatch {
+    pub fn new(table: &str, approximate_secs: u64) -> SyntheticBatch {
+        SyntheticBatch {
+            out: String::from("{\"Records\":["),
+            table: table.to_string(),
+            arn: serde_json::to_string(&format!(
+                "arn:aws:dynamodb:::table/{table}/stream/backfill"
+            ))
+            .expect("string"),
+            approximate_secs,
+            records: 0,
+        }
+    }
+
+    /// Adds an item: `keys_json` its key attributes and `item_json` the whole item, each a
+    /// DynamoDB JSON object.
+    pub fn push(&mut self, keys_json: &str, item_json: &str) {
+        use sha2::{Digest, Sha256};
+        use std::fmt::Write as _;
+        if self.records > 0 {
+            self.out.push(',');
+        }
+        self.records += 1;
         let digest = Sha256::new()
-            .chain_update(table.as_bytes())
+            .chain_update(self.table.as_bytes())
             .chain_update([0])
             .chain_update(keys_json.as_bytes())
             .chain_update([0])
-            .chain_update(approximate_secs.to_be_bytes())
+            .chain_update(self.approximate_secs.to_be_bytes())
             .finalize();
-        let id = format!("backfill-{:x}", digest);
-        out.push_str(&format!(
-            "{{\"eventID\":\"{id}\",\"eventName\":\"INSERT\",\"eventSource\":\"backfill\",\"eventSourceARN\":{arn},\"dynamodb\":{{\"ApproximateCreationDateTime\":{approximate_secs},\"SequenceNumber\":\"{id}\",\"StreamViewType\":\"NEW_IMAGE\",\"Keys\":{keys_json},\"NewImage\":"
-        ));
-        ddb_json::table::write_item(&mut out, item);
-        out.push_str("}}");
+        let id = format!("backfill-{digest:x}");
+        let _ = write!(
+            self.out,
+            "{{\"eventID\":\"{id}\",\"eventName\":\"INSERT\",\"eventSource\":\"backfill\",\"eventSourceARN\":{},\"dynamodb\":{{\"ApproximateCreationDateTime\":{},\"SequenceNumber\":\"{id}\",\"StreamViewType\":\"NEW_IMAGE\",\"Keys\":{keys_json},\"NewImage\":{item_json}}}}}",
+            self.arn, self.approximate_secs
+        );
     }
-    out.push_str("]}");
-    out
+
+    pub fn len(&self) -> usize {
+        self.records
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    /// Bytes written so far.
+    pub fn bytes(&self) -> usize {
+        self.out.len()
+    }
+
+    pub fn finish(mut self) -> String {
+        self.out.push_str("]}");
+        self.out
+    }
 }
 
 fn parse_key(text: &str) -> Result<HashMap<String, AttributeValue>, BackfillError> {
