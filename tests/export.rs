@@ -664,3 +664,145 @@ async fn a_load_killed_midway_resumes_from_its_checkpoint() {
     let c = verify::compare(&indexer, &ddb, &table).await.unwrap();
     assert!(c.equal() && c.items == 2000, "{c:?}");
 }
+
+/// The `export-loader` function under the Lambda emulator, driven step by step as the state
+/// machine in template.yaml drives it: prepare, open, one `load` per line of
+/// `manifest-files.json` (the Distributed Map's items), finish. A file that cannot be read fails
+/// its invocation with a stable errorType, and the function goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_export_loader_function_loads_one_file_per_invocation() {
+    use common::lambda_api::{Answer, LambdaApi};
+    let (ddb, _) = dynamo_clients().await;
+    let s3 = s3().await;
+    let table = unique_index("exw");
+    create_table(&ddb, &table).await;
+    populate(&ddb, &table, 600).await;
+    let bucket = create_bucket(&s3).await;
+    let lines = export_lines(&ddb, &table).await;
+    let location = write_fixture_export(
+        &s3,
+        &bucket,
+        &table,
+        &lines,
+        4,
+        &rfc3339(SystemTime::now()),
+        "DYNAMODB_JSON",
+    )
+    .await;
+    let index = unique_index("exw-idx");
+    create_index(&index).await;
+    fn deadline() -> u64 {
+        (SystemTime::now() + Duration::from_secs(120))
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    }
+    let api = LambdaApi::start(deadline).await;
+    let _function = tokio::process::Command::new(env!("CARGO_BIN_EXE_export-loader"))
+        .env("AWS_LAMBDA_RUNTIME_API", &api.addr)
+        .env("AWS_LAMBDA_FUNCTION_NAME", "export-loader")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("OPENSEARCH_URL", opensearch_url())
+        .env("OPENSEARCH_INDEX", &index)
+        .env("AWS_ENDPOINT_URL", dynamodb_url())
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_REGION")
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start export-loader");
+    let invoke = |payload: serde_json::Value| {
+        let api = &api;
+        async move {
+            match api.invoke(&payload.to_string(), deadline()).await {
+                Answer::Response(v) => v,
+                Answer::Error(e) => panic!("{payload}: {e}"),
+            }
+        }
+    };
+
+    let prepared =
+        invoke(serde_json::json!({"step": "prepare", "table": table, "gcDeletes": "2h"})).await;
+    assert_eq!(
+        prepared["keys"],
+        serde_json::json!(["pk", "sk"]),
+        "{prepared}"
+    );
+    assert_eq!(
+        prepared["previous"],
+        serde_json::json!([[index, null]]),
+        "{prepared}"
+    );
+    let opened = invoke(serde_json::json!({
+        "step": "open",
+        "bucket": bucket,
+        "manifest": format!("{}/manifest-summary.json", location.dir),
+    }))
+    .await;
+    assert_eq!(opened["itemCount"], 600, "{opened}");
+    let manifest = s3
+        .get_object()
+        .bucket(&bucket)
+        .key(opened["manifestFilesKey"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes();
+    let mut items = 0;
+    for line in String::from_utf8(manifest.to_vec()).unwrap().lines() {
+        let file: serde_json::Value = serde_json::from_str(line).unwrap();
+        let loaded = invoke(serde_json::json!({
+            "step": "load",
+            "bucket": opened["bucket"],
+            "dir": opened["dir"],
+            "file": file,
+            "exportTime": opened["exportTime"],
+            "table": prepared["table"],
+            "keys": prepared["keys"],
+        }))
+        .await;
+        assert_eq!(loaded["items"], file["itemCount"], "{loaded}");
+        items += loaded["items"].as_u64().unwrap();
+    }
+    assert_eq!(items, 600);
+
+    // A data file that is not there: the invocation fails, saying which file.
+    match api
+        .invoke(
+            &serde_json::json!({
+                "step": "load", "bucket": bucket, "dir": location.dir,
+                "file": {"dataFileS3Key": format!("{}/data/missing.json.gz", location.dir), "itemCount": 1},
+                "exportTime": opened["exportTime"], "table": table, "keys": ["pk", "sk"],
+            })
+            .to_string(),
+            deadline(),
+        )
+        .await
+    {
+        Answer::Error(e) => {
+            assert_eq!(e["errorType"], "Export", "{e}");
+            assert!(e["errorMessage"].as_str().unwrap().contains("missing.json.gz"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    invoke(serde_json::json!({"step": "finish", "previous": prepared["previous"]})).await;
+    let indexer = indexer(&opensearch_url(), &index, &[]).await;
+    let c = verify::compare(&indexer, &ddb, &table).await.unwrap();
+    assert!(c.equal() && c.items == 600, "{c:?}");
+    let settings = http()
+        .get(format!("{}/{index}/_settings", opensearch_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!settings.contains("gc_deletes"), "restored: {settings}");
+}

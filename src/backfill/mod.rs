@@ -34,6 +34,7 @@ use crate::transport::RequestError;
 use crate::verify;
 
 pub mod from_export;
+pub mod worker;
 
 /// How a backfill runs.
 #[derive(Debug, Clone)]
@@ -101,6 +102,22 @@ pub enum BackfillError {
     /// An export too old for the index's delete memory (`from_export` module docs).
     #[error("{0}")]
     StaleExport(String),
+}
+
+impl BackfillError {
+    /// A stable name for the kind of failure (a Lambda `errorType`, which a workflow's retry
+    /// rules match): `ExportData` and `StaleExport` do not get better by retrying.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackfillError::Dynamo(_) => "Dynamo",
+            BackfillError::OpenSearch(_) => "OpenSearch",
+            BackfillError::Checkpoint { .. } => "Checkpoint",
+            BackfillError::Verify(_) => "Verify",
+            BackfillError::Export(_) => "Export",
+            BackfillError::ExportData(_) => "ExportData",
+            BackfillError::StaleExport(_) => "StaleExport",
+        }
+    }
 }
 
 /// Segment positions, written after each page is confirmed in OpenSearch.
