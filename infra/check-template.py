@@ -1,7 +1,12 @@
 """Least privilege as deployed: transforms template.yaml the way SAM does (samtranslator) and
-fails if any IAM statement in the result allows a DynamoDB, OpenSearch, logs or S3 action on
-"*", or if SAM added a role or a managed policy of its own (for a DynamoDB event source it
-would attach AWSLambdaDynamoDBExecutionRole, which reads every table's stream).
+fails if any IAM statement in the result allows a DynamoDB, OpenSearch, logs, S3, Lambda or
+Step Functions action on "*", or if SAM added a role or a managed policy of its own (for a
+DynamoDB event source it would attach AWSLambdaDynamoDBExecutionRole, which reads every
+table's stream).
+
+Also checks the export-load state machine, which `sam validate --lint` does not look into:
+every transition names a state that exists, every state type is one Step Functions knows, and
+every payload sent to the export loader is a step it accepts with the fields it needs.
 
     python infra/check-template.py [template.yaml]
 
@@ -13,7 +18,20 @@ import sys
 from samtranslator.translator.transform import transform
 from samtranslator.yaml_helper import yaml_parse
 
-SCOPED = ("dynamodb:", "es:", "aoss:", "logs:", "s3:")
+SCOPED = ("dynamodb:", "es:", "aoss:", "logs:", "s3:", "lambda:", "states:")
+
+# The roles the template declares itself; any other is one SAM added.
+ROLES = {"FunctionRole", "ExportLoaderRole", "ExportLoadRole"}
+
+STATE_TYPES = {"Task", "Pass", "Choice", "Wait", "Succeed", "Fail", "Parallel", "Map"}
+
+# What `backfill::worker::Step` (src/backfill/worker.rs) requires of each step.
+LOADER_STEPS = {
+    "prepare": {"table"},
+    "open": {"bucket", "manifest"},
+    "load": {"bucket", "dir", "file", "exportTime", "table", "keys"},
+    "finish": {"previous"},
+}
 
 
 class NoManagedPolicies:
@@ -45,6 +63,45 @@ def as_list(value):
     return value if isinstance(value, list) else [value]
 
 
+def check_machine(machine, where):
+    """Transitions, state types and loader payloads of a state machine (and of every Map's
+    item processor)."""
+    findings = []
+    states = machine.get("States", {})
+    if machine.get("StartAt") not in states:
+        findings.append(f"{where}: StartAt {machine.get('StartAt')!r} is not a state")
+    for name, state in states.items():
+        at = f"{where}.{name}"
+        if state.get("Type") not in STATE_TYPES:
+            findings.append(f"{at}: unknown Type {state.get('Type')!r}")
+        targets = [state.get("Next"), state.get("Default")]
+        targets += [c.get("Next") for c in state.get("Choices", [])]
+        for target in targets:
+            if target is not None and target not in states:
+                findings.append(f"{at}: goes to {target!r}, which is not a state")
+        if state.get("Type") not in ("Choice", "Succeed", "Fail") and not (
+            state.get("Next") or state.get("End")
+        ):
+            findings.append(f"{at}: neither Next nor End")
+        payload = state.get("Parameters", {}).get("Payload")
+        if isinstance(payload, dict):
+            findings.extend(check_step(payload, at))
+        if state.get("Type") == "Map":
+            findings.extend(check_step(state.get("ItemSelector", {}), f"{at}.ItemSelector"))
+            findings.extend(check_machine(state.get("ItemProcessor", {}), f"{at}.ItemProcessor"))
+    return findings
+
+
+def check_step(payload, at):
+    """A payload for the export loader: a known step with the fields it requires."""
+    step = payload.get("step")
+    if step not in LOADER_STEPS:
+        return [f"{at}: step {step!r} is not one the loader knows ({sorted(LOADER_STEPS)})"]
+    fields = {k[:-2] if k.endswith(".$") else k for k in payload} - {"step"}
+    missing = LOADER_STEPS[step] - fields
+    return [f"{at}: step {step!r} lacks {sorted(missing)}"] if missing else []
+
+
 def main():
     # Pseudo parameters (AWS::Region) need a region; nothing is sent anywhere.
     os.environ.setdefault("AWS_DEFAULT_REGION", "eu-west-1")
@@ -60,15 +117,16 @@ def main():
         "OpenSearchUrl": "https://search-x.eu-west-1.es.amazonaws.com",
         "OpenSearchIndex": "items",
         "OpenSearchResourceArn": "arn:aws:es:eu-west-1:123456789012:domain/x",
+        "ExportBucket": "exports",
     }
     output = transform(template, parameters, NoManagedPolicies())
     findings = []
-    roles = 0
+    roles = set()
     for name, resource in output["Resources"].items():
         kind = resource["Type"]
         props = resource.get("Properties", {})
         if kind == "AWS::IAM::Role":
-            roles += 1
+            roles.add(name)
             if props.get("ManagedPolicyArns"):
                 findings.append(f"{name}: managed policies {props['ManagedPolicyArns']}")
             documents = [p["PolicyDocument"] for p in props.get("Policies", [])]
@@ -85,13 +143,18 @@ def main():
                 wide = [r for r in as_list(statement.get("Resource", [])) if r == "*"]
                 if scoped and wide:
                     findings.append(f"{name}: {scoped} on *")
-    if roles != 1:
-        findings.append(f"{roles} IAM roles; expected only FunctionRole")
+    if roles != set(ROLES):
+        findings.append(f"IAM roles {sorted(roles)}; expected only {sorted(ROLES)}")
+    machine = template["Resources"]["ExportLoadStateMachine"]["Properties"]["Definition"]
+    findings.extend(check_machine(machine, "ExportLoadStateMachine"))
     for finding in findings:
-        print(f"template grants too much: {finding}", file=sys.stderr)
+        print(f"template check: {finding}", file=sys.stderr)
     if findings:
         sys.exit(1)
-    print(f"{path}: every dynamodb/es/aoss/logs/s3 grant is scoped to a resource; one role")
+    print(
+        f"{path}: every dynamodb/es/aoss/logs/s3/lambda/states grant is scoped to a resource; "
+        f"roles {sorted(ROLES)} only; the export-load state machine is well formed"
+    )
 
 
 if __name__ == "__main__":
