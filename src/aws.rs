@@ -1,4 +1,5 @@
-//! AWS SDK configuration shared by the runner, the backfill, verify and the demo.
+//! AWS SDK configuration shared by the runner, the backfill, verify, the demo and the export
+//! loader.
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 

@@ -23,7 +23,10 @@
 //! - [`aws`], [`ddb_json`]: AWS SDK configuration; SDK attribute values → DynamoDB JSON.
 //! - [`verify`]: table versus index both ways, values exact, bounded memory; repair with read-time
 //!   versions.
-//! - [`backfill`]: parallel, resumable, rate-limited scan into the index beside the live stream.
+//! - [`backfill`]: parallel, resumable, rate-limited scan into the index beside the live stream;
+//!   `backfill::from_export` loads a DynamoDB export instead, `backfill::worker` the same as
+//!   steps for the Step Functions state machine (the `export-loader` function).
+//! - [`export`]: DynamoDB exports in S3: manifests, data files streamed as lines, requesting one.
 //! - [`rebuild`]: zero-downtime rebuilds behind a read alias and a write alias.
 //! - [`runner`]: polls a stream and invokes the function as Lambda's event source mapping does.
 pub mod aws;

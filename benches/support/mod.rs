@@ -48,10 +48,7 @@ pub struct Bench {
 
 /// Reads the settings and fills the table `bench-<n>` unless it exists.
 pub async fn bench_table() -> anyhow::Result<Bench> {
-    let n: usize = std::env::var("BENCH_ITEMS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
+    let n = bench_items();
     let endpoint =
         std::env::var("DYNAMODB_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:8000".into());
     let os_url = std::env::var("OPENSEARCH_URL").unwrap_or_else(|_| "http://127.0.0.1:9200".into());
@@ -66,6 +63,14 @@ pub async fn bench_table() -> anyhow::Result<Bench> {
         ddb,
         table,
     })
+}
+
+/// `BENCH_ITEMS` (default 100,000).
+pub fn bench_items() -> usize {
+    std::env::var("BENCH_ITEMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000)
 }
 
 /// The function's configuration for `index` on `os_url`.
