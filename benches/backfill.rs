@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use futures::stream::{self, StreamExt};
-use stream_indexer::backfill::{self, Options, from_export};
-use stream_indexer::change::{self, VersionSource};
-use stream_indexer::export::{self, Location, Share};
 use stream_indexer::handler::Indexer;
-use stream_indexer::{bulk, ddb_json, template};
+use stream_indexer::pipeline::change::{self, VersionSource};
+use stream_indexer::tools::backfill::{self, Options, from_export};
+use stream_indexer::tools::export::{self, Location, Share};
+use stream_indexer::{pipeline::bulk, sink::template, tools::ddb_json};
 use support::cpu_secs;
 use tokio::io::AsyncWriteExt as _;
 
@@ -253,8 +253,8 @@ async fn export_mode(
     let n = items.len();
     let endpoint =
         std::env::var("DYNAMODB_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:8000".into());
-    let sdk = stream_indexer::aws::sdk_config(Some(&endpoint)).await;
-    let s3 = stream_indexer::aws::s3_client(&sdk, Some(&endpoint));
+    let sdk = stream_indexer::tools::aws::sdk_config(Some(&endpoint)).await;
+    let s3 = stream_indexer::tools::aws::s3_client(&sdk, Some(&endpoint));
     let bucket = format!("bench-exports-{stamp}");
     s3.create_bucket().bucket(&bucket).send().await?;
     let location = Location {

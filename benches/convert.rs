@@ -3,11 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use stream_indexer::bulk;
-use stream_indexer::change::{self, VersionSource};
-use stream_indexer::metadata::Metadata;
-use stream_indexer::projection::Projection;
-use stream_indexer::routing::Router;
+use stream_indexer::pipeline::bulk;
+use stream_indexer::pipeline::change::{self, VersionSource};
+use stream_indexer::pipeline::metadata::Metadata;
+use stream_indexer::pipeline::projection::Projection;
+use stream_indexer::pipeline::routing::Router;
 use support::record;
 
 mod support;

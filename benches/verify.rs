@@ -11,9 +11,9 @@
 
 use std::time::{Duration, Instant};
 
-use stream_indexer::backfill;
 use stream_indexer::handler::Indexer;
-use stream_indexer::template;
+use stream_indexer::sink::template;
+use stream_indexer::tools::backfill;
 
 mod support;
 

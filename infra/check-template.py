@@ -25,7 +25,7 @@ ROLES = {"FunctionRole", "ExportLoaderRole", "ExportLoadRole"}
 
 STATE_TYPES = {"Task", "Pass", "Choice", "Wait", "Succeed", "Fail", "Parallel", "Map"}
 
-# What `backfill::worker::Step` (src/backfill/worker.rs) requires of each step.
+# What `backfill::worker::Step` (src/tools/backfill/worker.rs) requires of each step.
 LOADER_STEPS = {
     "prepare": {"table"},
     "open": {"bucket", "manifest"},

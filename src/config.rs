@@ -4,11 +4,11 @@ use std::time::Duration;
 
 use url::Url;
 
-use crate::change::Shape;
-use crate::metadata::Metadata;
 use crate::metrics::MetricsConfig;
-use crate::projection::Projection;
-use crate::routing::Router;
+use crate::pipeline::change::Shape;
+use crate::pipeline::metadata::Metadata;
+use crate::pipeline::projection::Projection;
+use crate::pipeline::routing::Router;
 
 /// Everything the function and the backfill read from the environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,14 +19,14 @@ pub struct Config {
     /// alias needs a write index); may hold `{table}`. With `ROUTES`: where items no rule
     /// matches go (unset: they are skipped).
     pub index: Option<String>,
-    /// `OPENSEARCH_INDEX` and `ROUTES` (a JSON array of rules, see [`crate::routing`]): which
+    /// `OPENSEARCH_INDEX` and `ROUTES` (a JSON array of rules, see [`crate::pipeline::routing`]): which
     /// index each item goes to.
     pub router: Router,
     /// `EXCLUDE_ATTRIBUTES` or `INCLUDE_ATTRIBUTES` (default: neither, every attribute kept):
-    /// comma-separated attribute paths (`a`, `a.b` into maps); see [`crate::projection`].
+    /// comma-separated attribute paths (`a`, `a.b` into maps); see [`crate::pipeline::projection`].
     pub projection: Projection,
     /// `METADATA_FIELDS` (default none) under `METADATA_PREFIX` (default `ddb_`): stream
-    /// metadata written into each document; see [`crate::metadata`].
+    /// metadata written into each document; see [`crate::pipeline::metadata`].
     pub metadata: Metadata,
     /// `METRICS` (`on` by default, `off`) and `METRICS_NAMESPACE` (default `StreamIndexer`):
     /// one CloudWatch EMF document per invocation on stdout; see [`crate::metrics`].

@@ -6,14 +6,14 @@ use std::time::{Duration, SystemTime};
 use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use tokio::time::Instant;
 
-use crate::backoff::Backoff;
-use crate::bulk::ItemOutcome;
-use crate::change::{self, Disposition, NotAStreamEvent, Plan, VersionSource};
 use crate::config::Config;
-use crate::dispatch::{self, DeliveryStats, Limits};
-use crate::quarantine::{Entry, Quarantine};
+use crate::pipeline::bulk::ItemOutcome;
+use crate::pipeline::change::{self, Disposition, NotAStreamEvent, Plan, VersionSource};
 use crate::redact;
-use crate::transport::OpenSearch;
+use crate::sink::backoff::Backoff;
+use crate::sink::dispatch::{self, DeliveryStats, Limits};
+use crate::sink::quarantine::{Entry, Quarantine};
+use crate::sink::transport::OpenSearch;
 
 /// What became of one record of the batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,7 +140,7 @@ pub struct Indexer {
 }
 
 impl Indexer {
-    pub async fn new(config: Config) -> Result<Indexer, crate::transport::ClientError> {
+    pub async fn new(config: Config) -> Result<Indexer, crate::sink::transport::ClientError> {
         let opensearch = OpenSearch::connect(&config).await?;
         let quarantine = config.quarantine_index.clone().map(Quarantine::new);
         Ok(Indexer {

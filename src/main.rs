@@ -8,9 +8,9 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use lambda_runtime::tower::{Layer, Service};
 use lambda_runtime::{Diagnostic, Error, LambdaEvent, LambdaInvocation, Runtime, service_fn};
-use stream_indexer::change::NotAStreamEvent;
 use stream_indexer::config::Config;
 use stream_indexer::handler::{FALLBACK_BUDGET, Indexer, InvocationError, invocation_deadline};
+use stream_indexer::pipeline::change::NotAStreamEvent;
 use stream_indexer::telemetry;
 
 /// One thread. Below 1,769 MB Lambda gives a function less than one vCPU, and an invocation is

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue as A;
 use common::*;
-use stream_indexer::backfill::{self, Checkpoint, Options};
-use stream_indexer::runner::{self, InProcess, Settings};
-use stream_indexer::{rebuild, verify};
+use stream_indexer::tools::backfill::{self, Checkpoint, Options};
+use stream_indexer::tools::runner::{self, InProcess, Settings};
+use stream_indexer::tools::{rebuild, verify};
 
 fn options(table: &str, checkpoint: &std::path::Path) -> Options {
     Options {
@@ -234,7 +234,7 @@ async fn changes_during_the_backfill_converge_to_the_table() {
         max_retry_attempts: Some(10),
         bisect: false,
         stop_when_idle: Some(Duration::from_secs(1)),
-        retry_backoff: stream_indexer::backoff::Backoff {
+        retry_backoff: stream_indexer::sink::backoff::Backoff {
             base: Duration::from_millis(1),
             max: Duration::from_millis(20),
         },

@@ -8,17 +8,17 @@ use std::time::{Duration, SystemTime};
 
 use aws_sdk_dynamodb::types::AttributeValue as A;
 use common::*;
-use stream_indexer::backfill::BackfillError;
-use stream_indexer::backfill::from_export::{self, Checkpoint, Counters, Options};
-use stream_indexer::export::{self, Location, Share};
-use stream_indexer::runner::{self, InProcess, Settings};
-use stream_indexer::verify;
+use stream_indexer::tools::backfill::BackfillError;
+use stream_indexer::tools::backfill::from_export::{self, Checkpoint, Counters, Options};
+use stream_indexer::tools::export::{self, Location, Share};
+use stream_indexer::tools::runner::{self, InProcess, Settings};
+use stream_indexer::tools::verify;
 use tokio::io::AsyncWriteExt as _;
 
 async fn s3() -> aws_sdk_s3::Client {
     let url = dynamodb_url();
-    let sdk = stream_indexer::aws::sdk_config(Some(&url)).await;
-    stream_indexer::aws::s3_client(&sdk, Some(&url))
+    let sdk = stream_indexer::tools::aws::sdk_config(Some(&url)).await;
+    stream_indexer::tools::aws::s3_client(&sdk, Some(&url))
 }
 
 async fn create_bucket(s3: &aws_sdk_s3::Client) -> String {
@@ -88,7 +88,7 @@ async fn export_lines(ddb: &aws_sdk_dynamodb::Client, table: &str) -> Vec<String
     while let Some(page) = pages.next().await {
         for item in page.unwrap().items.unwrap_or_default() {
             let mut text = String::from("{\"Item\":");
-            stream_indexer::ddb_json::table::write_item(&mut text, &item);
+            stream_indexer::tools::ddb_json::table::write_item(&mut text, &item);
             text.push('}');
             lines.push(text);
         }
@@ -479,9 +479,13 @@ async fn the_live_stream_beside_an_export_load_converges() {
     let index = unique_index("exl-idx");
     create_index(&index).await;
     let indexer = indexer(&opensearch_url(), &index, &[]).await;
-    stream_indexer::backfill::prepare_indexes(&indexer, std::slice::from_ref(&index), Some("1h"))
-        .await
-        .unwrap();
+    stream_indexer::tools::backfill::prepare_indexes(
+        &indexer,
+        std::slice::from_ref(&index),
+        Some("1h"),
+    )
+    .await
+    .unwrap();
     let before = export::export_dirs(&s3, &bucket, Some("live"))
         .await
         .unwrap();
@@ -528,7 +532,7 @@ async fn the_live_stream_beside_an_export_load_converges() {
         max_retry_attempts: Some(10),
         bisect: false,
         stop_when_idle: Some(Duration::from_secs(1)),
-        retry_backoff: stream_indexer::backoff::Backoff {
+        retry_backoff: stream_indexer::sink::backoff::Backoff {
             base: Duration::from_millis(1),
             max: Duration::from_millis(20),
         },

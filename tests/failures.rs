@@ -13,7 +13,7 @@ use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
-use stream_indexer::replay;
+use stream_indexer::tools::replay;
 
 const FAST_RETRIES: [(&str, &str); 3] = [
     ("RETRY_BASE_MS", "10"),

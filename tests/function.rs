@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::lambda_api::{Answer, LambdaApi};
 use common::*;
 use serde_json::Value;
-use stream_indexer::verify;
+use stream_indexer::tools::verify;
 
 fn epoch_ms_in(seconds: u64) -> u64 {
     (SystemTime::now().duration_since(UNIX_EPOCH).unwrap() + Duration::from_secs(seconds))

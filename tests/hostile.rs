@@ -13,9 +13,9 @@ use aws_sdk_dynamodb::types::AttributeValue as A;
 use common::proxy::{Fault, Proxy};
 use common::*;
 use serde_json::{Value, json};
-use stream_indexer::backfill::{self, Options};
 use stream_indexer::handler::{InvocationError, RecordOutcome};
-use stream_indexer::replay;
+use stream_indexer::tools::backfill::{self, Options};
+use stream_indexer::tools::replay;
 
 const FAST_RETRIES: [(&str, &str); 3] = [
     ("RETRY_BASE_MS", "10"),
@@ -625,7 +625,7 @@ async fn a_creation_time_from_the_future_is_refused_and_cannot_pin_a_document() 
         8_999_999_999_999_999,
         Some(json!({"v": {"N": "9"}})),
     );
-    let entry = stream_indexer::quarantine::Entry::new(
+    let entry = stream_indexer::sink::quarantine::Entry::new(
         &index,
         "forged",
         Some("3"),

@@ -157,7 +157,7 @@ async fn check(spec: Vec<(u8, Kind, u8, u32)>, quarantine_on: bool) {
             Kind::Put => {
                 let image = serde_json::to_string(&r["dynamodb"]["NewImage"]).unwrap();
                 let mut expected = Vec::new();
-                stream_indexer::convert::write_document(&image, &mut expected).unwrap();
+                stream_indexer::pipeline::convert::write_document(&image, &mut expected).unwrap();
                 assert_eq!(
                     docs.get(&id).map(String::as_bytes),
                     Some(expected.as_slice()),

@@ -180,7 +180,9 @@ async fn quarantined_records_log_no_values_and_their_entries_keep_the_whole_reas
     );
 
     // `replay --list`: counts by index and reason, without values.
-    let summary = stream_indexer::replay::summarize(&indexer).await.unwrap();
+    let summary = stream_indexer::tools::replay::summarize(&indexer)
+        .await
+        .unwrap();
     assert_eq!(summary.entries, 6, "{summary:?}");
     assert_eq!(summary.by_reason.values().sum::<usize>(), 6);
     for (index_of, reason) in summary.by_reason.keys() {

@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 use common::*;
 use serde_json::{Value, json};
 use stream_indexer::handler::{Indexer, RecordOutcome};
-use stream_indexer::{convert, docid, verify};
+use stream_indexer::{
+    pipeline::{convert, docid},
+    tools::verify,
+};
 
 /// A stream record of table `table` for the item `image` (DynamoDB JSON with `pk` and `sk`).
 fn record(
@@ -409,8 +412,8 @@ async fn two_tables_streams_through_one_function_land_in_two_indexes() {
 #[test]
 fn backfill_records_route_like_stream_records() {
     use aws_sdk_dynamodb::types::AttributeValue as A;
-    use stream_indexer::change::{self, VersionSource};
-    use stream_indexer::routing::Router;
+    use stream_indexer::pipeline::change::{self, VersionSource};
+    use stream_indexer::pipeline::routing::Router;
     let items = vec![
         std::collections::HashMap::from([
             ("pk".to_string(), A::S("USER#1".into())),
@@ -422,7 +425,7 @@ fn backfill_records_route_like_stream_records() {
             ("sk".to_string(), A::S("L".into())),
         ]),
     ];
-    let payload = stream_indexer::backfill::synthetic_batch(
+    let payload = stream_indexer::tools::backfill::synthetic_batch(
         "Shop",
         &["pk".to_string(), "sk".to_string()],
         &items,

@@ -13,8 +13,8 @@ use aws_sdk_dynamodb::types::AttributeValue as A;
 use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use stream_indexer::runner::{self, Function, InProcess, Settings};
-use stream_indexer::verify;
+use stream_indexer::tools::runner::{self, Function, InProcess, Settings};
+use stream_indexer::tools::verify;
 
 fn settings(batch_size: usize) -> Settings {
     Settings {
@@ -24,7 +24,7 @@ fn settings(batch_size: usize) -> Settings {
         max_retry_attempts: Some(3),
         bisect: false,
         stop_when_idle: Some(Duration::from_millis(500)),
-        retry_backoff: stream_indexer::backoff::Backoff {
+        retry_backoff: stream_indexer::sink::backoff::Backoff {
             base: Duration::from_millis(1),
             max: Duration::from_millis(20),
         },
@@ -194,7 +194,7 @@ async fn a_batch_that_keeps_failing_is_retried_with_growing_waits_and_given_up_o
     };
     let mut s = settings(5);
     s.max_retry_attempts = Some(2);
-    s.retry_backoff = stream_indexer::backoff::Backoff {
+    s.retry_backoff = stream_indexer::sink::backoff::Backoff {
         base: Duration::from_millis(40),
         max: Duration::from_millis(60),
     };

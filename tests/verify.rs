@@ -15,10 +15,10 @@ use aws_sdk_dynamodb::types::AttributeValue as A;
 use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use stream_indexer::backfill;
 use stream_indexer::handler::Indexer;
-use stream_indexer::runner::{self, InProcess, Settings};
-use stream_indexer::verify::{self, Drift, Options, Report};
+use stream_indexer::tools::backfill;
+use stream_indexer::tools::runner::{self, InProcess, Settings};
+use stream_indexer::tools::verify::{self, Drift, Options, Report};
 
 type Item = HashMap<String, A>;
 
@@ -158,7 +158,7 @@ fn runner_settings() -> Settings {
         max_retry_attempts: Some(3),
         bisect: false,
         stop_when_idle: Some(Duration::from_millis(800)),
-        retry_backoff: stream_indexer::backoff::Backoff {
+        retry_backoff: stream_indexer::sink::backoff::Backoff {
             base: Duration::from_millis(1),
             max: Duration::from_millis(20),
         },
@@ -434,7 +434,7 @@ async fn verify_follows_routes_and_finds_copies_left_in_the_wrong_index() {
         .handle_versioned(
             &payload,
             far_deadline(),
-            &stream_indexer::change::VersionSource::Fixed(1),
+            &stream_indexer::pipeline::change::VersionSource::Fixed(1),
         )
         .await
         .unwrap();

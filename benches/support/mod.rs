@@ -52,7 +52,7 @@ pub async fn bench_table() -> anyhow::Result<Bench> {
     let endpoint =
         std::env::var("DYNAMODB_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:8000".into());
     let os_url = std::env::var("OPENSEARCH_URL").unwrap_or_else(|_| "http://127.0.0.1:9200".into());
-    let sdk = stream_indexer::aws::sdk_config(Some(&endpoint)).await;
+    let sdk = stream_indexer::tools::aws::sdk_config(Some(&endpoint)).await;
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
     let table = format!("bench-{n}");
     populate(&ddb, &table, n).await?;

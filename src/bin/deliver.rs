@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use stream_indexer::config::Config;
 use stream_indexer::handler::Indexer;
-use stream_indexer::{telemetry, template, verify};
+use stream_indexer::{sink::template, telemetry, tools::verify};
 
 /// Deliver DynamoDB Streams event files (e.g. events/*.json) to the handler, in order.
 #[derive(Parser)]

@@ -15,8 +15,12 @@ use clap::Parser;
 use opensearch::http::Method;
 use stream_indexer::config::Config;
 use stream_indexer::handler::Indexer;
-use stream_indexer::runner::{self, InProcess, Settings};
-use stream_indexer::{aws, telemetry, template, verify};
+use stream_indexer::tools::runner::{self, InProcess, Settings};
+use stream_indexer::{
+    sink::template,
+    telemetry,
+    tools::{aws, verify},
+};
 
 /// Create a table with a stream, write changes, deliver the stream, compare table and index.
 #[derive(Parser)]

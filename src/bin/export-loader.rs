@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
-use stream_indexer::backfill::worker::{Step, Worker};
 use stream_indexer::config::Config;
 use stream_indexer::handler::Indexer;
-use stream_indexer::{aws, telemetry};
+use stream_indexer::tools::backfill::worker::{Step, Worker};
+use stream_indexer::{telemetry, tools::aws};
 
 /// How far DynamoDB's clock may be behind a stream change's timestamp: the export's copies are
 /// versioned this much before the export time (as the backfill's `--clock-skew`).

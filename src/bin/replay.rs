@@ -3,7 +3,7 @@
 use clap::Parser;
 use stream_indexer::config::Config;
 use stream_indexer::handler::Indexer;
-use stream_indexer::{replay, telemetry};
+use stream_indexer::{telemetry, tools::replay};
 
 /// Replay the records quarantined for OPENSEARCH_INDEX (read from QUARANTINE_INDEX).
 ///

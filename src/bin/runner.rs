@@ -4,11 +4,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use stream_indexer::backoff::Backoff;
 use stream_indexer::config::Config;
 use stream_indexer::handler::Indexer;
-use stream_indexer::runner::{self, InProcess, InvokeApi, Settings};
-use stream_indexer::{aws, telemetry};
+use stream_indexer::sink::backoff::Backoff;
+use stream_indexer::tools::runner::{self, InProcess, InvokeApi, Settings};
+use stream_indexer::{telemetry, tools::aws};
 
 /// Deliver a DynamoDB stream to the function, as Lambda's event source mapping would.
 ///

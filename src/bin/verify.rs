@@ -7,8 +7,11 @@ use std::time::Duration;
 use clap::Parser;
 use stream_indexer::config::Config;
 use stream_indexer::handler::Indexer;
-use stream_indexer::verify::{self, Options, Report};
-use stream_indexer::{aws, backfill, telemetry};
+use stream_indexer::tools::verify::{self, Options, Report};
+use stream_indexer::{
+    telemetry,
+    tools::{aws, backfill},
+};
 
 /// Compare a DynamoDB table with its OpenSearch index, item by item, values exact.
 ///

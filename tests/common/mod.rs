@@ -194,11 +194,14 @@ pub async fn source_text(index: &str, id: &str) -> Option<String> {
 
 /// Every document of `index` as (id, exact `_source` text), sorted by id.
 pub async fn all_sources(index: &str) -> Vec<(String, String)> {
-    let os =
-        stream_indexer::transport::OpenSearch::connect(&config_for(&opensearch_url(), index, &[]))
-            .await
-            .unwrap();
-    stream_indexer::verify::documents(&os, index)
+    let os = stream_indexer::sink::transport::OpenSearch::connect(&config_for(
+        &opensearch_url(),
+        index,
+        &[],
+    ))
+    .await
+    .unwrap();
+    stream_indexer::tools::verify::documents(&os, index)
         .await
         .unwrap_or_else(|e| panic!("reading {index}: {e}"))
         .into_iter()
@@ -291,7 +294,7 @@ fn start_dynamo() -> Dynamo {
 }
 
 pub async fn dynamo_clients() -> (aws_sdk_dynamodb::Client, aws_sdk_dynamodbstreams::Client) {
-    let sdk = stream_indexer::aws::sdk_config(Some(&dynamodb_url())).await;
+    let sdk = stream_indexer::tools::aws::sdk_config(Some(&dynamodb_url())).await;
     (
         aws_sdk_dynamodb::Client::new(&sdk),
         aws_sdk_dynamodbstreams::Client::new(&sdk),

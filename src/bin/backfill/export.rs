@@ -5,10 +5,10 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use stream_indexer::backfill::{self, from_export};
-use stream_indexer::export::{self, Location};
 use stream_indexer::handler::Indexer;
-use stream_indexer::{telemetry, verify};
+use stream_indexer::tools::backfill::{self, from_export};
+use stream_indexer::tools::export::{self, Location};
+use stream_indexer::{telemetry, tools::verify};
 
 use super::Args;
 

@@ -9,10 +9,13 @@ use std::time::Duration;
 use clap::Parser;
 
 mod export;
-use stream_indexer::backfill::{self, Options};
 use stream_indexer::config::Config;
 use stream_indexer::handler::Indexer;
-use stream_indexer::{aws, rebuild, telemetry};
+use stream_indexer::tools::backfill::{self, Options};
+use stream_indexer::{
+    telemetry,
+    tools::{aws, rebuild},
+};
 
 /// Backfill a DynamoDB table into OpenSearch with a parallel scan, or from an export to S3.
 ///
@@ -99,7 +102,7 @@ struct ExportArgs {
     /// Load only this share of the data files, i/N (1 ≤ i ≤ N): run N machines with 1/N … N/N.
     /// With N > 1, index.gc_deletes is raised but not restored (the others may still run).
     #[arg(long, value_name = "i/N", default_value = "1/1")]
-    files: stream_indexer::export::Share,
+    files: stream_indexer::tools::export::Share,
     /// Data files read at once. Default: twice BULK_CONCURRENCY.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     files_in_parallel: Option<u32>,
@@ -143,7 +146,7 @@ async fn main() -> anyhow::Result<()> {
             rebuild::write_alias(name)
         );
         config.index = Some(index.clone());
-        config.router = stream_indexer::routing::Router::single(&index);
+        config.router = stream_indexer::pipeline::routing::Router::single(&index);
         rebuilding = Some((name.clone(), index));
     }
     let indexer = Indexer::new(config).await?;

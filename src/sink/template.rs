@@ -4,10 +4,10 @@ use std::time::Duration;
 
 use opensearch::http::Method;
 
-use crate::transport::{OpenSearch, RequestError};
+use crate::sink::transport::{OpenSearch, RequestError};
 
 /// The composable index template, with `INDEX_PATTERN` where the index pattern goes.
-pub const INDEX_TEMPLATE: &str = include_str!("../infra/index-template.json");
+pub const INDEX_TEMPLATE: &str = include_str!("../../infra/index-template.json");
 
 /// The template body for indices matching `pattern` (e.g. `items` or `items-*`).
 pub fn template_for(pattern: &str) -> String {

@@ -14,11 +14,11 @@ use opensearch::http::Method;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::bulk::ItemOutcome;
-use crate::change::{Action, Change};
-use crate::convert::write_json_str;
-use crate::dispatch::{self, Limits};
-use crate::transport::{OpenSearch, RequestError};
+use crate::pipeline::bulk::ItemOutcome;
+use crate::pipeline::change::{Action, Change};
+use crate::pipeline::convert::write_json_str;
+use crate::sink::dispatch::{self, Limits};
+use crate::sink::transport::{OpenSearch, RequestError};
 
 /// Settings and mappings of the quarantine index: nothing in an entry is mapped dynamically, so
 /// entries from tables of any shape never conflict.

@@ -11,7 +11,7 @@
 use base64::Engine as _;
 
 use super::{AttributeKind, Captured, check_range, is_json_number};
-use crate::projection::Filter;
+use crate::pipeline::projection::Filter;
 
 /// Converts a validated image like [`super::write_document_projected`]'s walk, appending to
 /// `out`; `None` where the walk must decide (then `out` holds a partial document to cut off).
@@ -490,8 +490,8 @@ mod scan_tests {
 #[cfg(test)]
 mod transcode_tests {
     use super::transcode;
-    use crate::convert::walk;
-    use crate::projection::Projection;
+    use crate::pipeline::convert::walk;
+    use crate::pipeline::projection::Projection;
     use proptest::prelude::*;
 
     /// JSON text of attribute values, well-formed and not: wrong types, escapes, numbers outside
@@ -652,7 +652,7 @@ mod transcode_tests {
             image,
             &mut out,
             &["sk", "pk"],
-            crate::projection::Filter::All,
+            crate::pipeline::projection::Filter::All,
         )
         .expect("the fast path covers what streams send");
         let mut walked = Vec::new();
@@ -661,7 +661,7 @@ mod transcode_tests {
                 image,
                 &mut walked,
                 &["sk", "pk"],
-                crate::projection::Filter::All
+                crate::pipeline::projection::Filter::All
             ),
             Ok(captured)
         );

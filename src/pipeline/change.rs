@@ -3,7 +3,7 @@
 //! The event is read with borrowed types instead of `aws_lambda_events::event::dynamodb::Event`:
 //! that type deserializes every image into a `serde_dynamo::Item` (a map per record, every
 //! binary decoded), which is the slow part of a naive pipeline and which we would then throw
-//! away. Here each image stays a `&RawValue` slice of the payload until [`crate::convert`]
+//! away. Here each image stays a `&RawValue` slice of the payload until [`crate::pipeline::convert`]
 //! writes it out once. The wire shape is the same; tests check fixtures parse both ways.
 
 use std::borrow::Cow;
@@ -17,11 +17,11 @@ use serde_json::value::RawValue;
 
 use std::sync::Arc;
 
-use crate::convert::{self, AttributeKind, Captured, Decimal};
-use crate::docid::{self, KeyPart, RAW_KEY_FIELD};
-use crate::metadata::{Metadata, RecordFacts};
-use crate::projection::Projection;
-use crate::routing::{self, Route, Router};
+use crate::pipeline::convert::{self, AttributeKind, Captured, Decimal};
+use crate::pipeline::docid::{self, KeyPart, RAW_KEY_FIELD};
+use crate::pipeline::metadata::{Metadata, RecordFacts};
+use crate::pipeline::projection::Projection;
+use crate::pipeline::routing::{self, Route, Router};
 
 /// How far a record's `ApproximateCreationDateTime` may be ahead of this machine's clock.
 /// Versions come from it, and a version from the future (milliseconds read as seconds, a forged

@@ -29,12 +29,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use crate::backoff::Backoff;
-use crate::bulk::ItemOutcome;
-use crate::change::{self, Action, Change, Disposition, VersionSource};
 use crate::handler::{Indexer, RecordOutcome};
-use crate::transport::{OpenSearch, RequestError};
-use crate::{backfill, convert, ddb_json, docid};
+use crate::pipeline::bulk::ItemOutcome;
+use crate::pipeline::change::{self, Action, Change, Disposition, VersionSource};
+use crate::sink::backoff::Backoff;
+use crate::sink::transport::{OpenSearch, RequestError};
+use crate::{
+    pipeline::{convert, docid},
+    tools::{backfill, ddb_json},
+};
 
 #[derive(Debug, thiserror::Error)]
 #[error("verify: {0}")]
@@ -1104,7 +1107,7 @@ pub async fn documents(
     index: &str,
 ) -> Result<BTreeMap<String, String>, VerifyError> {
     let t = Duration::from_secs(60);
-    let fail = |e: crate::transport::RequestError| VerifyError(e.to_string());
+    let fail = |e: crate::sink::transport::RequestError| VerifyError(e.to_string());
     os.request(Method::Post, &format!("/{index}/_refresh"), None, t)
         .await
         .map_err(fail)?;

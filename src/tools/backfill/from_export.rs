@@ -27,9 +27,9 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::{BackfillError, Sink, Summary, SyntheticBatch};
-use crate::change::VersionSource;
-use crate::export::{DataFile, Export, Share};
 use crate::handler::Indexer;
+use crate::pipeline::change::VersionSource;
+use crate::tools::export::{DataFile, Export, Share};
 
 /// A page is sent once it holds this many bytes of records, even short of `page_size` items:
 /// bounds the memory of each file in flight whatever the items' size.
@@ -287,9 +287,13 @@ impl Loader<'_> {
         Fut: std::future::Future<Output = Result<(), BackfillError>>,
     {
         let name = format!("s3://{}/{}", self.bucket, file.key);
-        let mut reader =
-            crate::export::open_file(self.s3, self.bucket, &file.key, self.counters.bytes.clone())
-                .await?;
+        let mut reader = crate::tools::export::open_file(
+            self.s3,
+            self.bucket,
+            &file.key,
+            self.counters.bytes.clone(),
+        )
+        .await?;
         let mut line = Vec::new();
         let mut keys_json = String::new();
         let mut number = 0u64;
@@ -310,7 +314,7 @@ impl Loader<'_> {
                 if number > from_line {
                     let item = std::str::from_utf8(&line)
                         .map_err(|_| "the line is not UTF-8 text".to_string())
-                        .and_then(crate::export::parse_line)
+                        .and_then(crate::tools::export::parse_line)
                         .and_then(|item| {
                             key_attributes(&mut keys_json, item, self.key_names).map(|()| item)
                         })

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use sha2::{Digest, Sha256};
 
-use crate::convert::{AttributeKind, Decimal, strip_position};
+use crate::pipeline::convert::{AttributeKind, Decimal, strip_position};
 
 /// OpenSearch rejects `_id`s longer than this many bytes.
 pub const MAX_ID_BYTES: usize = 512;
@@ -149,7 +149,7 @@ impl<'de> Visitor<'de> for KeyMapVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeyMap, A::Error> {
         let mut parts: Vec<KeyPart> = Vec::with_capacity(2);
         loop {
-            let name = match map.next_key::<crate::convert::CowStr<'de>>() {
+            let name = match map.next_key::<crate::pipeline::convert::CowStr<'de>>() {
                 Ok(Some(name)) => name,
                 Ok(None) => break,
                 Err(e) => {

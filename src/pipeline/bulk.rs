@@ -7,7 +7,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::change::{Action, Change};
+use crate::pipeline::change::{Action, Change};
 
 /// One `_bulk` request body for one index and the changes it carries, in body order.
 #[derive(Debug, Clone)]

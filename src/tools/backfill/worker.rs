@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::from_export::{self, Options};
 use super::{BackfillError, Summary};
-use crate::export::{self, DataFile, Location, Share};
 use crate::handler::Indexer;
+use crate::tools::export::{self, DataFile, Location, Share};
 
 /// One invocation's input: `{"step": "prepare" | "open" | "load" | "finish", ...}`.
 #[derive(Debug, Deserialize)]
@@ -102,7 +102,7 @@ impl Worker {
     pub async fn run(&self, step: Step) -> Result<serde_json::Value, BackfillError> {
         let answer = match step {
             Step::Prepare { table, gc_deletes } => {
-                let keys = crate::verify::key_names(&self.ddb, &table).await?;
+                let keys = crate::tools::verify::key_names(&self.ddb, &table).await?;
                 let indexes = super::every_index(&self.indexer, &table);
                 let gc = gc_deletes.unwrap_or_else(|| "12h".into());
                 let previous = super::prepare_indexes(&self.indexer, &indexes, Some(&gc)).await?;

@@ -14,10 +14,10 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use crate::change::{self, Disposition};
 use crate::handler::{Indexer, RecordOutcome};
-use crate::quarantine::{Entry, Part, entry_id};
-use crate::transport::RequestError;
+use crate::pipeline::change::{self, Disposition};
+use crate::sink::quarantine::{Entry, Part, entry_id};
+use crate::sink::transport::RequestError;
 
 /// Entries per page (one handler batch).
 const PAGE: usize = 500;
@@ -58,7 +58,7 @@ struct Hits<H> {
 /// One page of a search of the quarantine, continuing after `after` (the last hit's sort
 /// values); `None` when the quarantine index does not exist.
 async fn search_page<H: serde::de::DeserializeOwned>(
-    os: &crate::transport::OpenSearch,
+    os: &crate::sink::transport::OpenSearch,
     quarantine: &str,
     mut query: serde_json::Value,
     after: &Option<Vec<serde_json::Value>>,
@@ -344,7 +344,7 @@ fn urlencode(s: &str) -> String {
 
 /// The entries this configuration replays: those for its index; with `ROUTES` or a `{table}`
 /// index, every entry (each is routed again as it is replayed).
-fn query_for(router: &crate::routing::Router) -> serde_json::Value {
+fn query_for(router: &crate::pipeline::routing::Router) -> serde_json::Value {
     match router.fixed_default().filter(|_| router.is_single()) {
         // `index.keyword` too, for a quarantine index that dynamic mapping created.
         Some(index) => serde_json::json!({"bool": {"should": [

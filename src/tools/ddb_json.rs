@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use base64::Engine as _;
 
-use crate::convert::write_json_str;
+use crate::pipeline::convert::write_json_str;
 
 macro_rules! writer {
     ($name:ident, $item:ident, $av:ty, $m:path) => {
@@ -159,7 +159,7 @@ mod tests {
             r#"{"b":{"B":"AAH/"},"bs":{"BS":["AQ=="]},"l":{"L":[{"S":"x"},{"M":{}}]},"n":{"N":"1E+30"},"ns":{"NS":["1","2.5"]},"s":{"S":"a\"é"},"ss":{"SS":["a"]},"t":{"BOOL":true},"z":{"NULL":true}}"#
         );
         let mut doc = Vec::new();
-        crate::convert::write_document(&out, &mut doc).unwrap();
+        crate::pipeline::convert::write_document(&out, &mut doc).unwrap();
         assert_eq!(
             String::from_utf8(doc).unwrap(),
             r#"{"b":"AAH/","bs":["AQ=="],"l":["x",{}],"n":1E+30,"ns":[1,2.5],"s":"a\"é","ss":["a"],"t":true,"z":null}"#

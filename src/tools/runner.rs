@@ -20,9 +20,9 @@ use aws_lambda_events::event::streams::DynamoDbEventResponse;
 use aws_sdk_dynamodbstreams::Client;
 use aws_sdk_dynamodbstreams::types::{Record, ShardIteratorType};
 
-use crate::backoff::Backoff;
-use crate::ddb_json;
 use crate::handler::{Indexer, Summary};
+use crate::sink::backoff::Backoff;
+use crate::tools::ddb_json;
 
 /// Lambda's invocation payload limit.
 pub const MAX_PAYLOAD_BYTES: usize = 6 * 1024 * 1024;

@@ -8,9 +8,9 @@ use opensearch::http::Method;
 use opensearch::http::headers::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use opensearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
 
-use crate::bulk::{self, ItemOutcome};
-use crate::change::Action;
 use crate::config::{Auth, Config};
+use crate::pipeline::bulk::{self, ItemOutcome};
+use crate::pipeline::change::Action;
 use crate::telemetry::error_chain;
 
 /// A client for one cluster, built once per process and shared by every invocation.

@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use opensearch::http::Method;
 use serde_json::json;
 
-use crate::template;
-use crate::transport::{OpenSearch, RequestError};
+use crate::sink::template;
+use crate::sink::transport::{OpenSearch, RequestError};
 
 const T: Duration = Duration::from_secs(60);
 

@@ -14,7 +14,7 @@ use base64::Engine as _;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::projection::Filter;
+use crate::pipeline::projection::Filter;
 
 mod fast;
 

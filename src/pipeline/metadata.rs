@@ -4,7 +4,7 @@
 //! `sequence_number`, `event_id`, each under `METADATA_PREFIX` (default `ddb_`).
 
 use crate::config::ConfigError;
-use crate::convert::{write_json_str, write_member_name};
+use crate::pipeline::convert::{write_json_str, write_member_name};
 
 /// The configured fields; [`Metadata::default`] writes none.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

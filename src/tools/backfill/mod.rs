@@ -27,11 +27,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::change::VersionSource;
-use crate::ddb_json;
 use crate::handler::{Indexer, RecordOutcome};
-use crate::transport::RequestError;
-use crate::verify;
+use crate::pipeline::change::VersionSource;
+use crate::sink::transport::RequestError;
+use crate::tools::ddb_json;
+use crate::tools::verify;
 
 pub mod from_export;
 pub mod worker;
@@ -95,7 +95,7 @@ pub enum BackfillError {
     #[error(transparent)]
     Verify(#[from] verify::VerifyError),
     #[error(transparent)]
-    Export(#[from] crate::export::ExportError),
+    Export(#[from] crate::tools::export::ExportError),
     /// A data file that cannot be read as an export: names the file, the line and why.
     #[error("{0}")]
     ExportData(String),
@@ -490,15 +490,19 @@ impl<'a> Sink<'a> {
     ) -> Result<(), BackfillError> {
         let config = &self.indexer.config;
         if self.dry_run {
-            let plan =
-                crate::change::plan(payload, versions, &config.shape(), config.bulk_max_bytes)
-                    .map_err(|e| BackfillError::Dynamo(e.to_string()))?;
+            let plan = crate::pipeline::change::plan(
+                payload,
+                versions,
+                &config.shape(),
+                config.bulk_max_bytes,
+            )
+            .map_err(|e| BackfillError::Dynamo(e.to_string()))?;
             let mut s = self.summary.lock().await;
             s.scanned += items;
             s.pages += 1;
             for r in &plan.records {
                 match &r.disposition {
-                    crate::change::Disposition::Invalid(_) => s.failed += 1,
+                    crate::pipeline::change::Disposition::Invalid(_) => s.failed += 1,
                     _ => s.indexed += 1,
                 }
             }
@@ -567,7 +571,7 @@ pub async fn prepare_indexes(
     gc_deletes: Option<&str>,
 ) -> Result<Vec<(String, Option<String>)>, BackfillError> {
     for index in indexes {
-        crate::template::create_index(&indexer.opensearch, index).await?;
+        crate::sink::template::create_index(&indexer.opensearch, index).await?;
     }
     let mut previous = Vec::new();
     if let Some(value) = gc_deletes {

@@ -6,10 +6,10 @@ use std::time::Duration;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::time::Instant;
 
-use crate::backoff::Backoff;
-use crate::bulk::{self, BulkBody, ItemOutcome};
-use crate::change::{Action, Change};
-use crate::transport::{BulkReply, OpenSearch, RequestFailure};
+use crate::pipeline::bulk::{self, BulkBody, ItemOutcome};
+use crate::pipeline::change::{Action, Change};
+use crate::sink::backoff::Backoff;
+use crate::sink::transport::{BulkReply, OpenSearch, RequestFailure};
 
 /// The limits one delivery works within.
 #[derive(Debug, Clone)]

@@ -1,0 +1,18 @@
+//! The pure pipeline: a stream record becomes documents, documents become `_bulk` bodies, and
+//! bulk responses become outcomes. No I/O.
+//!
+//! - [`convert`]: DynamoDB JSON image → exact document JSON, streamed, no value tree; a
+//!   byte-level fast path (`convert::fast`) for validated images, the serde walk for the rest.
+//! - [`docid`]: key attributes → document `_id`, injective, hashed past 512 bytes.
+//! - [`change`]: stream batch → one versioned index/delete per document id (last change wins).
+//! - [`bulk`]: changes → byte-bounded NDJSON bodies; `_bulk` responses → outcomes by position.
+//! - [`routing`]: which index an item goes to (`OPENSEARCH_INDEX` with `{table}`, `ROUTES`).
+//! - [`projection`]: which attributes reach the document (`EXCLUDE_`/`INCLUDE_ATTRIBUTES`).
+//! - [`metadata`]: stream metadata fields in documents (`METADATA_FIELDS`).
+pub mod bulk;
+pub mod change;
+pub mod convert;
+pub mod docid;
+pub mod metadata;
+pub mod projection;
+pub mod routing;
