@@ -1,5 +1,6 @@
 //! Backfill from a DynamoDB export: moto's own exports (its S3), and fixture exports in AWS's
-//! layout with manifests, against the local OpenSearch-compatible server.
+//! layout with manifests, against the local OpenSearch-compatible server. Always on moto (even
+//! when `DYNAMODB_ENDPOINT` names DynamoDB Local, which has no exports and no S3).
 
 mod common;
 
@@ -14,12 +15,6 @@ use stream_indexer::tools::export::{self, Location, Share};
 use stream_indexer::tools::runner::{self, InProcess, Settings};
 use stream_indexer::tools::verify;
 use tokio::io::AsyncWriteExt as _;
-
-async fn s3() -> aws_sdk_s3::Client {
-    let url = dynamodb_url();
-    let sdk = stream_indexer::tools::aws::sdk_config(Some(&url)).await;
-    stream_indexer::tools::aws::s3_client(&sdk, Some(&url))
-}
 
 async fn create_bucket(s3: &aws_sdk_s3::Client) -> String {
     let bucket = unique_index("exports");
@@ -167,7 +162,7 @@ fn backfill_command(index: &str, opensearch: &str) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"));
     cmd.env("OPENSEARCH_URL", opensearch)
         .env("OPENSEARCH_INDEX", index)
-        .env("AWS_ENDPOINT_URL", dynamodb_url())
+        .env("AWS_ENDPOINT_URL", moto_url())
         .env("RUST_LOG", "warn")
         .env_remove("DYNAMODB_ENDPOINT")
         .env_remove("AWS_PROFILE")
@@ -180,8 +175,7 @@ fn backfill_command(index: &str, opensearch: &str) -> std::process::Command {
 /// directory its own way and writes no manifests) and loaded; every type lands exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_export_exports_the_table_and_loads_it_exactly() {
-    let (ddb, _) = dynamo_clients().await;
-    let s3 = s3().await;
+    let (ddb, s3) = moto_clients().await;
     let table = unique_index("ex");
     create_table(&ddb, &table).await;
     populate(&ddb, &table, 1200).await;
@@ -240,8 +234,7 @@ async fn backfill_export_exports_the_table_and_loads_it_exactly() {
 /// make the index equal to the table. A dry run writes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fixture_export_with_manifests_loads_in_shares() {
-    let (ddb, _) = dynamo_clients().await;
-    let s3 = s3().await;
+    let (ddb, s3) = moto_clients().await;
     let table = unique_index("exf");
     create_table(&ddb, &table).await;
     populate(&ddb, &table, 900).await;
@@ -325,8 +318,7 @@ async fn a_fixture_export_with_manifests_loads_in_shares() {
 /// written from a file past its bad line, and an ION export is refused up front.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_exports_are_named_precisely() {
-    let (ddb, _) = dynamo_clients().await;
-    let s3 = s3().await;
+    let (ddb, s3) = moto_clients().await;
     let table = unique_index("exb");
     create_table(&ddb, &table).await;
     populate(&ddb, &table, 30).await;
@@ -401,8 +393,7 @@ async fn broken_exports_are_named_precisely() {
 /// items back. `allow_old_export` loads it anyway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_older_than_the_delete_memory_is_refused() {
-    let (ddb, _) = dynamo_clients().await;
-    let s3 = s3().await;
+    let (ddb, s3) = moto_clients().await;
     let table = unique_index("exo");
     create_table(&ddb, &table).await;
     populate(&ddb, &table, 20).await;
@@ -469,8 +460,10 @@ async fn an_export_older_than_the_delete_memory_is_refused() {
 /// index ends equal to the table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_live_stream_beside_an_export_load_converges() {
-    let (ddb, streams) = dynamo_clients().await;
-    let s3 = s3().await;
+    let (ddb, s3) = moto_clients().await;
+    let streams = aws_sdk_dynamodbstreams::Client::new(
+        &stream_indexer::tools::aws::sdk_config(Some(&moto_url())).await,
+    );
     let table = unique_index("exl");
     let stream_arn = create_table(&ddb, &table).await;
     enable_pitr(&ddb, &table).await;
@@ -584,8 +577,7 @@ async fn the_live_stream_beside_an_export_load_converges() {
 /// confirmed are not read again, and nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_load_killed_midway_resumes_from_its_checkpoint() {
-    let (ddb, _) = dynamo_clients().await;
-    let s3 = s3().await;
+    let (ddb, s3) = moto_clients().await;
     let table = unique_index("exk");
     create_table(&ddb, &table).await;
     populate(&ddb, &table, 2000).await;
@@ -676,8 +668,7 @@ async fn a_load_killed_midway_resumes_from_its_checkpoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_export_loader_function_loads_one_file_per_invocation() {
     use common::lambda_api::{Answer, LambdaApi};
-    let (ddb, _) = dynamo_clients().await;
-    let s3 = s3().await;
+    let (ddb, s3) = moto_clients().await;
     let table = unique_index("exw");
     create_table(&ddb, &table).await;
     populate(&ddb, &table, 600).await;
@@ -709,7 +700,7 @@ async fn the_export_loader_function_loads_one_file_per_invocation() {
         .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
         .env("OPENSEARCH_URL", opensearch_url())
         .env("OPENSEARCH_INDEX", &index)
-        .env("AWS_ENDPOINT_URL", dynamodb_url())
+        .env("AWS_ENDPOINT_URL", moto_url())
         .env_remove("AWS_PROFILE")
         .env_remove("AWS_ACCESS_KEY_ID")
         .env_remove("AWS_REGION")

@@ -246,10 +246,35 @@ pub fn dynamodb_url() -> String {
     DYNAMO.get_or_init(start_dynamo).url.clone()
 }
 
+static MOTO: OnceLock<Dynamo> = OnceLock::new();
+
+/// moto, for what only moto has (DynamoDB exports into its own S3; DynamoDB Local has neither):
+/// the server of [`dynamodb_url`] when that is ours, else one started for this test process.
+pub fn moto_url() -> String {
+    if std::env::var("DYNAMODB_ENDPOINT").is_err() {
+        return dynamodb_url();
+    }
+    MOTO.get_or_init(start_moto).url.clone()
+}
+
+/// DynamoDB and S3 clients for [`moto_url`].
+pub async fn moto_clients() -> (aws_sdk_dynamodb::Client, aws_sdk_s3::Client) {
+    let url = moto_url();
+    let sdk = stream_indexer::tools::aws::sdk_config(Some(&url)).await;
+    (
+        aws_sdk_dynamodb::Client::new(&sdk),
+        stream_indexer::tools::aws::s3_client(&sdk, Some(&url)),
+    )
+}
+
 fn start_dynamo() -> Dynamo {
     if let Ok(url) = std::env::var("DYNAMODB_ENDPOINT") {
         return Dynamo { url, _child: None };
     }
+    start_moto()
+}
+
+fn start_moto() -> Dynamo {
     let out = Command::new(repo_root().join("infra/local.sh"))
         .arg("osmem-bin")
         .output()
