@@ -366,6 +366,17 @@ async fn broken_exports_are_named_precisely() {
         "{e}"
     );
 
+    // The failed load leaves the delete memory raised: its resumed run still needs it.
+    let settings = http()
+        .get(format!("{}/{index}/_settings", opensearch_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(settings.contains(r#""gc_deletes":"1h""#), "{settings}");
+
     // A manifest that promises more items than the file holds (a truncated file).
     let short =
         write_fixture_export(&s3, &bucket, &table, &lines[..5], 2, &now, "DYNAMODB_JSON").await;

@@ -136,7 +136,7 @@ pub async fn run(
         Err(e) => {
             eprintln!("backfill failed: {e:#}");
             eprintln!(
-                "continue with: backfill --from-export {} --resume",
+                "continue with: backfill --from-export {} --resume (index.gc_deletes stays raised until the load finishes)",
                 location.url()
             );
             std::process::exit(2);

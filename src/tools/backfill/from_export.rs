@@ -54,7 +54,8 @@ pub struct Options {
     pub clock_skew: Duration,
     /// `index.gc_deletes` for the run; `None` leaves it alone.
     pub gc_deletes: Option<String>,
-    /// Put `index.gc_deletes` back afterwards. Off when other machines load other shares.
+    /// Put `index.gc_deletes` back once every file is loaded (not after a failure or Ctrl-C:
+    /// the resumed load needs it). Off when other machines load other shares.
     pub restore_gc_deletes: bool,
     /// Load even if the index may have forgotten deletes made since the export (module docs);
     /// run `verify --repair` afterwards.
@@ -209,14 +210,16 @@ pub async fn run(
         .buffer_unordered(opts.files_in_parallel.max(1))
         .collect()
         .await;
-    if opts.restore_gc_deletes {
-        super::restore_gc_deletes(indexer, previous_gc).await?;
-    }
     let mut summary = loader.sink.into_summary();
     summary.millis = started.elapsed().as_millis() as u64;
     summary.interrupted = stop.load(Ordering::Relaxed);
     for r in results {
         r?;
+    }
+    // Only a finished load puts the delete memory back: a load resumed later still needs every
+    // delete made since the export remembered (and would refuse to start otherwise).
+    if opts.restore_gc_deletes && !summary.interrupted {
+        super::restore_gc_deletes(indexer, previous_gc).await?;
     }
     Ok(summary)
 }
