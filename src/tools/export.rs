@@ -291,8 +291,10 @@ pub async fn open(s3: &aws_sdk_s3::Client, location: &Location) -> Result<Export
                     key: files_key.clone(),
                     reason,
                 })?;
+            let sizes: std::collections::HashMap<&str, u64> =
+                listed.iter().map(|(k, b)| (k.as_str(), *b)).collect();
             for f in &mut export.files {
-                f.bytes = listed.iter().find(|(k, _)| *k == f.key).map(|(_, b)| *b);
+                f.bytes = sizes.get(f.key.as_str()).copied();
             }
         }
         None => {
