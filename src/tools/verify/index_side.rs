@@ -1,0 +1,401 @@
+//! Index → table: each index walked (or sampled) by id, ids turned back into keys, items read
+//! with BatchGetItem; documents with no item, or routed elsewhere, are extra; repair deletes
+//! them at read-time versions.
+
+use super::*;
+
+/// Pages of ids from the index walk: the id, the full key of a hashed id, the version.
+#[derive(Deserialize)]
+pub(super) struct IdHit {
+    #[serde(rename = "_id")]
+    pub(super) id: String,
+    #[serde(rename = "_version")]
+    pub(super) version: Option<u64>,
+    #[serde(rename = "_source")]
+    pub(super) source: Option<RawKey>,
+    #[serde(default)]
+    pub(super) sort: Vec<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct RawKey {
+    #[serde(rename = "dynamodb_raw_key")]
+    pub(super) raw: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct IdPage {
+    pub(super) pit_id: Option<String>,
+    pub(super) hits: IdHits,
+}
+
+#[derive(Deserialize)]
+pub(super) struct IdHits {
+    pub(super) hits: Vec<IdHit>,
+}
+
+/// How long a point in time stays open between two pages of the walk.
+pub(super) const PIT_KEEP_ALIVE: &str = "5m";
+
+/// BatchGetItem takes at most 100 keys.
+pub(super) const BATCH_GET_KEYS: usize = 100;
+
+/// Where an item belongs.
+pub(super) enum Home {
+    Index(Arc<str>),
+    /// Routed to no index.
+    Nowhere,
+    /// The function cannot index it as it is (the table side reports it).
+    Unknown,
+}
+
+impl Verifier<'_> {
+    pub(super) async fn index_side(&self) -> Result<(), VerifyError> {
+        if !self.opts.extra {
+            return Ok(());
+        }
+        for index in self.indexer.config.router.every_index(Some(self.table())) {
+            if !self.refresh(&index).await? {
+                continue;
+            }
+            match self.opts.sample {
+                Some(fraction) => self.sample_index(&index, fraction).await?,
+                None => self.walk_index(&index).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes every write so far visible to search; false if the index does not exist.
+    pub(super) async fn refresh(&self, index: &str) -> Result<bool, VerifyError> {
+        match self
+            .os()
+            .request(
+                Method::Post,
+                &format!("/{index}/_refresh"),
+                None,
+                self.opts.timeout,
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.status == Some(404) => Ok(false),
+            Err(e) => Err(self.fail("refresh", e)),
+        }
+    }
+
+    pub(super) async fn search(
+        &self,
+        path: &str,
+        query: &serde_json::Value,
+    ) -> Result<Vec<u8>, RequestError> {
+        self.os()
+            .request(
+                Method::Post,
+                path,
+                Some(query.to_string().into_bytes()),
+                self.opts.timeout,
+            )
+            .await
+            .map(|(_, body)| body.to_vec())
+    }
+
+    /// Every document id of `index`, page by page under a point in time, so that the walk sees
+    /// one state of the index however long it takes.
+    pub(super) async fn walk_index(&self, index: &str) -> Result<(), VerifyError> {
+        let t = self.opts.timeout;
+        let opened = self
+            .os()
+            .request(
+                Method::Post,
+                &format!("/{index}/_search/point_in_time?keep_alive={PIT_KEEP_ALIVE}"),
+                None,
+                t,
+            )
+            .await
+            .map_err(|e| self.fail("open a point in time", e))?;
+        #[derive(Deserialize)]
+        struct Pit {
+            pit_id: String,
+        }
+        let mut pit = serde_json::from_slice::<Pit>(&opened.1)
+            .map_err(|e| self.fail("point in time", e))?
+            .pit_id;
+        // `_shard_doc` is the cheap order for a walk; a cluster without it sorts by `_id`.
+        let mut sort = serde_json::json!([{"_shard_doc": "asc"}]);
+        let mut after: Option<serde_json::Value> = None;
+        let result = loop {
+            let mut q = serde_json::json!({
+                "size": self.opts.page_size,
+                "pit": {"id": pit, "keep_alive": PIT_KEEP_ALIVE},
+                "sort": sort,
+                "_source": [docid::RAW_KEY_FIELD],
+                "version": true,
+                "track_total_hits": false,
+            });
+            if let Some(a) = &after {
+                q["search_after"] = a.clone();
+            }
+            let body = match self.search("/_search", &q).await {
+                Ok(body) => body,
+                Err(e)
+                    if e.status == Some(400) && after.is_none() && sort[0].get("_id").is_none() =>
+                {
+                    sort = serde_json::json!([{"_id": "asc"}]);
+                    continue;
+                }
+                Err(e) => break Err(self.fail(&format!("walk {index}"), e)),
+            };
+            let page: IdPage = match serde_json::from_slice(&body) {
+                Ok(p) => p,
+                Err(e) => break Err(self.fail(&format!("walk {index}"), e)),
+            };
+            if let Some(p) = page.pit_id {
+                pit = p;
+            }
+            let Some(last) = page.hits.hits.last() else {
+                break Ok(());
+            };
+            after = Some(serde_json::json!(last.sort));
+            if let Err(e) = self.check_documents(index, page.hits.hits).await {
+                break Err(e);
+            }
+        };
+        // Closed now rather than when it expires; a failure here changes nothing found.
+        let _ = self
+            .os()
+            .request(
+                Method::Delete,
+                "/_search/point_in_time",
+                Some(
+                    serde_json::json!({"pit_id": [pit]})
+                        .to_string()
+                        .into_bytes(),
+                ),
+                t,
+            )
+            .await;
+        result
+    }
+
+    /// About `fraction` of `index`'s documents, chosen at random (at most 10,000, the most one
+    /// search returns).
+    pub(super) async fn sample_index(&self, index: &str, fraction: f64) -> Result<(), VerifyError> {
+        let (_, body) = self
+            .os()
+            .request(
+                Method::Get,
+                &format!("/{index}/_count"),
+                None,
+                self.opts.timeout,
+            )
+            .await
+            .map_err(|e| self.fail("count", e))?;
+        let count = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["count"].as_u64())
+            .unwrap_or(0);
+        let size = ((count as f64 * fraction).ceil() as u64).min(10_000);
+        if size == 0 {
+            return Ok(());
+        }
+        let q = serde_json::json!({
+            "size": size,
+            "query": {"function_score": {
+                "query": {"match_all": {}},
+                "random_score": {"seed": self.opts.seed, "field": "_seq_no"},
+            }},
+            "_source": [docid::RAW_KEY_FIELD],
+            "version": true,
+        });
+        let body = self
+            .search(&format!("/{index}/_search"), &q)
+            .await
+            .map_err(|e| self.fail(&format!("sample {index}"), e))?;
+        let page: IdPage =
+            serde_json::from_slice(&body).map_err(|e| self.fail(&format!("sample {index}"), e))?;
+        let mut hits = page.hits.hits;
+        while !hits.is_empty() {
+            let rest = hits.split_off(hits.len().min(self.opts.page_size as usize));
+            self.check_documents(index, hits).await?;
+            hits = rest;
+        }
+        Ok(())
+    }
+
+    /// Index → table for one page of ids: each id's item is read (consistently) and planned;
+    /// a document whose item is gone, or routed elsewhere, is extra once fetched again.
+    pub(super) async fn check_documents(
+        &self,
+        index: &str,
+        hits: Vec<IdHit>,
+    ) -> Result<(), VerifyError> {
+        let mut candidates = Vec::new();
+        let mut lookups = Vec::new();
+        for (i, h) in hits.iter().enumerate() {
+            let raw = h.source.as_ref().and_then(|s| s.raw.as_deref());
+            match self.key_of_id(&h.id, raw) {
+                Some(key) => lookups.push((i, key)),
+                // No key gives this id: no item can back it.
+                None => candidates.push(i),
+            }
+        }
+        let read_at = SystemTime::now();
+        let items = self
+            .batch_get(lookups.iter().map(|(_, k)| k.clone()).collect())
+            .await?;
+        let homes = self.homes(&items, read_at)?;
+        for (i, _) in lookups {
+            let at_home = match homes.iter().find(|(id, _)| *id == hits[i].id) {
+                Some((_, Home::Index(h))) => &**h == index,
+                Some((_, Home::Unknown)) => true,
+                Some((_, Home::Nowhere)) | None => false,
+            };
+            if !at_home {
+                candidates.push(i);
+            }
+        }
+        // Fetched again: a document deleted since the walk saw it is not extra.
+        let still = self
+            .mget(candidates.iter().map(|&i| (index, hits[i].id.as_str())))
+            .await?;
+        let extra: Vec<usize> = candidates
+            .into_iter()
+            .zip(still)
+            .filter_map(|(i, doc)| doc.map(|_| i))
+            .collect();
+        {
+            let mut r = self.report.lock().expect("not poisoned");
+            r.documents += hits.len() as u64;
+            for &i in &extra {
+                r.count(Drift::Extra, index, &hits[i].id, self.opts.examples);
+            }
+        }
+        self.progress
+            .fetch_add(hits.len() as u64, Ordering::Relaxed);
+        if self.opts.repair && !extra.is_empty() {
+            let docs: Vec<&IdHit> = extra.iter().map(|&i| &hits[i]).collect();
+            self.delete_documents(index, &docs, read_at).await;
+        }
+        Ok(())
+    }
+
+    /// Where each item belongs, as the function would route it, by document id.
+    pub(super) fn homes(
+        &self,
+        items: &[Item],
+        read_at: SystemTime,
+    ) -> Result<Vec<(String, Home)>, VerifyError> {
+        let (payload, versions) = self.as_batch(items, read_at);
+        let plan = self.plan(&payload, &versions)?;
+        Ok(plan
+            .records
+            .iter()
+            .enumerate()
+            .map(|(pos, r)| match &r.disposition {
+                Disposition::Change(i) | Disposition::Superseded(i) => {
+                    let c = &plan.changes[*i];
+                    (c.id.clone(), Home::Index(c.index.clone()))
+                }
+                Disposition::Skipped => (self.id_of(&items[pos]), Home::Nowhere),
+                Disposition::Invalid(_) => (self.id_of(&items[pos]), Home::Unknown),
+            })
+            .collect())
+    }
+
+    /// Deletes extra documents with versions no later change can lose to: with stream-time
+    /// versions, the read-time version of the lookup that found no item (a stream change after
+    /// it wins); with a version attribute, one above the document's own.
+    pub(super) async fn delete_documents(&self, index: &str, docs: &[&IdHit], read_at: SystemTime) {
+        let attribute = self.indexer.config.version_attribute.as_deref();
+        let (versions, _) = backfill::read_versions(read_at, self.opts.clock_skew, attribute);
+        let index: Arc<str> = Arc::from(index);
+        let changes: Vec<Change> = docs
+            .iter()
+            .enumerate()
+            .map(|(k, d)| {
+                let version = match versions {
+                    VersionSource::Fixed(v) => v,
+                    _ => d.version.unwrap_or(0).saturating_add(1),
+                };
+                Change::delete(
+                    index.clone(),
+                    d.id.clone(),
+                    version,
+                    versions.version_type(),
+                    k,
+                )
+            })
+            .collect();
+        let outcomes = self
+            .indexer
+            .apply(&changes, Instant::now() + self.opts.timeout)
+            .await;
+        let mut r = self.report.lock().expect("not poisoned");
+        let done = r.repair.get_or_insert_default();
+        for o in outcomes {
+            *match o {
+                ItemOutcome::Deleted | ItemOutcome::Indexed => &mut done.deleted,
+                ItemOutcome::Superseded => &mut done.superseded,
+                ItemOutcome::Skipped => &mut done.skipped,
+                ItemOutcome::Retry(_) | ItemOutcome::Permanent(_) => &mut done.failed,
+            } += 1;
+        }
+    }
+
+    /// Items by key, read consistently; absent items are left out.
+    pub(super) async fn batch_get(&self, keys: Vec<Item>) -> Result<Vec<Item>, VerifyError> {
+        let backoff = Backoff {
+            base: Duration::from_millis(50),
+            max: Duration::from_secs(5),
+        };
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(BATCH_GET_KEYS) {
+            let mut pending = Some(
+                KeysAndAttributes::builder()
+                    .set_keys(Some(chunk.to_vec()))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(|e| self.fail("BatchGetItem", e))?,
+            );
+            let mut attempt = 0;
+            while let Some(request) = pending.take() {
+                let res = self
+                    .ddb
+                    .batch_get_item()
+                    .request_items(self.table(), request)
+                    .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        self.fail(
+                            &format!("BatchGetItem {}", self.table()),
+                            crate::telemetry::error_chain(&e),
+                        )
+                    })?;
+                for c in res.consumed_capacity.unwrap_or_default() {
+                    self.charge(Some(&c)).await;
+                }
+                if let Some(mut found) = res.responses {
+                    out.extend(found.remove(self.table()).unwrap_or_default());
+                }
+                // Throttled keys come back unprocessed: ask again after a wait.
+                pending = res
+                    .unprocessed_keys
+                    .and_then(|mut u| u.remove(self.table()))
+                    .filter(|k| !k.keys.is_empty());
+                if pending.is_some() {
+                    attempt += 1;
+                    if attempt > 10 {
+                        return Err(self.fail(
+                            &format!("BatchGetItem {}", self.table()),
+                            "keys still unprocessed after 10 attempts",
+                        ));
+                    }
+                    Backoff::wait(backoff.delay(attempt)).await;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
