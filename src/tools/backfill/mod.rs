@@ -14,6 +14,10 @@
 //!
 //! Deletes made during the run leave tombstones that keep the backfill's older copies out; they
 //! must outlive the run, so `index.gc_deletes` is raised for it and restored afterwards.
+//!
+//! The scan lives here; [`from_export`] reads a DynamoDB export instead and [`worker`] runs that
+//! as steps for the Step Functions state machine. All three write through `Sink` and version
+//! with [`read_versions`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
