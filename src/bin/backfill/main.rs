@@ -101,7 +101,13 @@ struct ExportArgs {
     s3_prefix: Option<String>,
     /// Load only this share of the data files, i/N (1 ≤ i ≤ N): run N machines with 1/N … N/N.
     /// With N > 1, index.gc_deletes is raised but not restored (the others may still run).
-    #[arg(long, value_name = "i/N", default_value = "1/1")]
+    /// Not with --export: each machine would request an export of its own.
+    #[arg(
+        long,
+        value_name = "i/N",
+        default_value = "1/1",
+        conflicts_with = "export"
+    )]
     files: stream_indexer::tools::export::Share,
     /// Data files read at once. Default: twice BULK_CONCURRENCY.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
