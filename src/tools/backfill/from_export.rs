@@ -152,23 +152,7 @@ pub async fn run(
     if let (Some(path), false) = (&opts.checkpoint, opts.dry_run) {
         super::save_json(path, &checkpoint)?;
     }
-    let (versions, approximate_secs) = super::read_versions(
-        opts.export_time,
-        opts.clock_skew,
-        indexer.config.version_attribute.as_deref(),
-    );
-    let loader = Loader {
-        s3,
-        bucket: &export.location.bucket,
-        table: &opts.table,
-        key_names: &opts.key_names,
-        versions,
-        approximate_secs,
-        page_size: opts.page_size.max(1),
-        sink: Sink::new(indexer, opts.dry_run, opts.page_timeout),
-        stop,
-        counters,
-    };
+    let loader = Loader::new(indexer, s3, &export.location.bucket, opts, stop, counters);
     let checkpoint = Mutex::new(checkpoint);
     let todo: Vec<(DataFile, u64)> = {
         let c = checkpoint.lock().await;
@@ -235,25 +219,9 @@ pub async fn load_file(
     opts: &Options,
 ) -> Result<Summary, BackfillError> {
     let started = Instant::now();
-    let (versions, approximate_secs) = super::read_versions(
-        opts.export_time,
-        opts.clock_skew,
-        indexer.config.version_attribute.as_deref(),
-    );
     let stop = AtomicBool::new(false);
     let counters = Counters::default();
-    let loader = Loader {
-        s3,
-        bucket,
-        table: &opts.table,
-        key_names: &opts.key_names,
-        versions,
-        approximate_secs,
-        page_size: opts.page_size.max(1),
-        sink: Sink::new(indexer, opts.dry_run, opts.page_timeout),
-        stop: &stop,
-        counters: &counters,
-    };
+    let loader = Loader::new(indexer, s3, bucket, opts, &stop, &counters);
     loader
         .load(file, 0, |_, _| async { Ok::<(), BackfillError>(()) })
         .await?;
@@ -276,7 +244,35 @@ struct Loader<'a> {
     counters: &'a Counters,
 }
 
-impl Loader<'_> {
+impl<'a> Loader<'a> {
+    /// Versions from the export time, as [`super::read_versions`] gives them for a read then.
+    fn new(
+        indexer: &'a Indexer,
+        s3: &'a aws_sdk_s3::Client,
+        bucket: &'a str,
+        opts: &'a Options,
+        stop: &'a AtomicBool,
+        counters: &'a Counters,
+    ) -> Loader<'a> {
+        let (versions, approximate_secs) = super::read_versions(
+            opts.export_time,
+            opts.clock_skew,
+            indexer.config.version_attribute.as_deref(),
+        );
+        Loader {
+            s3,
+            bucket,
+            table: &opts.table,
+            key_names: &opts.key_names,
+            versions,
+            approximate_secs,
+            page_size: opts.page_size.max(1),
+            sink: Sink::new(indexer, opts.dry_run, opts.page_timeout),
+            stop,
+            counters,
+        }
+    }
+
     /// Streams `file` from line `from_line + 1` on, landing a page at a time; `saved(lines,
     /// done)` is called after each page is confirmed.
     async fn load<F, Fut>(
@@ -409,27 +405,15 @@ async fn check_deletes_remembered(
 /// `index.gc_deletes` now (OpenSearch's default, 60 s, when unset). An index that does not exist
 /// yet has recorded no delete at all, so its window is zero.
 async fn gc_deletes_window(indexer: &Indexer, index: &str) -> Result<Duration, BackfillError> {
-    let body = match indexer
-        .opensearch
-        .request(
-            opensearch::http::Method::Get,
-            &format!("/{index}/_settings/index.gc_deletes?include_defaults=true"),
-            None,
-            Duration::from_secs(30),
-        )
-        .await
-    {
-        Ok((_, body)) => body,
+    let setting = match super::gc_deletes(indexer, index).await {
+        Ok(setting) => setting,
         Err(e) if e.status == Some(404) => return Ok(Duration::ZERO),
         Err(e) => return Err(e.into()),
     };
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let setting = v.as_object().and_then(|m| m.values().next()).and_then(|s| {
-        s["settings"]["index"]["gc_deletes"]
-            .as_str()
-            .or_else(|| s["defaults"]["index"]["gc_deletes"].as_str())
-    });
     Ok(setting
+        .set
+        .or(setting.default)
+        .as_deref()
         .and_then(parse_time_value)
         .unwrap_or(Duration::from_secs(60)))
 }

@@ -756,31 +756,48 @@ pub async fn set_gc_deletes(
     index: &str,
     value: Option<&str>,
 ) -> Result<Option<String>, RequestError> {
-    let os = &indexer.opensearch;
-    let t = Duration::from_secs(30);
-    let (_, body) = os
+    let previous = gc_deletes(indexer, index).await?.set;
+    let body = serde_json::json!({"index": {"gc_deletes": value}});
+    indexer
+        .opensearch
+        .request(
+            Method::Put,
+            &format!("/{index}/_settings"),
+            Some(body.to_string().into_bytes()),
+            Duration::from_secs(30),
+        )
+        .await?;
+    Ok(previous)
+}
+
+/// An index's `index.gc_deletes`: the value set on it, and OpenSearch's default.
+pub(crate) struct GcDeletes {
+    pub set: Option<String>,
+    pub default: Option<String>,
+}
+
+/// Reads `index`'s `index.gc_deletes` (with the default, `include_defaults`).
+pub(crate) async fn gc_deletes(indexer: &Indexer, index: &str) -> Result<GcDeletes, RequestError> {
+    let (_, body) = indexer
+        .opensearch
         .request(
             Method::Get,
-            &format!("/{index}/_settings/index.gc_deletes"),
+            &format!("/{index}/_settings/index.gc_deletes?include_defaults=true"),
             None,
-            t,
+            Duration::from_secs(30),
         )
         .await?;
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let previous = v
-        .as_object()
-        .and_then(|m| m.values().next())
-        .and_then(|s| s["settings"]["index"]["gc_deletes"].as_str())
-        .map(str::to_string);
-    let body = serde_json::json!({"index": {"gc_deletes": value}});
-    os.request(
-        Method::Put,
-        &format!("/{index}/_settings"),
-        Some(body.to_string().into_bytes()),
-        t,
-    )
-    .await?;
-    Ok(previous)
+    let of = |part: &str| {
+        v.as_object()
+            .and_then(|m| m.values().next())
+            .and_then(|s| s[part]["index"]["gc_deletes"].as_str())
+            .map(str::to_string)
+    };
+    Ok(GcDeletes {
+        set: of("settings"),
+        default: of("defaults"),
+    })
 }
 
 /// Stops the run after the pages in flight on Ctrl-C.
