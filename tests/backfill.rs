@@ -8,7 +8,7 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::AttributeValue as A;
 use common::*;
 use stream_indexer::tools::backfill::{self, Checkpoint, Options};
-use stream_indexer::tools::runner::{self, InProcess, Settings};
+use stream_indexer::tools::runner::{self, InProcess};
 use stream_indexer::tools::{rebuild, verify};
 
 fn options(table: &str, checkpoint: &std::path::Path) -> Options {
@@ -86,14 +86,7 @@ async fn a_backfill_of_every_type_lands_exactly() {
         3000
     );
     // gc_deletes is back to the default.
-    let settings = http()
-        .get(format!("{}/{index}/_settings", opensearch_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let settings = index_settings(&index).await;
     assert!(!settings.contains("gc_deletes"), "{settings}");
 }
 
@@ -229,18 +222,7 @@ async fn changes_during_the_backfill_converge_to_the_table() {
             tokio::time::sleep(Duration::from_millis(150)).await;
         }
     };
-    let settings = Settings {
-        batch_size: 200,
-        batching_window: Duration::from_millis(100),
-        trim_horizon: true,
-        max_retry_attempts: Some(10),
-        bisect: false,
-        stop_when_idle: Some(Duration::from_secs(1)),
-        retry_backoff: stream_indexer::sink::backoff::Backoff {
-            base: Duration::from_millis(1),
-            max: Duration::from_millis(20),
-        },
-    };
+    let settings = drain_settings();
     let function = InProcess::new(&indexer, Duration::from_secs(60));
     let (stop, scanned) = (AtomicBool::new(false), AtomicU64::new(0));
     let (summary, (), delivered) = tokio::join!(

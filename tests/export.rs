@@ -12,7 +12,7 @@ use common::*;
 use stream_indexer::tools::backfill::BackfillError;
 use stream_indexer::tools::backfill::from_export::{self, Checkpoint, Counters, Options};
 use stream_indexer::tools::export::{self, Location, Share};
-use stream_indexer::tools::runner::{self, InProcess, Settings};
+use stream_indexer::tools::runner::{self, InProcess};
 use stream_indexer::tools::verify;
 use tokio::io::AsyncWriteExt as _;
 
@@ -152,6 +152,41 @@ async fn write_fixture_export(
     }
 }
 
+/// A table of `n` items from [`populate`] and a fixture export of it (`files` data files, taken
+/// at `export_time`) in a fresh bucket.
+struct Fixture {
+    ddb: aws_sdk_dynamodb::Client,
+    s3: aws_sdk_s3::Client,
+    table: String,
+    /// Its bucket is `location.bucket`.
+    location: Location,
+}
+
+async fn fixture(prefix: &str, n: usize, files: usize, export_time: SystemTime) -> Fixture {
+    let (ddb, s3) = moto_clients().await;
+    let table = unique_index(prefix);
+    create_table(&ddb, &table).await;
+    populate(&ddb, &table, n).await;
+    let bucket = create_bucket(&s3).await;
+    let lines = export_lines(&ddb, &table).await;
+    let location = write_fixture_export(
+        &s3,
+        &bucket,
+        &table,
+        &lines,
+        files,
+        &rfc3339(export_time),
+        "DYNAMODB_JSON",
+    )
+    .await;
+    Fixture {
+        ddb,
+        s3,
+        table,
+        location,
+    }
+}
+
 fn rfc3339(t: SystemTime) -> String {
     aws_sdk_dynamodb::primitives::DateTime::from(t)
         .fmt(aws_sdk_dynamodb::primitives::DateTimeFormat::DateTime)
@@ -218,14 +253,7 @@ async fn backfill_export_exports_the_table_and_loads_it_exactly() {
     let indexer = indexer(&opensearch_url(), &index, &[]).await;
     let c = verify::compare(&indexer, &ddb, &table).await.unwrap();
     assert!(c.equal() && c.items == 1200, "{c:?}");
-    let settings = http()
-        .get(format!("{}/{index}/_settings", opensearch_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let settings = index_settings(&index).await;
     assert!(!settings.contains("gc_deletes"), "restored: {settings}");
 }
 
@@ -234,23 +262,12 @@ async fn backfill_export_exports_the_table_and_loads_it_exactly() {
 /// make the index equal to the table. A dry run writes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fixture_export_with_manifests_loads_in_shares() {
-    let (ddb, s3) = moto_clients().await;
-    let table = unique_index("exf");
-    create_table(&ddb, &table).await;
-    populate(&ddb, &table, 900).await;
-    let bucket = create_bucket(&s3).await;
-    let now = SystemTime::now();
-    let lines = export_lines(&ddb, &table).await;
-    let location = write_fixture_export(
-        &s3,
-        &bucket,
-        &table,
-        &lines,
-        5,
-        &rfc3339(now),
-        "DYNAMODB_JSON",
-    )
-    .await;
+    let Fixture {
+        ddb,
+        s3,
+        table,
+        location,
+    } = fixture("exf", 900, 5, SystemTime::now()).await;
     let opened = export::open(&s3, &location).await.unwrap();
     assert_eq!(opened.files.len(), 5);
     assert_eq!(opened.item_count, Some(900));
@@ -367,14 +384,7 @@ async fn broken_exports_are_named_precisely() {
     );
 
     // The failed load leaves the delete memory raised: its resumed run still needs it.
-    let settings = http()
-        .get(format!("{}/{index}/_settings", opensearch_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let settings = index_settings(&index).await;
     assert!(settings.contains(r#""gc_deletes":"1h""#), "{settings}");
 
     // A manifest that promises more items than the file holds (a truncated file).
@@ -404,23 +414,12 @@ async fn broken_exports_are_named_precisely() {
 /// items back. `allow_old_export` loads it anyway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_older_than_the_delete_memory_is_refused() {
-    let (ddb, s3) = moto_clients().await;
-    let table = unique_index("exo");
-    create_table(&ddb, &table).await;
-    populate(&ddb, &table, 20).await;
-    let bucket = create_bucket(&s3).await;
-    let two_hours_ago = SystemTime::now() - Duration::from_secs(7200);
-    let lines = export_lines(&ddb, &table).await;
-    let location = write_fixture_export(
-        &s3,
-        &bucket,
-        &table,
-        &lines,
-        2,
-        &rfc3339(two_hours_ago),
-        "DYNAMODB_JSON",
-    )
-    .await;
+    let Fixture {
+        ddb: _,
+        s3,
+        table,
+        location,
+    } = fixture("exo", 20, 2, SystemTime::now() - Duration::from_secs(7200)).await;
     let opened = export::open(&s3, &location).await.unwrap();
     let index = unique_index("exo-idx");
     create_index(&index).await;
@@ -529,18 +528,7 @@ async fn the_live_stream_beside_an_export_load_converges() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
-    let settings = Settings {
-        batch_size: 200,
-        batching_window: Duration::from_millis(100),
-        trim_horizon: true,
-        max_retry_attempts: Some(10),
-        bisect: false,
-        stop_when_idle: Some(Duration::from_secs(1)),
-        retry_backoff: stream_indexer::sink::backoff::Backoff {
-            base: Duration::from_millis(1),
-            max: Duration::from_millis(20),
-        },
-    };
+    let settings = drain_settings();
     let function = InProcess::new(&indexer, Duration::from_secs(60));
     // Changes after the export, delivered before the load: their deletes' tombstones must keep
     // the export's copies out.
@@ -588,22 +576,12 @@ async fn the_live_stream_beside_an_export_load_converges() {
 /// confirmed are not read again, and nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_load_killed_midway_resumes_from_its_checkpoint() {
-    let (ddb, s3) = moto_clients().await;
-    let table = unique_index("exk");
-    create_table(&ddb, &table).await;
-    populate(&ddb, &table, 2000).await;
-    let bucket = create_bucket(&s3).await;
-    let lines = export_lines(&ddb, &table).await;
-    let location = write_fixture_export(
-        &s3,
-        &bucket,
-        &table,
-        &lines,
-        3,
-        &rfc3339(SystemTime::now()),
-        "DYNAMODB_JSON",
-    )
-    .await;
+    let Fixture {
+        ddb,
+        s3: _,
+        table,
+        location,
+    } = fixture("exk", 2000, 3, SystemTime::now()).await;
     let index = unique_index("exk-idx");
     create_index(&index).await;
     // Every bulk request is slowed down, so the kill lands midway.
@@ -679,22 +657,13 @@ async fn a_load_killed_midway_resumes_from_its_checkpoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_export_loader_function_loads_one_file_per_invocation() {
     use common::lambda_api::{Answer, LambdaApi};
-    let (ddb, s3) = moto_clients().await;
-    let table = unique_index("exw");
-    create_table(&ddb, &table).await;
-    populate(&ddb, &table, 600).await;
-    let bucket = create_bucket(&s3).await;
-    let lines = export_lines(&ddb, &table).await;
-    let location = write_fixture_export(
-        &s3,
-        &bucket,
-        &table,
-        &lines,
-        4,
-        &rfc3339(SystemTime::now()),
-        "DYNAMODB_JSON",
-    )
-    .await;
+    let Fixture {
+        ddb,
+        s3,
+        table,
+        location,
+    } = fixture("exw", 600, 4, SystemTime::now()).await;
+    let bucket = location.bucket.clone();
     let index = unique_index("exw-idx");
     create_index(&index).await;
     fn deadline() -> u64 {
@@ -802,13 +771,6 @@ async fn the_export_loader_function_loads_one_file_per_invocation() {
     let indexer = indexer(&opensearch_url(), &index, &[]).await;
     let c = verify::compare(&indexer, &ddb, &table).await.unwrap();
     assert!(c.equal() && c.items == 600, "{c:?}");
-    let settings = http()
-        .get(format!("{}/{index}/_settings", opensearch_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let settings = index_settings(&index).await;
     assert!(!settings.contains("gc_deletes"), "restored: {settings}");
 }

@@ -490,3 +490,32 @@ pub fn every_type_item(
 pub async fn populate(ddb: &aws_sdk_dynamodb::Client, table: &str, n: usize) {
     put_items(ddb, table, (0..n).map(|i| every_type_item(i, 1)).collect()).await;
 }
+
+/// Runner settings for delivering a stream to the end in tests: batches of 200, quick retries,
+/// stop after 1 s without records.
+pub fn drain_settings() -> stream_indexer::tools::runner::Settings {
+    stream_indexer::tools::runner::Settings {
+        batch_size: 200,
+        batching_window: Duration::from_millis(100),
+        trim_horizon: true,
+        max_retry_attempts: Some(10),
+        bisect: false,
+        stop_when_idle: Some(Duration::from_secs(1)),
+        retry_backoff: stream_indexer::sink::backoff::Backoff {
+            base: Duration::from_millis(1),
+            max: Duration::from_millis(20),
+        },
+    }
+}
+
+/// `GET /<index>/_settings` as text.
+pub async fn index_settings(index: &str) -> String {
+    http()
+        .get(format!("{}/{index}/_settings", opensearch_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
