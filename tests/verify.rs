@@ -546,11 +546,13 @@ async fn repair_beside_a_live_stream_converges_to_the_table() {
     writer.await.unwrap();
     let delivered = delivered.unwrap();
     assert_eq!(delivered.gave_up, 0, "{delivered:?}");
-    // At least the injected drift (5 missing, 3 extra) was repaired. A repair in the same second
-    // as the load loses to the deletes' tombstones (one version above the load's) and reports
-    // superseded; a later run repairs it.
-    let repaired: u64 = repairs.iter().map(|r| r.indexed + r.deleted).sum();
-    assert!(repaired >= 8, "{repairs:?}");
+    // The three foreign documents are not in the stream: only a repair deletes them. The five
+    // missing ones may be re-indexed by either side (the runner delivers the stream from its
+    // start, INSERTs included), so how many the repairs count depends on who came first; the
+    // comparison below is what must hold.
+    let deleted: u64 = repairs.iter().map(|r| r.deleted).sum();
+    assert!(deleted >= 3, "{repairs:?}");
+    assert!(repairs.iter().all(|r| r.failed == 0), "{repairs:?}");
     // Had the runner stopped in a pause of the writer, a second pass delivers the rest (again
     // from the stream's start: versions make the repeats harmless).
     let again = runner::run(&streams, &arn, &f, &settings).await.unwrap();
