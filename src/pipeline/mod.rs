@@ -5,14 +5,18 @@
 //!   byte-level fast path (`convert::fast`) for validated images, the serde walk for the rest.
 //! - [`docid`]: key attributes → document `_id`, injective, hashed past 512 bytes.
 //! - [`change`]: stream batch → one versioned index/delete per document id (last change wins).
+//! - `event`: the one-pass reading of a stream event (each NewImage read only by conversion).
 //! - [`bulk`]: changes → byte-bounded NDJSON bodies; `_bulk` responses → outcomes by position.
 //! - [`routing`]: which index an item goes to (`OPENSEARCH_INDEX` with `{table}`, `ROUTES`).
 //! - [`projection`]: which attributes reach the document (`EXCLUDE_`/`INCLUDE_ATTRIBUTES`).
 //! - [`metadata`]: stream metadata fields in documents (`METADATA_FIELDS`).
+//! - `scan`: byte-level JSON scanning (ends of strings and values) for the fast paths.
 pub mod bulk;
 pub mod change;
 pub mod convert;
 pub mod docid;
+pub(crate) mod event;
 pub mod metadata;
 pub mod projection;
 pub mod routing;
+pub(crate) mod scan;

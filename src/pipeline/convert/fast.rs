@@ -1,23 +1,34 @@
-//! The byte-level fast paths of conversion, for images whose JSON a parse has already
-//! validated (they arrive as `RawValue`s): no tokenizer, no visitor, strings found with `memchr`
-//! and copied as the escaped tokens they are.
+//! The byte-level fast paths of conversion: no tokenizer, no visitor, strings found with
+//! `memchr` and copied as the escaped tokens they are.
 //!
 //! Why beside the serde walk rather than instead of it: the walk is the definition (every rule,
 //! every error with its attribute path); this path covers the DynamoDB JSON that streams and
 //! scans send and gives up (`None`) on anything else, and the caller then runs the walk from
 //! the start. So an image converts the same either way, which `the_fast_path_agrees_with_the_walk`
 //! checks on generated images, odd and broken ones included.
+//!
+//! The transcoder is strict: it accepts only text that is JSON as serde reads it (grammar,
+//! string contents; nesting within [`MAX_DEPTH`]), so an image need not be validated before it
+//! is converted — the record's parse leaves the NewImage unread and this is its one pass.
 
 use base64::Engine as _;
 
 use super::{AttributeKind, Captured, check_range, is_json_number};
 use crate::pipeline::projection::Filter;
+use crate::pipeline::scan::{is_json, skip_ws, string_end, string_end_strict, value_end};
 
-/// Converts a validated image like [`super::write_document_projected`]'s walk, appending to
-/// `out`; `None` where the walk must decide (then `out` holds a partial document to cut off).
-/// Gives up on: a name or N/B text with escapes, an S with a `\u` escape (the walk checks it
-/// for lone surrogates), a number outside JSON grammar or DynamoDB's range, invalid base64, an
-/// attribute value that is not exactly one known type tag with a value of its type.
+/// Objects and arrays the transcoder opens at most, the image's own included; deeper images go
+/// to the walk, which refuses past serde's limit of 127. DynamoDB nests 32 levels (66 here).
+/// The bound also keeps the recursion's stack small: text no parse has checked may be 6 MB of
+/// `{"M":` openings.
+pub(super) const MAX_DEPTH: usize = 100;
+
+/// Converts an image like [`super::write_document_projected`]'s walk, appending to `out`;
+/// `None` where the walk must decide (then `out` holds a partial document to cut off). `Some`
+/// also means `image` is JSON serde accepts. Gives up on: text that is not JSON, a name or
+/// N/B text with escapes, an S with a `\u` escape (the walk checks it for lone surrogates), a
+/// number outside JSON grammar or DynamoDB's range, invalid base64, an attribute value that is
+/// not exactly one known type tag with a value of its type, nesting past [`MAX_DEPTH`].
 pub(super) fn transcode(
     image: &str,
     out: &mut Vec<u8>,
@@ -28,6 +39,7 @@ pub(super) fn transcode(
         image,
         b: image.as_bytes(),
         i: 0,
+        depth: 0,
         out,
         scratch: Vec::new(),
     };
@@ -42,6 +54,8 @@ struct Transcoder<'a, 'o> {
     image: &'a str,
     b: &'a [u8],
     i: usize,
+    /// Objects and arrays open.
+    depth: usize,
     out: &'o mut Vec<u8>,
     /// Where base64 text is decoded to check it.
     scratch: Vec<u8>,
@@ -62,12 +76,17 @@ impl<'a> Transcoder<'a, '_> {
     /// consumed and written too).
     fn open(&mut self, open: u8, close: u8) -> Option<bool> {
         self.expect(open)?;
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return None;
+        }
         self.out.push(open);
         self.ws();
         let empty = self.b.get(self.i) == Some(&close);
         if empty {
             self.i += 1;
             self.out.push(close);
+            self.depth -= 1;
         }
         Some(empty)
     }
@@ -91,13 +110,13 @@ impl<'a> Transcoder<'a, '_> {
     }
 
     /// A string token, quotes included, as it stands in the image; and whether it holds an
-    /// escape.
+    /// escape (never `\u`: those strings are the walk's).
     fn string_token(&mut self) -> Option<(&'a str, bool)> {
         self.ws();
         if self.b.get(self.i) != Some(&b'"') {
             return None;
         }
-        let (end, escaped) = string_end_escaped(self.b, self.i)?;
+        let (end, escaped) = string_end_strict(self.b, self.i)?;
         let token = &self.image[self.i..=end];
         self.i = end + 1;
         Some((token, escaped))
@@ -126,8 +145,13 @@ impl<'a> Transcoder<'a, '_> {
             };
             match child {
                 None => {
+                    // Left out of the document, but it must still be JSON.
                     self.ws();
-                    self.i = value_end(self.b, self.i)?;
+                    let start = self.i;
+                    self.i = value_end(self.b, start)?;
+                    if !is_json(&self.image[start..self.i]) {
+                        return None;
+                    }
                 }
                 Some(child) => {
                     if count > 0 {
@@ -153,12 +177,17 @@ impl<'a> Transcoder<'a, '_> {
             }
         }
         self.out.push(b'}');
+        self.depth -= 1;
         Some(())
     }
 
     /// `{"<tag>": value}` with exactly one tag.
     fn attribute(&mut self, filter: Filter<'_>) -> Option<AttributeKind> {
         self.expect(b'{')?;
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return None;
+        }
         let tag = self.plain_string()?;
         self.expect(b':')?;
         let kind = match tag {
@@ -207,6 +236,7 @@ impl<'a> Transcoder<'a, '_> {
             _ => return None,
         };
         self.expect(b'}')?;
+        self.depth -= 1;
         Some(kind)
     }
 
@@ -223,15 +253,13 @@ impl<'a> Transcoder<'a, '_> {
             self.out.push(b',');
         }
         self.out.push(b']');
+        self.depth -= 1;
         Some(())
     }
 
     /// An S value: the token as it stands.
     fn string(&mut self) -> Option<()> {
-        let (token, escaped) = self.string_token()?;
-        if escaped && token.contains("\\u") {
-            return None;
-        }
+        let (token, _) = self.string_token()?;
         self.out.extend_from_slice(token.as_bytes());
         Some(())
     }
@@ -329,92 +357,6 @@ pub(super) fn scan_top_level(image: &str, names: &[String]) -> Option<Vec<Option
             b',' => i = skip_ws(b, i + 1),
             b'}' => return (skip_ws(b, i + 1) == b.len()).then_some(found),
             _ => return None,
-        }
-    }
-}
-
-fn skip_ws(b: &[u8], mut i: usize) -> usize {
-    while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-        i += 1;
-    }
-    i
-}
-
-/// The position of the quote that closes the string opening at `open`.
-fn string_end(b: &[u8], open: usize) -> Option<usize> {
-    string_end_escaped(b, open).map(|(end, _)| end)
-}
-
-/// [`string_end`], and whether the string holds an escape. Most strings of an image are short
-/// (type tags, names, numbers): the first bytes are looked at one by one, which costs less than
-/// setting up `memchr` for them; longer strings go to `memchr`.
-fn string_end_escaped(b: &[u8], open: usize) -> Option<(usize, bool)> {
-    const SHORT: usize = 16;
-    let mut i = open + 1;
-    let mut escaped = false;
-    let short_end = (i + SHORT).min(b.len());
-    while i < short_end {
-        match b[i] {
-            b'"' => return Some((i, escaped)),
-            b'\\' => {
-                escaped = true;
-                i += 2;
-            }
-            _ => i += 1,
-        }
-    }
-    loop {
-        i += memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
-        if b[i] == b'"' {
-            return Some((i, escaped));
-        }
-        escaped = true;
-        i += 2;
-    }
-}
-
-/// The bytes that open or close a string, object or array.
-static STRUCTURAL: [bool; 256] = {
-    let mut t = [false; 256];
-    t[b'"' as usize] = true;
-    t[b'{' as usize] = true;
-    t[b'}' as usize] = true;
-    t[b'[' as usize] = true;
-    t[b']' as usize] = true;
-    t
-};
-
-/// The position just after the value starting at `start`.
-fn value_end(b: &[u8], start: usize) -> Option<usize> {
-    match b.get(start)? {
-        b'"' => string_end(b, start).map(|e| e + 1),
-        b'{' | b'[' => {
-            let mut depth = 0usize;
-            let mut i = start;
-            loop {
-                while !STRUCTURAL[*b.get(i)? as usize] {
-                    i += 1;
-                }
-                match b[i] {
-                    b'"' => i = string_end(b, i)?,
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            return Some(i + 1);
-                        }
-                    }
-                    _ => {}
-                }
-                i += 1;
-            }
-        }
-        _ => {
-            let len = b[start..]
-                .iter()
-                .position(|c| matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
-                .unwrap_or(b.len() - start);
-            Some(start + len)
         }
     }
 }

@@ -21,11 +21,7 @@ mod fast;
 /// Converts one item image (a JSON object of attribute name → typed attribute value) into a
 /// document appended to `out`. On error `out` may hold a partial document; callers truncate.
 pub fn write_document(image: &str, out: &mut Vec<u8>) -> Result<(), ConvertError> {
-    match serde_json::from_str::<&RawValue>(image) {
-        Ok(raw) => write_document_capturing(raw, out, &[]).map(|_| ()),
-        // Not even JSON: the walk says where, by attribute path.
-        Err(_) => walk(image, out, &[], Filter::All).map(|_| ()),
-    }
+    write_document_capturing(image, out, &[]).map(|_| ())
 }
 
 /// A top-level attribute found while converting: its DynamoDB type and the range of the output
@@ -48,7 +44,7 @@ pub enum AttributeKind {
 /// Like [`write_document`], and also finds the top-level attributes named in `names` (the key
 /// attributes, the version attribute): one entry per name, `None` when the image lacks it.
 pub fn write_document_capturing(
-    image: &RawValue,
+    image: &str,
     out: &mut Vec<u8>,
     names: &[&str],
 ) -> Result<Vec<Option<Captured>>, ConvertError> {
@@ -56,21 +52,21 @@ pub fn write_document_capturing(
 }
 
 /// Like [`write_document_capturing`], writing only the attributes `filter` keeps; the
-/// attributes in `names` are always kept. The image is a `RawValue`, JSON already validated by
-/// the parse that found it, which is what lets the byte-level fast path copy it without a
-/// second validation; anything that path does not cover is converted by the serde walk.
+/// attributes in `names` are always kept. The image need not have been validated: the
+/// byte-level fast path is strict, and anything it does not cover is converted (or refused,
+/// with the attribute path) by the serde walk.
 pub fn write_document_projected(
-    image: &RawValue,
+    image: &str,
     out: &mut Vec<u8>,
     names: &[&str],
     filter: Filter<'_>,
 ) -> Result<Vec<Option<Captured>>, ConvertError> {
     let mark = out.len();
-    if let Some(captured) = fast::transcode(image.get(), out, names, filter) {
+    if let Some(captured) = fast::transcode(image, out, names, filter) {
         return Ok(captured);
     }
     out.truncate(mark);
-    walk(image.get(), out, names, filter)
+    walk(image, out, names, filter)
 }
 
 /// The definition of conversion: a serde `DeserializeSeed` walk over the image, checking every
@@ -227,7 +223,7 @@ fn check_range(text: &str) -> Result<(), String> {
 }
 
 /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`, the JSON number grammar (RFC 8259 §6).
-fn is_json_number(s: &str) -> bool {
+pub(crate) fn is_json_number(s: &str) -> bool {
     let b = s.as_bytes();
     let mut i = 0;
     if b.first() == Some(&b'-') {
@@ -999,10 +995,7 @@ mod tests {
     fn captures_top_level_attributes_with_their_type_and_text() {
         let mut out = Vec::new();
         let got = write_document_capturing(
-            serde_json::from_str(
-                r#"{"pk":{"S":"a\"b"},"m":{"M":{"v":{"N":"1"}}},"v":{"N":"7.0"},"b":{"B":"AA=="}}"#,
-            )
-            .unwrap(),
+            r#"{"pk":{"S":"a\"b"},"m":{"M":{"v":{"N":"1"}}},"v":{"N":"7.0"},"b":{"B":"AA=="}}"#,
             &mut out,
             &["v", "pk", "b", "m", "absent"],
         )

@@ -1,0 +1,301 @@
+//! The one-pass reading of a DynamoDB Streams event: the records' envelopes read by hand, each
+//! NewImage located but not read, so that converting it (`convert`'s strict fast path) is the
+//! only pass over the bulk of the payload.
+//!
+//! Why by hand: serde's derive for [`StreamRecord`] captures each image as a `RawValue`, which
+//! validates every byte of it; the conversion then reads the same bytes again. That first scan
+//! cost as much as the conversion itself.
+//!
+//! [`read`] is a shortcut, never a second definition: it gives up (`None`) on anything serde's
+//! derive might read differently — a field named with an escape, a repeated field, a value of an
+//! unexpected type — and `change::plan` then parses the event with serde from the start. Every
+//! value it does not read itself is checked with serde (as a `RawValue` would be: grammar, no
+//! nesting limit), except `Keys` and the NewImage, which `plan` checks where their own readings
+//! (the key parse, the conversion) did not succeed. The property test
+//! `the_one_pass_plan_is_the_serde_plan` holds the two readings equal on mutated events.
+
+use std::borrow::Cow;
+
+use crate::pipeline::change::{Object, StreamData, StreamRecord, UserIdentity};
+use crate::pipeline::convert::is_json_number;
+use crate::pipeline::scan::{
+    is_json, is_plain_json_string, skip_ws, string_end_escaped, value_end,
+};
+
+/// The records of a stream event, as serde's derive would read them; `None` where only serde
+/// may decide (the event may still be valid).
+pub(crate) fn read(payload: &str) -> Option<Vec<StreamRecord<'_>>> {
+    let mut r = Reader {
+        text: payload,
+        b: payload.as_bytes(),
+        i: 0,
+    };
+    let mut records = None;
+    r.members(|r, name| match name {
+        "Records" => {
+            let list = r.records()?;
+            set_once(&mut records, list)
+        }
+        _ => r.skip_value(),
+    })?;
+    r.i = skip_ws(r.b, r.i);
+    (r.i == r.b.len()).then_some(())?;
+    records
+}
+
+/// A field serde's derive reads once: a second occurrence is its error, so give up.
+fn set_once<T>(slot: &mut Option<T>, value: T) -> Option<()> {
+    slot.is_none().then(|| *slot = Some(value))
+}
+
+struct Reader<'a> {
+    text: &'a str,
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn expect(&mut self, c: u8) -> Option<()> {
+        self.i = skip_ws(self.b, self.i);
+        (self.b.get(self.i) == Some(&c)).then(|| self.i += 1)
+    }
+
+    fn peek(&mut self) -> Option<u8> {
+        self.i = skip_ws(self.b, self.i);
+        self.b.get(self.i).copied()
+    }
+
+    /// `null` (consumed: `true`), as serde's `Option` reads it.
+    fn null(&mut self) -> bool {
+        let null = self.peek() == Some(b'n') && self.b[self.i..].starts_with(b"null");
+        if null {
+            self.i += 4;
+        }
+        null
+    }
+
+    /// An object; `member` reads each value. Names must be plain (serde's derive matches a name
+    /// after unescaping it).
+    fn members(&mut self, mut member: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+        self.expect(b'{')?;
+        if self.peek()? == b'}' {
+            self.i += 1;
+            return Some(());
+        }
+        loop {
+            self.expect(b'"')?;
+            let open = self.i - 1;
+            let (end, escaped) = string_end_escaped(self.b, open)?;
+            if escaped || !is_plain_json_string(&self.b[open + 1..end], false) {
+                return None;
+            }
+            let name = &self.text[open + 1..end];
+            self.i = end + 1;
+            self.expect(b':')?;
+            member(self, name)?;
+            match self.peek()? {
+                b',' => self.i += 1,
+                b'}' => {
+                    self.i += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// A value this reading does not use: its extent, checked (strings and numbers here, the
+    /// rest by serde).
+    fn skip_value(&mut self) -> Option<()> {
+        let start = skip_ws(self.b, self.i);
+        match self.b.get(start)? {
+            b'"' => {
+                let (end, escaped) = string_end_escaped(self.b, start)?;
+                if !is_plain_json_string(&self.b[start + 1..end], escaped)
+                    && !is_json(&self.text[start..=end])
+                {
+                    return None;
+                }
+                self.i = end + 1;
+                Some(())
+            }
+            b'-' | b'0'..=b'9' => {
+                let end = value_end(self.b, start)?;
+                is_json_number(&self.text[start..end]).then(|| self.i = end)
+            }
+            _ => self.raw(true).map(|_| ()),
+        }
+    }
+
+    /// A value's text as it stands; checked by serde unless `check` is false (the NewImage).
+    fn raw(&mut self, check: bool) -> Option<&'a str> {
+        let start = skip_ws(self.b, self.i);
+        let end = value_end(self.b, start)?;
+        let text = &self.text[start..end];
+        if check && !is_json(text) {
+            return None;
+        }
+        self.i = end;
+        Some(text)
+    }
+
+    /// `Option<&RawValue>`: `null` is none.
+    fn raw_or_null(&mut self, check: bool) -> Option<Option<&'a str>> {
+        if self.null() {
+            return Some(None);
+        }
+        self.raw(check).map(Some)
+    }
+
+    /// `Option<Cow<str>>`: a string (borrowed unless it has escapes), or `null`.
+    fn text_or_null(&mut self) -> Option<Option<Cow<'a, str>>> {
+        if self.null() {
+            return Some(None);
+        }
+        if self.peek()? != b'"' {
+            return None;
+        }
+        let (end, escaped) = string_end_escaped(self.b, self.i)?;
+        let token = &self.text[self.i..=end];
+        let text = if !escaped && is_plain_json_string(&self.b[self.i + 1..end], false) {
+            Cow::Borrowed(&token[1..token.len() - 1])
+        } else {
+            serde_json::from_str::<Cow<'a, str>>(token).ok()?
+        };
+        self.i = end + 1;
+        Some(Some(text))
+    }
+
+    /// `Option<f64>` from a JSON number, or `null`.
+    fn number_or_null(&mut self) -> Option<Option<f64>> {
+        if self.null() {
+            return Some(None);
+        }
+        let text = self.raw(false)?;
+        serde_json::from_str::<f64>(text).ok().map(Some)
+    }
+
+    fn records(&mut self) -> Option<Vec<StreamRecord<'a>>> {
+        self.expect(b'[')?;
+        let mut records = Vec::new();
+        if self.peek()? == b']' {
+            self.i += 1;
+            return Some(records);
+        }
+        loop {
+            records.push(self.record()?);
+            match self.peek()? {
+                b',' => self.i += 1,
+                b']' => {
+                    self.i += 1;
+                    return Some(records);
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn record(&mut self) -> Option<StreamRecord<'a>> {
+        let (mut event_id, mut event_name, mut arn) = (None, None, None);
+        let (mut user_identity, mut dynamodb) = (None, None);
+        self.members(|r, name| match name {
+            "eventID" => set_once(&mut event_id, r.text_or_null()?),
+            "eventName" => set_once(&mut event_name, r.text_or_null()?),
+            "eventSourceARN" => set_once(&mut arn, r.text_or_null()?),
+            "userIdentity" => {
+                let v = if r.null() {
+                    None
+                } else {
+                    Some(r.user_identity()?)
+                };
+                set_once(&mut user_identity, v)
+            }
+            "dynamodb" => {
+                let v = if r.null() {
+                    None
+                } else {
+                    Some(r.stream_data()?)
+                };
+                set_once(&mut dynamodb, v)
+            }
+            _ => r.skip_value(),
+        })?;
+        Some(StreamRecord {
+            event_id: event_id.flatten(),
+            event_name: event_name.flatten(),
+            event_source_arn: arn.flatten(),
+            user_identity: user_identity.flatten().map(Object),
+            dynamodb: dynamodb.flatten().map(Object),
+        })
+    }
+
+    fn user_identity(&mut self) -> Option<UserIdentity<'a>> {
+        let (mut kind, mut principal_id) = (None, None);
+        self.members(|r, name| match name {
+            "type" => set_once(&mut kind, r.text_or_null()?),
+            "principalId" => set_once(&mut principal_id, r.text_or_null()?),
+            _ => r.skip_value(),
+        })?;
+        Some(UserIdentity {
+            kind: kind.flatten(),
+            principal_id: principal_id.flatten(),
+        })
+    }
+
+    fn stream_data(&mut self) -> Option<StreamData<'a>> {
+        let (mut keys, mut new_image, mut old_image) = (None, None, None);
+        let (mut sequence_number, mut created, mut view) = (None, None, None);
+        self.members(|r, name| match name {
+            // Not read here: `Keys` is read by `docid::key_parts` (serde), the NewImage by its
+            // conversion; `plan` checks them where those did not succeed.
+            "Keys" => set_once(&mut keys, r.raw_or_null(false)?),
+            "NewImage" => set_once(&mut new_image, r.raw_or_null(false)?),
+            "OldImage" => set_once(&mut old_image, r.raw_or_null(true)?),
+            "SequenceNumber" => set_once(&mut sequence_number, r.text_or_null()?),
+            "ApproximateCreationDateTime" => set_once(&mut created, r.number_or_null()?),
+            "StreamViewType" => set_once(&mut view, r.text_or_null()?),
+            _ => r.skip_value(),
+        })?;
+        Some(StreamData {
+            keys: keys.flatten(),
+            new_image: new_image.flatten(),
+            old_image: old_image.flatten(),
+            sequence_number: sequence_number.flatten(),
+            approximate_creation_date_time: created.flatten(),
+            stream_view_type: view.flatten(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_serde_might_read_otherwise_is_left_to_serde() {
+        let record = |fields: &str| format!(r#"{{"Records":[{{{fields}}}]}}"#);
+        // Read here.
+        for fields in [
+            r#""eventID":"1","eventName":"INSERT","dynamodb":{"SequenceNumber":"5","NewImage":{"a":{"S":"x"}}}"#,
+            r#""eventID":null,"dynamodb":null,"userIdentity":{"type":"Service"}"#,
+            r#""eventID":"a\"b","other":[1,{"x":null}]"#,
+        ] {
+            assert!(read(&record(fields)).is_some(), "{fields}");
+        }
+        // Given up.
+        for fields in [
+            r#""eventID":"1","eventID":"2""#,
+            r#""event\u0049D":"1""#,
+            r#""eventID":1"#,
+            r#""dynamodb":[]"#,
+            r#""dynamodb":{"OldImage":{"a":}}"#,
+            r#""dynamodb":{"ApproximateCreationDateTime":"1"}"#,
+            r#""other":[1,}"#,
+        ] {
+            assert!(read(&record(fields)).is_none(), "{fields}");
+        }
+        assert!(read(r#"{"Records":[]} x"#).is_none());
+        assert!(read(r#"{"NotRecords":[]}"#).is_none());
+        assert!(read(r#"{"Records":[],"Records":[]}"#).is_none());
+    }
+}

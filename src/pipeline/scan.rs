@@ -1,0 +1,218 @@
+//! Byte-level JSON scanning shared by the fast paths (`convert::fast`, `event`): whitespace,
+//! the end of a string or of a whole value, found without parsing. They assume well-formed
+//! text and never panic on text that is not; a caller that did not get its text from a parse
+//! checks what it skipped (`is_json`, or its own strict reading).
+
+/// Whether `text` is one JSON value (with surrounding whitespace), as serde reads it: its
+/// grammar, escapes and nesting limit.
+pub(crate) fn is_json(text: &str) -> bool {
+    serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+}
+
+pub(crate) fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        i += 1;
+    }
+    i
+}
+
+/// The position of the quote that closes the string opening at `open`.
+pub(crate) fn string_end(b: &[u8], open: usize) -> Option<usize> {
+    string_end_escaped(b, open).map(|(end, _)| end)
+}
+
+/// [`string_end`], and whether the string holds an escape. Most strings of an image are short
+/// (type tags, names, numbers): the first bytes are looked at one by one, which costs less than
+/// setting up `memchr` for them; longer strings go to `memchr`.
+pub(crate) fn string_end_escaped(b: &[u8], open: usize) -> Option<(usize, bool)> {
+    const SHORT: usize = 16;
+    let mut i = open + 1;
+    let mut escaped = false;
+    let short_end = (i + SHORT).min(b.len());
+    while i < short_end {
+        match b[i] {
+            b'"' => return Some((i, escaped)),
+            b'\\' => {
+                escaped = true;
+                i += 2;
+            }
+            _ => i += 1,
+        }
+    }
+    loop {
+        i += memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
+        if b[i] == b'"' {
+            return Some((i, escaped));
+        }
+        escaped = true;
+        i += 2;
+    }
+}
+
+/// The bytes that open or close a string, object or array.
+static STRUCTURAL: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'"' as usize] = true;
+    t[b'{' as usize] = true;
+    t[b'}' as usize] = true;
+    t[b'[' as usize] = true;
+    t[b']' as usize] = true;
+    t
+};
+
+/// The position just after the value starting at `start`.
+pub(crate) fn value_end(b: &[u8], start: usize) -> Option<usize> {
+    match b.get(start)? {
+        b'"' => string_end(b, start).map(|e| e + 1),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = start;
+            loop {
+                while !STRUCTURAL[*b.get(i)? as usize] {
+                    i += 1;
+                }
+                match b[i] {
+                    b'"' => i = string_end(b, i)?,
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+        }
+        _ => {
+            let len = b[start..]
+                .iter()
+                .position(|c| matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                .unwrap_or(b.len() - start);
+            Some(start + len)
+        }
+    }
+}
+
+/// [`string_end_escaped`] for a reader that must also judge the string as serde would: `None`
+/// at a control character, or at an escape other than the two-character ones (`\u` escapes are
+/// left to serde, which also judges surrogates). One pass over the string.
+pub(crate) fn string_end_strict(b: &[u8], open: usize) -> Option<(usize, bool)> {
+    const SHORT: usize = 16;
+    let mut i = open + 1;
+    let mut escaped = false;
+    let mut short_end = (i + SHORT).min(b.len());
+    loop {
+        // Short strings (names, type tags, numbers) byte by byte.
+        while i < short_end {
+            match b[i] {
+                b'"' => return Some((i, escaped)),
+                b'\\' => {
+                    if !matches!(
+                        b.get(i + 1)?,
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't'
+                    ) {
+                        return None;
+                    }
+                    escaped = true;
+                    i += 2;
+                }
+                c if c < 0x20 => return None,
+                _ => i += 1,
+            }
+        }
+        // The rest up to the next quote or backslash at once, checked for control characters
+        // in one vectorized pass; then on byte by byte from there.
+        let rest = b.get(i..)?;
+        let k = memchr::memchr2(b'"', b'\\', rest)?;
+        if rest[..k].iter().fold(false, |bad, &c| bad | (c < 0x20)) {
+            return None;
+        }
+        i += k;
+        if b[i] == b'"' {
+            return Some((i, escaped));
+        }
+        // The escape at `i`, by the loop above.
+        short_end = (i + 2).min(b.len());
+    }
+}
+
+/// Whether the text between a string's quotes (as [`string_end_escaped`] found it) is a JSON
+/// string a strict reader may copy: no control characters, and only the two-character escapes.
+/// `\u` escapes are refused too, so that a caller that meets one leaves the string to serde
+/// (which also judges surrogates).
+pub(crate) fn is_plain_json_string(inner: &[u8], escaped: bool) -> bool {
+    // One pass the compiler vectorizes; strings are most of an image's bytes.
+    if inner.iter().fold(false, |bad, &c| bad | (c < 0x20)) {
+        return false;
+    }
+    if !escaped {
+        return true;
+    }
+    let mut i = 0;
+    while let Some(k) = memchr::memchr(b'\\', &inner[i..]) {
+        i += k + 1;
+        match inner.get(i) {
+            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 1,
+            _ => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_strict_end_of_a_string_agrees_with_the_plain_check() {
+        let long = "x".repeat(40);
+        for inner in [
+            "abc".to_string(),
+            format!("{long}\\\"{long}"),
+            format!("{long}\u{1}"),
+            format!("{long}\\u0041"),
+            format!("{long}\\q{long}"),
+            format!("a\\nb{long}\\t"),
+            format!("{long}\\\\"),
+            String::new(),
+        ] {
+            let text = format!("\"{inner}\" tail");
+            let b = text.as_bytes();
+            let (end, escaped) = string_end_escaped(b, 0).unwrap();
+            let plain = is_plain_json_string(&b[1..end], escaped);
+            assert_eq!(
+                string_end_strict(b, 0),
+                plain.then_some((end, escaped)),
+                "{inner:?}"
+            );
+        }
+        assert_eq!(string_end_strict(b"\"abc", 0), None);
+        assert_eq!(string_end_strict(b"\"ab\\", 0), None);
+    }
+
+    #[test]
+    fn a_plain_string_is_one_serde_reads_without_unicode_escapes() {
+        for (inner, plain) in [
+            ("abc", true),
+            ("Zürich", true),
+            (r#"a\"b\\c\/d\n\t\r\b\f"#, true),
+            ("a\u{1}b", false),
+            ("tab\there", false),
+            (r"\x", false),
+            (r"\u00e9", false),
+            ("", true),
+        ] {
+            let escaped = inner.contains('\\');
+            assert_eq!(
+                is_plain_json_string(inner.as_bytes(), escaped),
+                plain,
+                "{inner:?}"
+            );
+            if plain {
+                assert!(is_json(&format!("\"{inner}\"")), "{inner:?}");
+            }
+        }
+    }
+}
