@@ -2,7 +2,7 @@
 //! bulk responses become outcomes. No I/O.
 //!
 //! - [`convert`]: DynamoDB JSON image → exact document JSON, streamed, no value tree; a
-//!   byte-level fast path (`convert::fast`) for validated images, the serde walk for the rest.
+//!   strict byte-level fast path (`convert::fast`), the serde walk for the rest.
 //! - [`docid`]: key attributes → document `_id`, injective, hashed past 512 bytes.
 //! - [`change`]: stream batch → one versioned index/delete per document id (last change wins).
 //! - `event`: the one-pass reading of a stream event (each NewImage read only by conversion).
