@@ -3,8 +3,9 @@
 //! # Layout
 //! - [`pipeline`]: the pure part, no I/O: [`convert`](pipeline::convert) (DynamoDB JSON →
 //!   exact documents), [`docid`](pipeline::docid) (keys → `_id`), [`change`](pipeline::change)
-//!   (stream batch → one versioned action per id), [`bulk`](pipeline::bulk) (NDJSON bodies;
-//!   responses → outcomes), [`routing`](pipeline::routing), [`projection`](pipeline::projection),
+//!   (stream batch → one versioned action per id; `event` reads the batch in one pass),
+//!   [`bulk`](pipeline::bulk) (NDJSON bodies; responses → outcomes),
+//!   [`routing`](pipeline::routing), [`projection`](pipeline::projection),
 //!   [`metadata`](pipeline::metadata).
 //! - [`sink`]: OpenSearch: [`transport`](sink::transport) (the only HTTP),
 //!   [`dispatch`](sink::dispatch) (bodies in flight, retried until the deadline),
