@@ -139,19 +139,25 @@ impl<'a> Reader<'a> {
         Some(text)
     }
 
-    /// `Option<&RawValue>`: `null` is none.
-    fn raw_or_null(&mut self, check: bool) -> Option<Option<&'a str>> {
+    /// `Option<T>` as serde reads it: `null` is none, anything else is `read`'s.
+    fn or_null<T>(&mut self, read: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
         if self.null() {
             return Some(None);
         }
-        self.raw(check).map(Some)
+        read(self).map(Some)
+    }
+
+    /// `Option<&RawValue>`: `null` is none.
+    fn raw_or_null(&mut self, check: bool) -> Option<Option<&'a str>> {
+        self.or_null(|r| r.raw(check))
     }
 
     /// `Option<Cow<str>>`: a string (borrowed unless it has escapes), or `null`.
     fn text_or_null(&mut self) -> Option<Option<Cow<'a, str>>> {
-        if self.null() {
-            return Some(None);
-        }
+        self.or_null(Self::text)
+    }
+
+    fn text(&mut self) -> Option<Cow<'a, str>> {
         if self.peek()? != b'"' {
             return None;
         }
@@ -163,16 +169,12 @@ impl<'a> Reader<'a> {
             serde_json::from_str::<Cow<'a, str>>(token).ok()?
         };
         self.i = end + 1;
-        Some(Some(text))
+        Some(text)
     }
 
     /// `Option<f64>` from a JSON number, or `null`.
     fn number_or_null(&mut self) -> Option<Option<f64>> {
-        if self.null() {
-            return Some(None);
-        }
-        let text = self.raw(false)?;
-        serde_json::from_str::<f64>(text).ok().map(Some)
+        self.or_null(|r| serde_json::from_str::<f64>(r.raw(false)?).ok())
     }
 
     fn records(&mut self) -> Option<Vec<StreamRecord<'a>>> {
@@ -202,22 +204,8 @@ impl<'a> Reader<'a> {
             "eventID" => set_once(&mut event_id, r.text_or_null()?),
             "eventName" => set_once(&mut event_name, r.text_or_null()?),
             "eventSourceARN" => set_once(&mut arn, r.text_or_null()?),
-            "userIdentity" => {
-                let v = if r.null() {
-                    None
-                } else {
-                    Some(r.user_identity()?)
-                };
-                set_once(&mut user_identity, v)
-            }
-            "dynamodb" => {
-                let v = if r.null() {
-                    None
-                } else {
-                    Some(r.stream_data()?)
-                };
-                set_once(&mut dynamodb, v)
-            }
+            "userIdentity" => set_once(&mut user_identity, r.or_null(Self::user_identity)?),
+            "dynamodb" => set_once(&mut dynamodb, r.or_null(Self::stream_data)?),
             _ => r.skip_value(),
         })?;
         Some(StreamRecord {
