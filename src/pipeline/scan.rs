@@ -21,32 +21,59 @@ pub(crate) fn string_end(b: &[u8], open: usize) -> Option<usize> {
     string_end_escaped(b, open).map(|(end, _)| end)
 }
 
-/// [`string_end`], and whether the string holds an escape. Most strings of an image are short
-/// (type tags, names, numbers): the first bytes are looked at one by one, which costs less than
-/// setting up `memchr` for them; longer strings go to `memchr`.
+/// [`string_end`], and whether the string holds an escape.
 pub(crate) fn string_end_escaped(b: &[u8], open: usize) -> Option<(usize, bool)> {
-    const SHORT: usize = 16;
     let mut i = open + 1;
     let mut escaped = false;
-    let short_end = (i + SHORT).min(b.len());
-    while i < short_end {
-        match b[i] {
-            b'"' => return Some((i, escaped)),
-            b'\\' => {
-                escaped = true;
-                i += 2;
-            }
-            _ => i += 1,
-        }
-    }
     loop {
-        i += memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
+        i = find_special::<false>(b, i)?;
         if b[i] == b'"' {
             return Some((i, escaped));
         }
         escaped = true;
         i += 2;
     }
+}
+
+/// Bytes per word of [`find_special`].
+const WORD: usize = std::mem::size_of::<u64>();
+const ONES: u64 = u64::from_ne_bytes([0x01; WORD]);
+const HIGHS: u64 = u64::from_ne_bytes([0x80; WORD]);
+
+/// The high bit of each byte of `x` below `n` (at most 0x80). Exact for the lowest such byte
+/// (a borrow only runs upwards from it), which is the one used.
+#[inline(always)]
+fn below(x: u64, n: u8) -> u64 {
+    x.wrapping_sub(ONES * u64::from(n)) & !x & HIGHS
+}
+
+/// The high bit of each byte of `x` equal to `c`, exact for the lowest one.
+#[inline(always)]
+fn equal(x: u64, c: u8) -> u64 {
+    below(x ^ (ONES * u64::from(c)), 1)
+}
+
+/// The first position from `i` on of a quote or a backslash, or with `STRICT` also of a
+/// control character. Eight bytes at a time (SWAR: the bit tricks serde_json's own string
+/// scan uses), since strings are most of an image's bytes and most are short: a name, a type
+/// tag or a number often ends within the first word.
+#[inline]
+fn find_special<const STRICT: bool>(b: &[u8], mut i: usize) -> Option<usize> {
+    while let Some(chunk) = b.get(i..i + WORD) {
+        let x = u64::from_le_bytes(chunk.try_into().expect("a word"));
+        let mut hits = equal(x, b'"') | equal(x, b'\\');
+        if STRICT {
+            hits |= below(x, 0x20);
+        }
+        if hits != 0 {
+            return Some(i + (hits.trailing_zeros() / 8) as usize);
+        }
+        i += WORD;
+    }
+    b.get(i..)?
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || (STRICT && c < 0x20))
+        .map(|k| i + k)
 }
 
 /// The bytes that open or close a string, object or array.
@@ -99,42 +126,24 @@ pub(crate) fn value_end(b: &[u8], start: usize) -> Option<usize> {
 /// at a control character, or at an escape other than the two-character ones (`\u` escapes are
 /// left to serde, which also judges surrogates). One pass over the string.
 pub(crate) fn string_end_strict(b: &[u8], open: usize) -> Option<(usize, bool)> {
-    const SHORT: usize = 16;
     let mut i = open + 1;
     let mut escaped = false;
-    let mut short_end = (i + SHORT).min(b.len());
     loop {
-        // Short strings (names, type tags, numbers) byte by byte.
-        while i < short_end {
-            match b[i] {
-                b'"' => return Some((i, escaped)),
-                b'\\' => {
-                    if !matches!(
-                        b.get(i + 1)?,
-                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't'
-                    ) {
-                        return None;
-                    }
-                    escaped = true;
-                    i += 2;
+        i = find_special::<true>(b, i)?;
+        match b[i] {
+            b'"' => return Some((i, escaped)),
+            b'\\' => {
+                if !matches!(
+                    b.get(i + 1)?,
+                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't'
+                ) {
+                    return None;
                 }
-                c if c < 0x20 => return None,
-                _ => i += 1,
+                escaped = true;
+                i += 2;
             }
+            _ => return None,
         }
-        // The rest up to the next quote or backslash at once, checked for control characters
-        // in one vectorized pass; then on byte by byte from there.
-        let rest = b.get(i..)?;
-        let k = memchr::memchr2(b'"', b'\\', rest)?;
-        if rest[..k].iter().fold(false, |bad, &c| bad | (c < 0x20)) {
-            return None;
-        }
-        i += k;
-        if b[i] == b'"' {
-            return Some((i, escaped));
-        }
-        // The escape at `i`, by the loop above.
-        short_end = (i + 2).min(b.len());
     }
 }
 
@@ -164,6 +173,27 @@ pub(crate) fn is_plain_json_string(inner: &[u8], escaped: bool) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Eight bytes at a time finds the byte a byte-by-byte search finds, whatever surrounds
+        /// it: bytes just above and below the ones searched for, high bytes that could borrow.
+        #[test]
+        fn the_word_scan_finds_what_a_byte_scan_finds(
+            bytes in proptest::collection::vec(proptest::sample::select(vec![
+                b'a', b'"', b'\\', 0x00, 0x01, 0x1f, b' ', b'!', b'#', b'[', b']', 0x5d,
+                0x7f, 0x80, 0x81, 0xa0, 0xdc, 0xe2, 0xff,
+            ]), 0..40),
+            from in 0usize..12,
+        ) {
+            let from = from.min(bytes.len());
+            let naive = |strict: bool| bytes[from..]
+                .iter()
+                .position(|&c| c == b'"' || c == b'\\' || (strict && c < 0x20))
+                .map(|k| from + k);
+            proptest::prop_assert_eq!(find_special::<true>(&bytes, from), naive(true));
+            proptest::prop_assert_eq!(find_special::<false>(&bytes, from), naive(false));
+        }
+    }
 
     #[test]
     fn the_strict_end_of_a_string_agrees_with_the_plain_check() {

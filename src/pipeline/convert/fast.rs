@@ -181,55 +181,80 @@ impl<'a> Transcoder<'a, '_> {
         Some(())
     }
 
+    /// An attribute value's opening up to its value: `{`, the type tag, `:`. The compact form
+    /// DynamoDB sends (`{"S":`) is matched as bytes, since a tag is a third of an image's
+    /// strings; any other spelling is read token by token.
+    fn tag(&mut self) -> Option<&'a [u8]> {
+        self.ws();
+        let b: &'a [u8] = self.b;
+        let (tag, len): (&'a [u8], usize) = match &b[self.i..] {
+            [b'{', b'"', t, b'"', b':', ..] => (std::slice::from_ref(t), 5),
+            [b'{', b'"', b'S' | b'N' | b'B', b'S', b'"', b':', ..] => {
+                (&b[self.i + 2..self.i + 4], 6)
+            }
+            [b'{', b'"', rest @ ..]
+                if rest.starts_with(b"BOOL\":") || rest.starts_with(b"NULL\":") =>
+            {
+                (&b[self.i + 2..self.i + 6], 8)
+            }
+            _ => {
+                self.expect(b'{')?;
+                let tag = self.plain_string()?;
+                self.expect(b':')?;
+                return Some(tag.as_bytes());
+            }
+        };
+        self.i += len;
+        Some(tag)
+    }
+
     /// `{"<tag>": value}` with exactly one tag.
     fn attribute(&mut self, filter: Filter<'_>) -> Option<AttributeKind> {
-        self.expect(b'{')?;
+        let tag = self.tag()?;
         self.depth += 1;
         if self.depth > MAX_DEPTH {
             return None;
         }
-        let tag = self.plain_string()?;
-        self.expect(b':')?;
         let kind = match tag {
-            "S" => {
+            b"S" => {
                 self.string()?;
                 AttributeKind::S
             }
-            "N" => {
+            b"N" => {
                 self.number()?;
                 AttributeKind::N
             }
-            "B" => {
+            b"B" => {
                 self.binary()?;
                 AttributeKind::B
             }
-            "BOOL" => {
+            b"BOOL" => {
                 let value = self.literal()?;
                 self.out.extend_from_slice(value.as_bytes());
                 AttributeKind::Other
             }
-            "NULL" => {
+            b"NULL" => {
                 self.literal()?;
                 self.out.extend_from_slice(b"null");
                 AttributeKind::Other
             }
-            "M" => {
+            b"M" => {
                 self.map(filter, None)?;
                 AttributeKind::Other
             }
-            "L" => {
+            b"L" => {
                 self.list(|t| t.attribute(Filter::All).map(|_| ()))?;
                 AttributeKind::Other
             }
-            "SS" => {
+            b"SS" => {
                 self.list(Self::string)?;
                 AttributeKind::Other
             }
-            "NS" => {
+            b"NS" => {
                 self.list(Self::number)?;
                 AttributeKind::Other
             }
-            "BS" => {
+            b"BS" => {
                 self.list(Self::binary)?;
                 AttributeKind::Other
             }
