@@ -103,6 +103,19 @@ pub struct StreamData<'a> {
     pub approximate_creation_date_time: Option<f64>,
     #[serde(borrow)]
     pub stream_view_type: Option<Cow<'a, str>>,
+    /// The NewImage converted while the record was read ([`event::read`]); never by serde.
+    #[serde(skip)]
+    pub(crate) early: Option<EarlyDocument<'a>>,
+}
+
+/// A NewImage converted as the one-pass reading met it, with the key attribute names (from the
+/// `Keys` before it) its captures were made for. [`to_changes`] uses it where its own key
+/// parse names the same attributes, as the conversion it would have run itself.
+pub(crate) struct EarlyDocument<'a> {
+    key_names: Vec<&'a str>,
+    /// The document, with room at the front for its action line.
+    doc: Vec<u8>,
+    captured: Vec<Option<Captured>>,
 }
 
 /// A JSON value's text, validated, as it stands (`null` is none, as for any `Option`).
@@ -258,8 +271,10 @@ pub fn plan<'a>(
     };
     // One pass: the envelopes read by hand, each NewImage read only by its conversion. `None`
     // where serde must decide: a record it might read otherwise, or an image that is not JSON.
-    if let Some(records) = event::read(payload)
-        && let Some(plan) = planner.plan(payload, records.into_iter().map(Ok).collect(), true)
+    let mut scratch = Vec::new();
+    if let Some(records) = event::read(payload, |keys, text| {
+        planner.early_image(&mut scratch, keys, text)
+    }) && let Some(plan) = planner.plan(payload, records.into_iter().map(Ok).collect(), true)
     {
         return Ok(plan);
     }
@@ -298,6 +313,56 @@ struct Planner<'s, 'c> {
 }
 
 impl Planner<'_, '_> {
+    /// The top-level attributes a NewImage's conversion captures: the key attributes (in
+    /// `key_parts` order: the names start with them), the field that holds a hashed key's full
+    /// text, the version attribute, the attributes routing reads (a key attribute once, under
+    /// its first name), the metadata fields.
+    fn capture_names<'n>(&'n self, key_names: impl IntoIterator<Item = &'n str>) -> Vec<&'n str> {
+        let router = self.shape.router;
+        let mut names: Vec<&str> = Vec::with_capacity(4 + router.attributes().len() + 4);
+        names.extend(key_names);
+        names.push(RAW_KEY_FIELD);
+        if let VersionSource::Attribute(name) = self.versions {
+            names.push(name);
+        }
+        for a in router.attributes() {
+            if !names.contains(&a.as_str()) {
+                names.push(a);
+            }
+        }
+        names.extend(self.shape.metadata.names());
+        names
+    }
+
+    /// The conversion [`to_changes`] would run, on the NewImage that starts `text` (the rest of
+    /// the payload), for the record's `Keys` read before it: the image's length and its
+    /// document. `None` leaves the image to `to_changes` (names with escapes; an image only
+    /// the walk may judge). `scratch` is reused from record to record.
+    fn early_image<'a>(
+        &self,
+        scratch: &mut Vec<u8>,
+        keys: &'a str,
+        text: &'a str,
+    ) -> Option<(usize, EarlyDocument<'a>)> {
+        let mut key_names = scan::member_names(keys)?;
+        key_names.sort_unstable();
+        let names = self.capture_names(key_names.iter().copied());
+        scratch.clear();
+        let (captured, len) =
+            convert::transcode_prefix(text, scratch, &names, self.shape.projection.filter())?;
+        // The capacity `to_changes` gives a document it converts itself.
+        let mut doc = Vec::with_capacity(len + ACTION_LINE_ROOM);
+        doc.extend_from_slice(scratch);
+        Some((
+            len,
+            EarlyDocument {
+                key_names,
+                doc,
+                captured,
+            },
+        ))
+    }
+
     /// Plans the records. With `unchecked` (the one-pass reading), a NewImage that was not
     /// converted (the record is invalid, or a REMOVE) and the Keys of an invalid record are
     /// checked as serde would have when parsing the event; `None` if one is not JSON.
@@ -314,11 +379,13 @@ impl Planner<'_, '_> {
         for (position, parsed) in parsed.into_iter().enumerate() {
             let mut created_secs = None;
             let (sequence_number, event_id, result) = match parsed {
-                Ok(rec) => {
+                Ok(mut rec) => {
+                    let early = rec.dynamodb.as_mut().and_then(|d| d.0.early.take());
+                    // Converted as it was read: it is JSON.
+                    let mut image_read = early.is_some();
+                    let planned = to_changes(&rec, position, self, early, &mut image_read);
                     let data = rec.dynamodb.as_ref().map(|d| &d.0);
                     created_secs = data.and_then(|d| d.approximate_creation_date_time);
-                    let mut image_read = false;
-                    let planned = to_changes(&rec, position, self, &mut image_read);
                     // A planned record's Keys were parsed; its NewImage, if any, converted
                     // unless it is a REMOVE's.
                     let image = data.and_then(|d| d.new_image).filter(|_| !image_read);
@@ -447,6 +514,7 @@ fn to_changes(
     rec: &StreamRecord<'_>,
     position: usize,
     planner: &Planner<'_, '_>,
+    early: Option<EarlyDocument<'_>>,
     image_read: &mut bool,
 ) -> Result<Vec<Change>, String> {
     let &Planner {
@@ -486,24 +554,11 @@ fn to_changes(
         }
         Ok((t.floor() as u64) * 1000)
     };
-    // Top-level attributes to find while converting: the key attributes (checked against Keys),
-    // the field that holds a hashed key's full text, and the version attribute.
-    let version_name = match versions {
-        VersionSource::Attribute(name) => Some(name.as_str()),
-        VersionSource::StreamTime | VersionSource::Fixed(_) => None,
-    };
-    let mut names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
-    names.push(RAW_KEY_FIELD);
-    names.extend(version_name);
-    // The attributes routing reads (a key attribute is captured once, under its first name).
+    // Top-level attributes to find while converting (the key attributes are checked against
+    // Keys).
+    let names = planner.capture_names(parts.iter().map(|p| p.name.as_str()));
     let single = router.is_single();
     let route_attrs = router.attributes();
-    for a in route_attrs {
-        if !names.contains(&a.as_str()) {
-            names.push(a);
-        }
-    }
-    names.extend(metadata.names());
     let found = |captured: &[Option<Captured>], name: &str| -> Option<Captured> {
         captured[names.iter().position(|n| *n == name)?].clone()
     };
@@ -559,20 +614,53 @@ fn to_changes(
                 VersionSource::Fixed(v) => Some(Ok(*v)),
                 VersionSource::Attribute(_) => None,
             };
-            let raw_len = id.raw.as_ref().map_or(0, |r| r.len() + 32);
-            let mut doc = Vec::with_capacity(image.len() + raw_len + ACTION_LINE_ROOM);
-            let action_first = match early_version {
-                Some(Ok(v)) => {
-                    write_action(&mut doc, "index", &id.id, Some(v), versions.version_type());
-                    true
+            let action_first = matches!(early_version, Some(Ok(_)));
+            let write_early_action = |out: &mut Vec<u8>| {
+                if let Some(Ok(v)) = early_version {
+                    write_action(out, "index", &id.id, Some(v), versions.version_type());
                 }
-                _ => false,
             };
-            let captured =
-                convert::write_document_projected(image, &mut doc, &names, projection.filter())
+            // Converted as the record was read, for these key names: the action line goes in
+            // front of it (one small move).
+            let early = early.filter(|e| {
+                e.key_names
+                    .iter()
+                    .copied()
+                    .eq(names[..parts.len()].iter().copied())
+            });
+            let (mut doc, captured) = match early {
+                Some(EarlyDocument {
+                    mut doc,
+                    mut captured,
+                    ..
+                }) => {
+                    // Written after the document, then rotated to the front: one move, no
+                    // second buffer.
+                    let end = doc.len();
+                    write_early_action(&mut doc);
+                    let n = doc.len() - end;
+                    doc.rotate_right(n);
+                    for c in captured.iter_mut().flatten() {
+                        c.span = c.span.start + n..c.span.end + n;
+                    }
+                    (doc, captured)
+                }
+                None => {
+                    let raw_len = id.raw.as_ref().map_or(0, |r| r.len() + 32);
+                    let mut doc = Vec::with_capacity(image.len() + raw_len + ACTION_LINE_ROOM);
+                    write_early_action(&mut doc);
+                    let captured = convert::write_document_projected(
+                        image,
+                        &mut doc,
+                        &names,
+                        projection.filter(),
+                    )
                     .map_err(|e| format!("NewImage: {e}"))?;
-            // Converted, by either path: it is JSON.
-            *image_read = true;
+                    // Converted, by either path: it is JSON.
+                    *image_read = true;
+                    (doc, captured)
+                }
+            };
             check_keys("NewImage", &parts, &captured, &doc)?;
             new_route = if single {
                 router.route(table, |_| None)
@@ -761,6 +849,21 @@ fn key_text(kind: AttributeKind, text: &str) -> Option<Cow<'_, str>> {
     }
 }
 
+/// Whether a key attribute's token in the document holds the key's text, where the bytes
+/// settle it without decoding: a string token without escapes is its text between the quotes;
+/// a number written as the key's canonical text is that number (canonical text reads back as
+/// its own value). `None`: decode and compare.
+fn same_by_bytes(kind: AttributeKind, token: &[u8], text: &str) -> Option<bool> {
+    match kind {
+        AttributeKind::S => {
+            let inner = token.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+            (!inner.contains(&b'\\')).then(|| inner == text.as_bytes())
+        }
+        AttributeKind::N => (token == text.as_bytes()).then_some(true),
+        AttributeKind::B | AttributeKind::Other => None,
+    }
+}
+
 /// The image must hold every key attribute of `Keys`, with the same type and value: otherwise
 /// the document would go under an id that is not its item's.
 fn check_keys(
@@ -782,7 +885,9 @@ fn check_keys(
                 part.kind, found.kind
             ));
         }
-        let same = token_text(part.kind, &doc[found.span.clone()]).is_some_and(|t| t == part.text);
+        let token = &doc[found.span.clone()];
+        let same = same_by_bytes(part.kind, token, &part.text)
+            .unwrap_or_else(|| token_text(part.kind, token).is_some_and(|t| t == part.text));
         if !same {
             return Err(format!(
                 "key attribute {name} has different values in Keys and {image_name}"
@@ -1014,6 +1119,17 @@ mod tests {
             Some(r#"{"sk":{"S":"x\u0022y"},"pk":{"N":"1"}}"#),
         )]));
         assert_eq!(same[0], None, "equal values in other spellings agree");
+        let same = reasons(&batch(&[record(
+            "1",
+            "INSERT",
+            "1700000000",
+            r#"{"pk":{"N":"1E+2"},"sk":{"N":"100"}}"#,
+            Some(r#"{"sk":{"N":"1E+2"},"pk":{"N":"100"}}"#),
+        )]));
+        assert_eq!(
+            same[0], None,
+            "a number agrees with its canonical text either way"
+        );
     }
 
     #[test]
@@ -1115,6 +1231,11 @@ mod tests {
             r#"{"eventID":"e8","eventName":"INSERT","other":{"a":[true,false,null,-1.5e3,"\u0000"]},"dynamodb":{"ApproximateCreationDateTime":1700000006,"Keys":{"pk":{"S":"g"}},"NewImage":{"pk":{"S":"g"},"b":{"B":"AA=="},"bad":{"N":"1e999"}},"SequenceNumber":"8"}}"#.to_string(),
             " { \"eventID\" : \"e9\" , \"eventName\" : \"INSERT\" , \"dynamodb\" : { \"ApproximateCreationDateTime\" : 1700000007 , \"Keys\" : { \"pk\" : { \"S\" : \"h\" } } , \"NewImage\" : { \"pk\" : { \"S\" : \"h\" } , \"n\" : { \"N\" : \"-0.5\" } } , \"SequenceNumber\" : \"9\" } } ".to_string(),
             deep,
+            // Two key attributes named out of order, the Keys before or after the NewImage,
+            // and a key name with an escape.
+            r#"{"eventID":"e10","eventName":"MODIFY","dynamodb":{"ApproximateCreationDateTime":1700000008,"Keys":{"sk":{"N":"2"},"pk":{"S":"i"}},"NewImage":{"pk":{"S":"i"},"sk":{"N":"2"},"n":{"N":"3"},"kind":{"S":"ab"}},"SequenceNumber":"10"}}"#.to_string(),
+            r#"{"eventID":"e11","eventName":"MODIFY","dynamodb":{"ApproximateCreationDateTime":1700000009,"NewImage":{"pk":{"S":"i"},"sk":{"N":"2"},"n":{"N":"4"}},"Keys":{"sk":{"N":"2"},"pk":{"S":"i"}},"SequenceNumber":"11"}}"#.to_string(),
+            r#"{"eventID":"e12","eventName":"INSERT","dynamodb":{"ApproximateCreationDateTime":1700000010,"Keys":{"p\u006b":{"S":"j"}},"NewImage":{"pk":{"S":"j"},"n":{"N":"5"}},"SequenceNumber":"12"}}"#.to_string(),
         ])
     }
 
@@ -1148,6 +1269,7 @@ mod tests {
             records in prop::collection::vec(record_text(), 0..5),
             edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), any::<u8>()), 0..3),
             routed in any::<bool>(),
+            by_attribute in any::<bool>(),
         ) {
             let payload = mutate(&batch(&records), &edits);
             let router = if routed {
@@ -1157,10 +1279,17 @@ mod tests {
             };
             let base = shape();
             let shape = Shape { router: &router, ..base };
-            let versions = VersionSource::StreamTime;
+            // Versions from the stream put the action line in front of a converted document;
+            // from an attribute, after it.
+            let versions = if by_attribute {
+                VersionSource::Attribute("n".into())
+            } else {
+                VersionSource::StreamTime
+            };
             let planner = Planner { versions: &versions, shape: &shape, max_lines_bytes: 1 << 20, now_secs: 1_800_000_000 };
             let by_serde = parse(&payload).map(|parsed| planner.plan(&payload, parsed, false).unwrap());
-            let one_pass = match event::read(&payload) {
+            let mut scratch = Vec::new();
+            let one_pass = match event::read(&payload, |keys, text| planner.early_image(&mut scratch, keys, text)) {
                 Some(records) => planner.plan(&payload, records.into_iter().map(Ok).collect(), true),
                 None => None,
             };
@@ -1174,7 +1303,25 @@ mod tests {
     #[test]
     fn an_event_as_streams_send_it_is_read_in_one_pass() {
         let payload = batch(&[good(), good().replace("\"1\"", "\"2\"")]);
-        assert_eq!(event::read(&payload).map(|r| r.len()), Some(2));
+        let shape = shape();
+        let planner = Planner {
+            versions: &VersionSource::StreamTime,
+            shape: &shape,
+            max_lines_bytes: 1 << 20,
+            now_secs: 1_800_000_000,
+        };
+        let mut scratch = Vec::new();
+        let records = event::read(&payload, |keys, text| {
+            planner.early_image(&mut scratch, keys, text)
+        })
+        .unwrap();
+        // Each NewImage converted where the reading met it (its Keys come first).
+        assert_eq!(records.len(), 2);
+        assert!(
+            records
+                .iter()
+                .all(|r| r.dynamodb.as_ref().unwrap().0.early.is_some())
+        );
     }
 
     /// The one pass reads a NewImage only by converting it, so its conversion must refuse

@@ -74,12 +74,17 @@ pub fn key_parts(keys_json: &str) -> Result<Vec<KeyPart>, KeyError> {
 
 /// The id of key parts in attribute-name order (as [`key_parts`] returns them).
 pub fn doc_id_of(parts: &[KeyPart]) -> DocId {
-    let mut id = String::new();
+    let mut id = String::with_capacity(parts.iter().map(|p| p.text.len() + 1).sum());
     for (i, part) in parts.iter().enumerate() {
         if i > 0 {
             id.push('|');
         }
-        for c in part.text.chars() {
+        let text = part.text.as_str();
+        if !text.contains(['\\', '|']) {
+            id.push_str(text);
+            continue;
+        }
+        for c in text.chars() {
             if c == '\\' || c == '|' {
                 id.push('\\');
             }

@@ -16,7 +16,7 @@
 
 use std::borrow::Cow;
 
-use crate::pipeline::change::{Object, StreamData, StreamRecord, UserIdentity};
+use crate::pipeline::change::{EarlyDocument, Object, StreamData, StreamRecord, UserIdentity};
 use crate::pipeline::convert::is_json_number;
 use crate::pipeline::scan::{
     is_json, is_plain_json_string, skip_ws, string_end_escaped, value_end,
@@ -24,11 +24,20 @@ use crate::pipeline::scan::{
 
 /// The records of a stream event, as serde's derive would read them; `None` where only serde
 /// may decide (the event may still be valid).
-pub(crate) fn read(payload: &str) -> Option<Vec<StreamRecord<'_>>> {
+///
+/// `early` converts a NewImage where the reading meets it, if the record's `Keys` came before
+/// it (as in the events DynamoDB Streams sends): given the Keys' text and the payload from the
+/// image on, the image's length and its document; `None` leaves the image to be located here
+/// and converted later. Converting it here is what spares the reading a pass over it.
+pub(crate) fn read<'a>(
+    payload: &'a str,
+    early: impl FnMut(&'a str, &'a str) -> Option<(usize, EarlyDocument<'a>)>,
+) -> Option<Vec<StreamRecord<'a>>> {
     let mut r = Reader {
         text: payload,
         b: payload.as_bytes(),
         i: 0,
+        early,
     };
     let mut records = None;
     r.members(|r, name| match name {
@@ -48,13 +57,17 @@ fn set_once<T>(slot: &mut Option<T>, value: T) -> Option<()> {
     slot.is_none().then(|| *slot = Some(value))
 }
 
-struct Reader<'a> {
+struct Reader<'a, F> {
     text: &'a str,
     b: &'a [u8],
     i: usize,
+    early: F,
 }
 
-impl<'a> Reader<'a> {
+impl<'a, F> Reader<'a, F>
+where
+    F: FnMut(&'a str, &'a str) -> Option<(usize, EarlyDocument<'a>)>,
+{
     fn expect(&mut self, c: u8) -> Option<()> {
         self.i = skip_ws(self.b, self.i);
         (self.b.get(self.i) == Some(&c)).then(|| self.i += 1)
@@ -137,6 +150,18 @@ impl<'a> Reader<'a> {
         }
         self.i = end;
         Some(text)
+    }
+
+    /// The NewImage here (an object), converted by `early` for the `Keys` read before it.
+    fn early_image(&mut self, keys: Option<&'a str>) -> Option<(&'a str, EarlyDocument<'a>)> {
+        let keys = keys?;
+        if self.peek()? != b'{' {
+            return None;
+        }
+        let start = self.i;
+        let (len, document) = (self.early)(keys, &self.text[start..])?;
+        self.i = start + len;
+        Some((&self.text[start..self.i], document))
     }
 
     /// `Option<T>` as serde reads it: `null` is none, anything else is `read`'s.
@@ -233,11 +258,18 @@ impl<'a> Reader<'a> {
     fn stream_data(&mut self) -> Option<StreamData<'a>> {
         let (mut keys, mut new_image, mut old_image) = (None, None, None);
         let (mut sequence_number, mut created, mut view) = (None, None, None);
+        let mut early = None;
         self.members(|r, name| match name {
             // Not read here: `Keys` is read by `docid::key_parts` (serde), the NewImage by its
             // conversion; `plan` checks them where those did not succeed.
             "Keys" => set_once(&mut keys, r.raw_or_null(false)?),
-            "NewImage" => set_once(&mut new_image, r.raw_or_null(false)?),
+            "NewImage" => match r.early_image(keys.flatten()) {
+                Some((image, document)) => {
+                    early = Some(document);
+                    set_once(&mut new_image, Some(image))
+                }
+                None => set_once(&mut new_image, r.raw_or_null(false)?),
+            },
             "OldImage" => set_once(&mut old_image, r.raw_or_null(true)?),
             "SequenceNumber" => set_once(&mut sequence_number, r.text_or_null()?),
             "ApproximateCreationDateTime" => set_once(&mut created, r.number_or_null()?),
@@ -251,6 +283,7 @@ impl<'a> Reader<'a> {
             sequence_number: sequence_number.flatten(),
             approximate_creation_date_time: created.flatten(),
             stream_view_type: view.flatten(),
+            early,
         })
     }
 }
@@ -268,7 +301,7 @@ mod tests {
             r#""eventID":null,"dynamodb":null,"userIdentity":{"type":"Service"}"#,
             r#""eventID":"a\"b","other":[1,{"x":null}]"#,
         ] {
-            assert!(read(&record(fields)).is_some(), "{fields}");
+            assert!(read(&record(fields), |_, _| None).is_some(), "{fields}");
         }
         // Given up.
         for fields in [
@@ -280,10 +313,10 @@ mod tests {
             r#""dynamodb":{"ApproximateCreationDateTime":"1"}"#,
             r#""other":[1,}"#,
         ] {
-            assert!(read(&record(fields)).is_none(), "{fields}");
+            assert!(read(&record(fields), |_, _| None).is_none(), "{fields}");
         }
-        assert!(read(r#"{"Records":[]} x"#).is_none());
-        assert!(read(r#"{"NotRecords":[]}"#).is_none());
-        assert!(read(r#"{"Records":[],"Records":[]}"#).is_none());
+        assert!(read(r#"{"Records":[]} x"#, |_, _| None).is_none());
+        assert!(read(r#"{"NotRecords":[]}"#, |_, _| None).is_none());
+        assert!(read(r#"{"Records":[],"Records":[]}"#, |_, _| None).is_none());
     }
 }

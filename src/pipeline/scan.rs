@@ -122,6 +122,35 @@ pub(crate) fn value_end(b: &[u8], start: usize) -> Option<usize> {
     }
 }
 
+/// The names of an object's members, in order; `None` if a name has an escape or the text is
+/// not an object as far as it is read (values are skipped, not checked).
+pub(crate) fn member_names(text: &str) -> Option<Vec<&str>> {
+    let b = text.as_bytes();
+    let mut names = Vec::with_capacity(2);
+    let mut i = skip_ws(b, 0);
+    (b.get(i) == Some(&b'{')).then_some(())?;
+    i = skip_ws(b, i + 1);
+    if b.get(i) == Some(&b'}') {
+        return Some(names);
+    }
+    loop {
+        (b.get(i) == Some(&b'"')).then_some(())?;
+        let (end, escaped) = string_end_escaped(b, i)?;
+        if escaped {
+            return None;
+        }
+        names.push(&text[i + 1..end]);
+        i = skip_ws(b, end + 1);
+        (b.get(i) == Some(&b':')).then_some(())?;
+        i = skip_ws(b, value_end(b, skip_ws(b, i + 1))?);
+        match b.get(i)? {
+            b',' => i = skip_ws(b, i + 1),
+            b'}' => return Some(names),
+            _ => return None,
+        }
+    }
+}
+
 /// [`string_end_escaped`] for a reader that must also judge the string as serde would: `None`
 /// at a control character, or at an escape other than the two-character ones (`\u` escapes are
 /// left to serde, which also judges surrogates). One pass over the string.
@@ -192,6 +221,24 @@ mod tests {
                 .map(|k| from + k);
             proptest::prop_assert_eq!(find_special::<true>(&bytes, from), naive(true));
             proptest::prop_assert_eq!(find_special::<false>(&bytes, from), naive(false));
+        }
+    }
+
+    #[test]
+    fn member_names_are_read_in_order_or_not_at_all() {
+        let names = |t| member_names(t);
+        assert_eq!(
+            names(r#" { "sk" : {"N":"1"}, "pk":{"S":"a,\"}"} } "#),
+            Some(vec!["sk", "pk"])
+        );
+        assert_eq!(names("{}"), Some(vec![]));
+        for text in [
+            r#"{"p\u006b":{"S":"a"}}"#,
+            "[]",
+            r#"{"pk" {"S":"a"}}"#,
+            r#"{"pk":1"#,
+        ] {
+            assert_eq!(names(text), None, "{text}");
         }
     }
 

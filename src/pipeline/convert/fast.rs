@@ -35,9 +35,21 @@ pub(super) fn transcode(
     names: &[&str],
     filter: Filter<'_>,
 ) -> Option<Vec<Option<Captured>>> {
+    let (captured, end) = transcode_prefix(image, out, names, filter)?;
+    (skip_ws(image.as_bytes(), end) == image.len()).then_some(captured)
+}
+
+/// [`transcode`] of the image that starts `text` (after whitespace); `text` may go on after it.
+/// Also where the image ends.
+pub(super) fn transcode_prefix(
+    text: &str,
+    out: &mut Vec<u8>,
+    names: &[&str],
+    filter: Filter<'_>,
+) -> Option<(Vec<Option<Captured>>, usize)> {
     let mut t = Transcoder {
-        image,
-        b: image.as_bytes(),
+        image: text,
+        b: text.as_bytes(),
         i: 0,
         depth: 0,
         out,
@@ -46,8 +58,7 @@ pub(super) fn transcode(
     let mut captured = vec![None; names.len()];
     t.ws();
     t.map(filter, Some((names, &mut captured)))?;
-    t.ws();
-    (t.i == t.b.len()).then_some(captured)
+    Some((captured, t.i))
 }
 
 struct Transcoder<'a, 'o> {
@@ -306,10 +317,17 @@ impl<'a> Transcoder<'a, '_> {
     /// A B value: valid base64, kept as its string token.
     fn binary(&mut self) -> Option<()> {
         let text = self.plain_string()?;
-        self.scratch
-            .resize(base64::decoded_len_estimate(text.len()), 0);
+        // Decoded only to check it: small values into the stack, larger ones into `scratch`.
+        let mut stack = [0u8; 768];
+        let needed = base64::decoded_len_estimate(text.len());
+        let buffer = if needed <= stack.len() {
+            &mut stack[..]
+        } else {
+            self.scratch.resize(needed, 0);
+            &mut self.scratch[..]
+        };
         base64::engine::general_purpose::STANDARD
-            .decode_slice(text, &mut self.scratch)
+            .decode_slice(text, buffer)
             .ok()?;
         self.out.push(b'"');
         self.out.extend_from_slice(text.as_bytes());

@@ -69,6 +69,19 @@ pub fn write_document_projected(
     walk(image, out, names, filter)
 }
 
+/// The fast path alone, on the image that starts `text` (which may go on after it): the
+/// image's captures and its length, as [`write_document_projected`] would convert the image's
+/// own text; `None` (with a partial document in `out` to cut off) where only the walk may
+/// decide. For a reader that meets an image in a longer text and wants its end.
+pub(crate) fn transcode_prefix(
+    text: &str,
+    out: &mut Vec<u8>,
+    names: &[&str],
+    filter: Filter<'_>,
+) -> Option<(Vec<Option<Captured>>, usize)> {
+    fast::transcode_prefix(text, out, names, filter)
+}
+
 /// The definition of conversion: a serde `DeserializeSeed` walk over the image, checking every
 /// rule and naming the attribute path of the first error.
 fn walk(
