@@ -349,7 +349,11 @@ impl Router {
 
 /// The table name in a stream ARN (`arn:aws:dynamodb:REGION:ACCOUNT:table/NAME/stream/TIME`).
 pub fn table_of(event_source_arn: &str) -> Option<&str> {
-    let rest = event_source_arn.split_once(":table/")?.1;
+    // The first `:table/`, found from colon to colon: a substring search set up for every
+    // record cost more than the rest of reading its envelope.
+    let b = event_source_arn.as_bytes();
+    let at = memchr::memchr_iter(b':', b).find(|&i| b[i..].starts_with(b":table/"))?;
+    let rest = &event_source_arn[at + ":table/".len()..];
     let name = rest.split('/').next()?;
     (!name.is_empty()).then_some(name)
 }
@@ -474,6 +478,7 @@ mod tests {
             Some("Shop")
         );
         assert_eq!(table_of("backfill:Shop"), None);
+        assert_eq!(table_of("arn:x:table:tablex/:table/T/stream"), Some("T"));
         assert_eq!(
             table_of("arn:aws:dynamodb:eu-west-1:1:table//stream/x"),
             None
