@@ -112,10 +112,45 @@ pub struct StreamData<'a> {
 /// `Keys` before it) its captures were made for. [`to_changes`] uses it where its own key
 /// parse names the same attributes, as the conversion it would have run itself.
 pub(crate) struct EarlyDocument<'a> {
-    key_names: Vec<&'a str>,
+    key_names: KeyNames<'a>,
     /// The document, with room at the front for its action line.
     doc: Vec<u8>,
     captured: Vec<Option<Captured>>,
+}
+
+/// The names of a table key's one or two attributes, sorted as `docid::key_parts` sorts them.
+#[derive(Clone, Copy, Default, PartialEq)]
+struct KeyNames<'a> {
+    names: [&'a str; 2],
+    len: usize,
+}
+
+impl<'a> KeyNames<'a> {
+    /// The attribute names of `Keys` text, read without checking its values; `None` past two
+    /// names (`key_parts` refuses those), or where a name has an escape.
+    fn of(keys: &'a str) -> Option<Self> {
+        let mut k = KeyNames::default();
+        scan::member_names(keys, |name| {
+            *k.names.get_mut(k.len)? = name;
+            k.len += 1;
+            Some(())
+        })?;
+        k.names[..k.len].sort_unstable();
+        Some(k)
+    }
+
+    fn as_slice(&self) -> &[&'a str] {
+        &self.names[..self.len]
+    }
+}
+
+/// What converting each NewImage as it is read keeps from record to record.
+#[derive(Default)]
+struct EarlyState<'n> {
+    scratch: Vec<u8>,
+    /// The key names `names` was made for: a table's records all name the same.
+    key_names: Vec<&'n str>,
+    names: Vec<&'n str>,
 }
 
 /// A JSON value's text, validated, as it stands (`null` is none, as for any `Option`).
@@ -271,11 +306,7 @@ pub fn plan<'a>(
     };
     // One pass: the envelopes read by hand, each NewImage read only by its conversion. `None`
     // where serde must decide: a record it might read otherwise, or an image that is not JSON.
-    let mut scratch = Vec::new();
-    if let Some(records) = event::read(payload, |keys, text| {
-        planner.early_image(&mut scratch, keys, text)
-    }) && let Some(plan) = planner.plan(payload, records.into_iter().map(Ok).collect(), true)
-    {
+    if let Some(plan) = planner.plan_in_one_pass(payload) {
         return Ok(plan);
     }
     Ok(planner
@@ -338,18 +369,21 @@ impl Planner<'_, '_> {
     /// the payload), for the record's `Keys` read before it: the image's length and its
     /// document. `None` leaves the image to `to_changes` (names with escapes; an image only
     /// the walk may judge). `scratch` is reused from record to record.
-    fn early_image<'a>(
-        &self,
-        scratch: &mut Vec<u8>,
+    fn early_image<'a: 'n, 'n>(
+        &'n self,
+        state: &mut EarlyState<'n>,
         keys: &'a str,
         text: &'a str,
     ) -> Option<(usize, EarlyDocument<'a>)> {
-        let mut key_names = scan::member_names(keys)?;
-        key_names.sort_unstable();
-        let names = self.capture_names(key_names.iter().copied());
+        let key_names = KeyNames::of(keys)?;
+        if state.key_names != key_names.as_slice() {
+            state.key_names = key_names.as_slice().to_vec();
+            state.names = self.capture_names(key_names.as_slice().iter().copied());
+        }
+        let scratch = &mut state.scratch;
         scratch.clear();
         let (captured, len) =
-            convert::transcode_prefix(text, scratch, &names, self.shape.projection.filter())?;
+            convert::transcode_prefix(text, scratch, &state.names, self.shape.projection.filter())?;
         // The capacity `to_changes` gives a document it converts itself.
         let mut doc = Vec::with_capacity(len + ACTION_LINE_ROOM);
         doc.extend_from_slice(scratch);
@@ -363,6 +397,21 @@ impl Planner<'_, '_> {
         ))
     }
 
+    /// The plan by the one-pass reading ([`event::read`]): each record planned as soon as it
+    /// is read, while its bytes are in cache, its NewImage converted where the reading met it.
+    /// `None` where serde must decide.
+    fn plan_in_one_pass<'a>(&self, payload: &'a str) -> Option<Plan<'a>> {
+        let mut early = EarlyState::default();
+        // About a record per kilobyte (a guess: the vectors grow if it is short).
+        let mut draft = Draft::with_capacity(payload.len() / 1024 + 1);
+        event::read(
+            payload,
+            |keys, text| self.early_image(&mut early, keys, text),
+            |record| self.add(&mut draft, Ok(record), true),
+        )?;
+        Some(draft.finish(payload))
+    }
+
     /// Plans the records. With `unchecked` (the one-pass reading), a NewImage that was not
     /// converted (the record is invalid, or a REMOVE) and the Keys of an invalid record are
     /// checked as serde would have when parsing the event; `None` if one is not JSON.
@@ -372,86 +421,117 @@ impl Planner<'_, '_> {
         parsed: Vec<Result<StreamRecord<'a>, Unparsed<'a>>>,
         unchecked: bool,
     ) -> Option<Plan<'a>> {
-        let mut records: Vec<Record<'a>> = Vec::with_capacity(parsed.len());
-        let mut changes: Vec<Change> = Vec::with_capacity(parsed.len());
-        // The last change per document: (index, id) → position in `changes`.
-        let mut by_id: HashMap<(Arc<str>, String), usize> = HashMap::with_capacity(parsed.len());
-        for (position, parsed) in parsed.into_iter().enumerate() {
-            let mut created_secs = None;
-            let (sequence_number, event_id, result) = match parsed {
-                Ok(mut rec) => {
-                    let early = rec.dynamodb.as_mut().and_then(|d| d.0.early.take());
-                    // Converted as it was read: it is JSON.
-                    let mut image_read = early.is_some();
-                    let planned = to_changes(&rec, position, self, early, &mut image_read);
-                    let data = rec.dynamodb.as_ref().map(|d| &d.0);
-                    created_secs = data.and_then(|d| d.approximate_creation_date_time);
-                    // A planned record's Keys were parsed; its NewImage, if any, converted
-                    // unless it is a REMOVE's.
-                    let image = data.and_then(|d| d.new_image).filter(|_| !image_read);
-                    let keys = data.and_then(|d| d.keys).filter(|_| planned.is_err());
-                    if unchecked
-                        && image
-                            .into_iter()
-                            .chain(keys)
-                            .any(|text| !scan::is_json(text))
-                    {
-                        return None;
-                    }
-                    let seq = rec.dynamodb.and_then(|d| d.0.sequence_number);
-                    (seq, rec.event_id, planned)
+        let mut draft = Draft::with_capacity(parsed.len());
+        for parsed in parsed {
+            self.add(&mut draft, parsed, unchecked)?;
+        }
+        Some(draft.finish(payload))
+    }
+
+    /// Plans the batch's next record into `draft` (see [`Planner::plan`] for `unchecked`).
+    fn add<'a>(
+        &self,
+        draft: &mut Draft<'a>,
+        parsed: Result<StreamRecord<'a>, Unparsed<'a>>,
+        unchecked: bool,
+    ) -> Option<()> {
+        let position = draft.records.len();
+        let mut created_secs = None;
+        let (sequence_number, event_id, result) = match parsed {
+            Ok(mut rec) => {
+                let early = rec.dynamodb.as_mut().and_then(|d| d.0.early.take());
+                // Converted as it was read: it is JSON.
+                let mut image_read = early.is_some();
+                let planned = to_changes(&rec, position, self, early, &mut image_read);
+                let data = rec.dynamodb.as_ref().map(|d| &d.0);
+                created_secs = data.and_then(|d| d.approximate_creation_date_time);
+                // A planned record's Keys were parsed; its NewImage, if any, converted
+                // unless it is a REMOVE's.
+                let image = data.and_then(|d| d.new_image).filter(|_| !image_read);
+                let keys = data.and_then(|d| d.keys).filter(|_| planned.is_err());
+                if unchecked
+                    && image
+                        .into_iter()
+                        .chain(keys)
+                        .any(|text| !scan::is_json(text))
+                {
+                    return None;
                 }
-                Err(u) => (u.sequence_number, u.event_id, Err(u.reason)),
-            };
-            let mut disposition = Disposition::Skipped;
-            let mut extra = Vec::new();
-            match result {
-                Err(reason) => disposition = Disposition::Invalid(reason),
-                Ok(planned) => {
-                    for (k, change) in planned.into_iter().enumerate() {
-                        let key = (change.index.clone(), change.id.clone());
-                        let (slot, owned) = match by_id.get(&key) {
-                            Some(&earlier) if supersedes(&changes[earlier], &change) => {
-                                // Stream order is modification order per item: the later
-                                // record wins, and a record whose own change it replaces
-                                // follows it.
-                                let loser = changes[earlier].record;
-                                if records[loser].disposition == Disposition::Change(earlier) {
-                                    records[loser].disposition = Disposition::Superseded(earlier);
-                                }
-                                changes[earlier] = change;
-                                (earlier, true)
+                let seq = rec.dynamodb.and_then(|d| d.0.sequence_number);
+                (seq, rec.event_id, planned)
+            }
+            Err(u) => (u.sequence_number, u.event_id, Err(u.reason)),
+        };
+        let mut disposition = Disposition::Skipped;
+        let mut extra = Vec::new();
+        match result {
+            Err(reason) => disposition = Disposition::Invalid(reason),
+            Ok(planned) => {
+                for (k, change) in planned.into_iter().enumerate() {
+                    let key = (change.index.clone(), change.id.clone());
+                    let (slot, owned) = match draft.by_id.get(&key) {
+                        Some(&earlier) if supersedes(&draft.changes[earlier], &change) => {
+                            // Stream order is modification order per item: the later
+                            // record wins, and a record whose own change it replaces
+                            // follows it.
+                            let loser = draft.changes[earlier].record;
+                            if draft.records[loser].disposition == Disposition::Change(earlier) {
+                                draft.records[loser].disposition = Disposition::Superseded(earlier);
                             }
-                            // An older version later in the batch (a replay or backfill batch
-                            // mixing sources): the index would refuse it after the newer one.
-                            Some(&earlier) => (earlier, false),
-                            None => {
-                                by_id.insert(key, changes.len());
-                                changes.push(change);
-                                (changes.len() - 1, true)
-                            }
-                        };
-                        match (k, owned) {
-                            (0, true) => disposition = Disposition::Change(slot),
-                            (0, false) => disposition = Disposition::Superseded(slot),
-                            _ => extra.push(slot),
+                            draft.changes[earlier] = change;
+                            (earlier, true)
                         }
+                        // An older version later in the batch (a replay or backfill batch
+                        // mixing sources): the index would refuse it after the newer one.
+                        Some(&earlier) => (earlier, false),
+                        None => {
+                            draft.by_id.insert(key, draft.changes.len());
+                            draft.changes.push(change);
+                            (draft.changes.len() - 1, true)
+                        }
+                    };
+                    match (k, owned) {
+                        (0, true) => disposition = Disposition::Change(slot),
+                        (0, false) => disposition = Disposition::Superseded(slot),
+                        _ => extra.push(slot),
                     }
                 }
             }
-            records.push(Record {
-                sequence_number,
-                event_id,
-                disposition,
-                extra,
-                created_secs,
-            });
         }
-        Some(Plan {
+        draft.records.push(Record {
+            sequence_number,
+            event_id,
+            disposition,
+            extra,
+            created_secs,
+        });
+        Some(())
+    }
+}
+
+/// A plan being built record by record.
+struct Draft<'a> {
+    records: Vec<Record<'a>>,
+    changes: Vec<Change>,
+    /// The last change per document: (index, id) → position in `changes`.
+    by_id: HashMap<(Arc<str>, String), usize>,
+}
+
+impl<'a> Draft<'a> {
+    fn with_capacity(records: usize) -> Self {
+        Draft {
+            records: Vec::with_capacity(records),
+            changes: Vec::with_capacity(records),
+            by_id: HashMap::with_capacity(records),
+        }
+    }
+
+    fn finish(self, payload: &'a str) -> Plan<'a> {
+        Plan {
             payload,
-            records,
-            changes,
-        })
+            records: self.records,
+            changes: self.changes,
+        }
     }
 }
 
@@ -556,7 +636,7 @@ fn to_changes(
     };
     // Top-level attributes to find while converting (the key attributes are checked against
     // Keys).
-    let names = planner.capture_names(parts.iter().map(|p| p.name.as_str()));
+    let names = planner.capture_names(parts.iter().map(|p| &*p.name));
     let single = router.is_single();
     let route_attrs = router.attributes();
     let found = |captured: &[Option<Captured>], name: &str| -> Option<Captured> {
@@ -622,12 +702,7 @@ fn to_changes(
             };
             // Converted as the record was read, for these key names: the action line goes in
             // front of it (one small move).
-            let early = early.filter(|e| {
-                e.key_names
-                    .iter()
-                    .copied()
-                    .eq(names[..parts.len()].iter().copied())
-            });
+            let early = early.filter(|e| e.key_names.as_slice() == &names[..parts.len()]);
             let (mut doc, captured) = match early {
                 Some(EarlyDocument {
                     mut doc,
@@ -1288,11 +1363,7 @@ mod tests {
             };
             let planner = Planner { versions: &versions, shape: &shape, max_lines_bytes: 1 << 20, now_secs: 1_800_000_000 };
             let by_serde = parse(&payload).map(|parsed| planner.plan(&payload, parsed, false).unwrap());
-            let mut scratch = Vec::new();
-            let one_pass = match event::read(&payload, |keys, text| planner.early_image(&mut scratch, keys, text)) {
-                Some(records) => planner.plan(&payload, records.into_iter().map(Ok).collect(), true),
-                None => None,
-            };
+            let one_pass = planner.plan_in_one_pass(&payload);
             // Where the one pass gives up, `plan` takes serde's reading: equal by construction.
             if let Some(one_pass) = one_pass {
                 proptest::prop_assert_eq!(outcome(Ok(one_pass)), outcome(by_serde), "{}", payload);
@@ -1310,10 +1381,16 @@ mod tests {
             max_lines_bytes: 1 << 20,
             now_secs: 1_800_000_000,
         };
-        let mut scratch = Vec::new();
-        let records = event::read(&payload, |keys, text| {
-            planner.early_image(&mut scratch, keys, text)
-        })
+        let mut early = EarlyState::default();
+        let mut records = Vec::new();
+        event::read(
+            &payload,
+            |keys, text| planner.early_image(&mut early, keys, text),
+            |record| {
+                records.push(record);
+                Some(())
+            },
+        )
         .unwrap();
         // Each NewImage converted where the reading met it (its Keys come first).
         assert_eq!(records.len(), 2);

@@ -12,6 +12,7 @@
 //!   hex. Escaped ids never contain `\#`, so a hashed id cannot equal an unhashed one. The full
 //!   id is then kept in the document under [`RAW_KEY_FIELD`].
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::Deserialize;
@@ -39,12 +40,13 @@ pub struct DocId {
 #[error("{0}")]
 pub struct KeyError(pub String);
 
-/// One key attribute: its name, type and component text (canonical for `N`).
+/// One key attribute: its name, type and component text (canonical for `N`), borrowed from
+/// the `Keys` text where they stand in it as they are.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyPart {
-    pub name: String,
+pub struct KeyPart<'a> {
+    pub name: Cow<'a, str>,
     pub kind: AttributeKind,
-    pub text: String,
+    pub text: Cow<'a, str>,
 }
 
 /// Builds the id from a `Keys` map in DynamoDB JSON (`{"pk":{"S":"a"},"sk":{"N":"1"}}`).
@@ -53,7 +55,7 @@ pub fn doc_id(keys_json: &str) -> Result<DocId, KeyError> {
 }
 
 /// Reads a `Keys` map: one or two attributes of type S, N or B, each named once.
-pub fn key_parts(keys_json: &str) -> Result<Vec<KeyPart>, KeyError> {
+pub fn key_parts(keys_json: &str) -> Result<Vec<KeyPart<'_>>, KeyError> {
     let keys: KeyMap = serde_json::from_str(keys_json).map_err(|e| {
         let msg = e.to_string();
         KeyError(strip_position(&msg).to_string())
@@ -73,13 +75,13 @@ pub fn key_parts(keys_json: &str) -> Result<Vec<KeyPart>, KeyError> {
 }
 
 /// The id of key parts in attribute-name order (as [`key_parts`] returns them).
-pub fn doc_id_of(parts: &[KeyPart]) -> DocId {
+pub fn doc_id_of(parts: &[KeyPart<'_>]) -> DocId {
     let mut id = String::with_capacity(parts.iter().map(|p| p.text.len() + 1).sum());
     for (i, part) in parts.iter().enumerate() {
         if i > 0 {
             id.push('|');
         }
-        let text = part.text.as_str();
+        let text: &str = &part.text;
         if !text.contains(['\\', '|']) {
             id.push_str(text);
             continue;
@@ -136,9 +138,9 @@ fn finish(id: String) -> DocId {
 }
 
 /// The key attributes in the order read.
-struct KeyMap(Vec<KeyPart>);
+struct KeyMap<'a>(Vec<KeyPart<'a>>);
 
-impl<'de> Deserialize<'de> for KeyMap {
+impl<'de> Deserialize<'de> for KeyMap<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_map(KeyMapVisitor)
     }
@@ -147,12 +149,12 @@ impl<'de> Deserialize<'de> for KeyMap {
 struct KeyMapVisitor;
 
 impl<'de> Visitor<'de> for KeyMapVisitor {
-    type Value = KeyMap;
+    type Value = KeyMap<'de>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a map of key attribute name to S, N or B value")
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeyMap, A::Error> {
-        let mut parts: Vec<KeyPart> = Vec::with_capacity(2);
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeyMap<'de>, A::Error> {
+        let mut parts: Vec<KeyPart<'de>> = Vec::with_capacity(2);
         loop {
             let name = match map.next_key::<crate::pipeline::convert::CowStr<'de>>() {
                 Ok(Some(name)) => name,
@@ -170,7 +172,7 @@ impl<'de> Visitor<'de> for KeyMapVisitor {
                     "key attribute {name} appears more than once"
                 )));
             }
-            let value: KeyValue = map.next_value().map_err(|e| {
+            let value: KeyValue<'de> = map.next_value().map_err(|e| {
                 de::Error::custom(format!(
                     "key attribute {name}: {}",
                     strip_position(&e.to_string())
@@ -196,12 +198,12 @@ impl<'de> Visitor<'de> for KeyMapVisitor {
                     })?;
                     d.check_range()
                         .map_err(|e| de::Error::custom(format!("key attribute {name}: {e}")))?;
-                    d.canonical_text()
+                    Cow::Owned(d.canonical_text())
                 }
                 KeyValue::B(b) => {
                     use base64::Engine as _;
                     base64::engine::general_purpose::STANDARD
-                        .decode(&b)
+                        .decode(&*b)
                         .map_err(|e| {
                             de::Error::custom(format!("key attribute {name}: invalid base64 ({e})"))
                         })?;
@@ -209,7 +211,7 @@ impl<'de> Visitor<'de> for KeyMapVisitor {
                 }
             };
             parts.push(KeyPart {
-                name: name.0.into_owned(),
+                name: name.0,
                 kind,
                 text,
             });
@@ -220,10 +222,10 @@ impl<'de> Visitor<'de> for KeyMapVisitor {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-enum KeyValue {
-    S(String),
-    N(String),
-    B(String),
+enum KeyValue<'a> {
+    S(#[serde(borrow)] Cow<'a, str>),
+    N(#[serde(borrow)] Cow<'a, str>),
+    B(#[serde(borrow)] Cow<'a, str>),
 }
 
 #[cfg(test)]
@@ -232,7 +234,9 @@ mod tests {
 
     #[test]
     fn an_id_gives_back_its_key_texts_and_a_foreign_id_none() {
-        let parts = |keys: &str| key_parts(keys).unwrap();
+        fn parts(keys: &str) -> Vec<KeyPart<'_>> {
+            key_parts(keys).unwrap()
+        }
         for keys in [
             r#"{"pk":{"S":"a|b\\c"},"sk":{"N":"1E+3"}}"#,
             r#"{"pk":{"S":"\\\\"},"sk":{"S":"|"}}"#,
@@ -240,7 +244,7 @@ mod tests {
         ] {
             let p = parts(keys);
             let d = doc_id_of(&p);
-            let texts: Vec<String> = p.iter().map(|k| k.text.clone()).collect();
+            let texts: Vec<String> = p.iter().map(|k| k.text.to_string()).collect();
             assert_eq!(key_texts(&d.id, None, p.len()), Some(texts), "{keys}");
         }
         let long = format!(

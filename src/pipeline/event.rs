@@ -22,8 +22,10 @@ use crate::pipeline::scan::{
     is_json, is_plain_json_string, skip_ws, string_end_escaped, value_end,
 };
 
-/// The records of a stream event, as serde's derive would read them; `None` where only serde
-/// may decide (the event may still be valid).
+/// The records of a stream event, as serde's derive would read them, each handed to `each` as
+/// soon as it is read (while its bytes are still in cache); `None` where only serde may decide
+/// (the event may still be valid), or where `each` says so. A caller that gets `None` must
+/// discard what `each` was given.
 ///
 /// `early` converts a NewImage where the reading meets it, if the record's `Keys` came before
 /// it (as in the events DynamoDB Streams sends): given the Keys' text and the payload from the
@@ -32,7 +34,8 @@ use crate::pipeline::scan::{
 pub(crate) fn read<'a>(
     payload: &'a str,
     early: impl FnMut(&'a str, &'a str) -> Option<(usize, EarlyDocument<'a>)>,
-) -> Option<Vec<StreamRecord<'a>>> {
+    mut each: impl FnMut(StreamRecord<'a>) -> Option<()>,
+) -> Option<()> {
     let mut r = Reader {
         text: payload,
         b: payload.as_bytes(),
@@ -42,8 +45,8 @@ pub(crate) fn read<'a>(
     let mut records = None;
     r.members(|r, name| match name {
         "Records" => {
-            let list = r.records()?;
-            set_once(&mut records, list)
+            r.records(&mut each)?;
+            set_once(&mut records, ())
         }
         _ => r.skip_value(),
     })?;
@@ -202,20 +205,19 @@ where
         self.or_null(|r| serde_json::from_str::<f64>(r.raw(false)?).ok())
     }
 
-    fn records(&mut self) -> Option<Vec<StreamRecord<'a>>> {
+    fn records(&mut self, each: &mut impl FnMut(StreamRecord<'a>) -> Option<()>) -> Option<()> {
         self.expect(b'[')?;
-        let mut records = Vec::new();
         if self.peek()? == b']' {
             self.i += 1;
-            return Some(records);
+            return Some(());
         }
         loop {
-            records.push(self.record()?);
+            each(self.record()?)?;
             match self.peek()? {
                 b',' => self.i += 1,
                 b']' => {
                     self.i += 1;
-                    return Some(records);
+                    return Some(());
                 }
                 _ => return None,
             }
@@ -301,7 +303,10 @@ mod tests {
             r#""eventID":null,"dynamodb":null,"userIdentity":{"type":"Service"}"#,
             r#""eventID":"a\"b","other":[1,{"x":null}]"#,
         ] {
-            assert!(read(&record(fields), |_, _| None).is_some(), "{fields}");
+            assert!(
+                read(&record(fields), |_, _| None, |_| Some(())).is_some(),
+                "{fields}"
+            );
         }
         // Given up.
         for fields in [
@@ -313,10 +318,13 @@ mod tests {
             r#""dynamodb":{"ApproximateCreationDateTime":"1"}"#,
             r#""other":[1,}"#,
         ] {
-            assert!(read(&record(fields), |_, _| None).is_none(), "{fields}");
+            assert!(
+                read(&record(fields), |_, _| None, |_| Some(())).is_none(),
+                "{fields}"
+            );
         }
-        assert!(read(r#"{"Records":[]} x"#, |_, _| None).is_none());
-        assert!(read(r#"{"NotRecords":[]}"#, |_, _| None).is_none());
-        assert!(read(r#"{"Records":[],"Records":[]}"#, |_, _| None).is_none());
+        assert!(read(r#"{"Records":[]} x"#, |_, _| None, |_| Some(())).is_none());
+        assert!(read(r#"{"NotRecords":[]}"#, |_, _| None, |_| Some(())).is_none());
+        assert!(read(r#"{"Records":[],"Records":[]}"#, |_, _| None, |_| Some(())).is_none());
     }
 }

@@ -122,16 +122,19 @@ pub(crate) fn value_end(b: &[u8], start: usize) -> Option<usize> {
     }
 }
 
-/// The names of an object's members, in order; `None` if a name has an escape or the text is
-/// not an object as far as it is read (values are skipped, not checked).
-pub(crate) fn member_names(text: &str) -> Option<Vec<&str>> {
+/// The names of an object's members, in order, each handed to `each`; `None` if a name has an
+/// escape, the text is not an object as far as it is read (values are skipped, not checked), or
+/// `each` says so.
+pub(crate) fn member_names<'t>(
+    text: &'t str,
+    mut each: impl FnMut(&'t str) -> Option<()>,
+) -> Option<()> {
     let b = text.as_bytes();
-    let mut names = Vec::with_capacity(2);
     let mut i = skip_ws(b, 0);
     (b.get(i) == Some(&b'{')).then_some(())?;
     i = skip_ws(b, i + 1);
     if b.get(i) == Some(&b'}') {
-        return Some(names);
+        return Some(());
     }
     loop {
         (b.get(i) == Some(&b'"')).then_some(())?;
@@ -139,13 +142,13 @@ pub(crate) fn member_names(text: &str) -> Option<Vec<&str>> {
         if escaped {
             return None;
         }
-        names.push(&text[i + 1..end]);
+        each(&text[i + 1..end])?;
         i = skip_ws(b, end + 1);
         (b.get(i) == Some(&b':')).then_some(())?;
         i = skip_ws(b, value_end(b, skip_ws(b, i + 1))?);
         match b.get(i)? {
             b',' => i = skip_ws(b, i + 1),
-            b'}' => return Some(names),
+            b'}' => return Some(()),
             _ => return None,
         }
     }
@@ -226,7 +229,14 @@ mod tests {
 
     #[test]
     fn member_names_are_read_in_order_or_not_at_all() {
-        let names = |t| member_names(t);
+        let names = |t| {
+            let mut names = Vec::new();
+            member_names(t, |n| {
+                names.push(n);
+                Some(())
+            })
+            .map(|()| names)
+        };
         assert_eq!(
             names(r#" { "sk" : {"N":"1"}, "pk":{"S":"a,\"}"} } "#),
             Some(vec!["sk", "pk"])
