@@ -190,6 +190,7 @@ impl<'de> Visitor<'de> for KeyMapVisitor {
                     )));
                 }
                 KeyValue::S(s) => s,
+                KeyValue::N(n) if Decimal::is_canonical_integer(&n) => n,
                 KeyValue::N(n) => {
                     let d = Decimal::parse(&n).ok_or_else(|| {
                         de::Error::custom(format!(

@@ -18,9 +18,7 @@ use std::borrow::Cow;
 
 use crate::pipeline::change::{EarlyDocument, Object, StreamData, StreamRecord, UserIdentity};
 use crate::pipeline::convert::is_json_number;
-use crate::pipeline::scan::{
-    is_json, is_plain_json_string, skip_ws, string_end_escaped, value_end,
-};
+use crate::pipeline::scan::{is_json, skip_ws, string_end_escaped, string_end_strict, value_end};
 
 /// The records of a stream event, as serde's derive would read them, each handed to `each` as
 /// soon as it is read (while its bytes are still in cache); `None` where only serde may decide
@@ -101,8 +99,8 @@ where
         loop {
             self.expect(b'"')?;
             let open = self.i - 1;
-            let (end, escaped) = string_end_escaped(self.b, open)?;
-            if escaped || !is_plain_json_string(&self.b[open + 1..end], false) {
+            let (end, escaped) = string_end_strict(self.b, open)?;
+            if escaped {
                 return None;
             }
             let name = &self.text[open + 1..end];
@@ -126,12 +124,14 @@ where
         let start = skip_ws(self.b, self.i);
         match self.b.get(start)? {
             b'"' => {
-                let (end, escaped) = string_end_escaped(self.b, start)?;
-                if !is_plain_json_string(&self.b[start + 1..end], escaped)
-                    && !is_json(&self.text[start..=end])
-                {
-                    return None;
-                }
+                let end = match string_end_strict(self.b, start) {
+                    Some((end, _)) => end,
+                    // A `\u` escape, a control character, a bad escape: serde judges it.
+                    None => {
+                        let (end, _) = string_end_escaped(self.b, start)?;
+                        is_json(&self.text[start..=end]).then_some(end)?
+                    }
+                };
                 self.i = end + 1;
                 Some(())
             }
@@ -189,12 +189,14 @@ where
         if self.peek()? != b'"' {
             return None;
         }
-        let (end, escaped) = string_end_escaped(self.b, self.i)?;
-        let token = &self.text[self.i..=end];
-        let text = if !escaped && is_plain_json_string(&self.b[self.i + 1..end], false) {
-            Cow::Borrowed(&token[1..token.len() - 1])
-        } else {
-            serde_json::from_str::<Cow<'a, str>>(token).ok()?
+        let (end, text) = match string_end_strict(self.b, self.i) {
+            Some((end, false)) => (end, Cow::Borrowed(&self.text[self.i + 1..end])),
+            // Escapes (or what serde refuses): serde reads it.
+            _ => {
+                let (end, _) = string_end_escaped(self.b, self.i)?;
+                let token = &self.text[self.i..=end];
+                (end, serde_json::from_str::<Cow<'a, str>>(token).ok()?)
+            }
         };
         self.i = end + 1;
         Some(text)

@@ -157,6 +157,7 @@ pub(crate) fn member_names<'t>(
 /// [`string_end_escaped`] for a reader that must also judge the string as serde would: `None`
 /// at a control character, or at an escape other than the two-character ones (`\u` escapes are
 /// left to serde, which also judges surrogates). One pass over the string.
+#[inline]
 pub(crate) fn string_end_strict(b: &[u8], open: usize) -> Option<(usize, bool)> {
     let mut i = open + 1;
     let mut escaped = false;
@@ -182,7 +183,9 @@ pub(crate) fn string_end_strict(b: &[u8], open: usize) -> Option<(usize, bool)> 
 /// Whether the text between a string's quotes (as [`string_end_escaped`] found it) is a JSON
 /// string a strict reader may copy: no control characters, and only the two-character escapes.
 /// `\u` escapes are refused too, so that a caller that meets one leaves the string to serde
-/// (which also judges surrogates).
+/// (which also judges surrogates). The plain definition [`string_end_strict`] is tested
+/// against.
+#[cfg(test)]
 pub(crate) fn is_plain_json_string(inner: &[u8], escaped: bool) -> bool {
     // One pass the compiler vectorizes; strings are most of an image's bytes.
     if inner.iter().fold(false, |bad, &c| bad | (c < 0x20)) {

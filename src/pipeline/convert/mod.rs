@@ -288,6 +288,16 @@ pub struct Decimal {
 }
 
 impl Decimal {
+    /// Whether `text` is an integer already in canonical text, in range: an optional `-`, then
+    /// at most [`MAX_SIGNIFICANT_DIGITS`] digits, the first not `0`. Most key numbers are; they
+    /// need no parse.
+    pub fn is_canonical_integer(text: &str) -> bool {
+        let digits = text.strip_prefix('-').unwrap_or(text).as_bytes();
+        matches!(digits.first(), Some(b'1'..=b'9'))
+            && digits.len() <= MAX_SIGNIFICANT_DIGITS
+            && digits.iter().all(u8::is_ascii_digit)
+    }
+
     pub fn parse(text: &str) -> Option<Decimal> {
         let (negative, rest) = match text.as_bytes().first()? {
             b'-' => (true, &text[1..]),
@@ -862,6 +872,38 @@ mod tests {
         assert!(number_json("").is_err());
         assert!(number_json("NaN").is_err());
         assert!(number_json("1.2.3").is_err());
+    }
+
+    #[test]
+    fn a_canonical_integer_is_its_own_canonical_text() {
+        for text in [
+            "1",
+            "-7",
+            "10",
+            "1000",
+            "123456789",
+            "99999999999999999999999999999999999999",
+            "-12300",
+        ] {
+            assert!(Decimal::is_canonical_integer(text), "{text}");
+            let d = Decimal::parse(text).unwrap();
+            assert_eq!(d.canonical_text(), text);
+            assert!(d.check_range().is_ok(), "{text}");
+        }
+        for text in [
+            "0",
+            "-0",
+            "01",
+            "+1",
+            "1.0",
+            "1E3",
+            "",
+            "-",
+            "1 ",
+            "999999999999999999999999999999999999999",
+        ] {
+            assert!(!Decimal::is_canonical_integer(text), "{text}");
+        }
     }
 
     #[test]
