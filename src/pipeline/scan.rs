@@ -210,6 +210,11 @@ mod tests {
     use super::*;
 
     proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 1024,
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
         /// Eight bytes at a time finds the byte a byte-by-byte search finds, whatever surrounds
         /// it: bytes just above and below the ones searched for, high bytes that could borrow.
         #[test]
