@@ -157,7 +157,7 @@ pub(crate) fn member_names<'t>(
 /// [`string_end_escaped`] for a reader that must also judge the string as serde would: `None`
 /// at a control character, or at an escape other than the two-character ones (`\u` escapes are
 /// left to serde, which also judges surrogates). One pass over the string.
-#[inline]
+#[inline(always)]
 pub(crate) fn string_end_strict(b: &[u8], open: usize) -> Option<(usize, bool)> {
     let mut i = open + 1;
     let mut escaped = false;
