@@ -3,8 +3,11 @@
 //! The event is read with borrowed types instead of `aws_lambda_events::event::dynamodb::Event`:
 //! that type deserializes every image into a `serde_dynamo::Item` (a map per record, every
 //! binary decoded), which is the slow part of a naive pipeline and which we would then throw
-//! away. Here each image stays a `&RawValue` slice of the payload until [`crate::pipeline::convert`]
-//! writes it out once. The wire shape is the same; tests check fixtures parse both ways.
+//! away. Here each image stays a slice of the payload until [`crate::pipeline::convert`] writes
+//! it out once: in the one-pass reading (`event`), where the reading meets it, each record then
+//! planned before the next is read; in serde's reading (the definition, taken wherever the one
+//! pass gives up), after the parse. The wire shape is the same; tests check fixtures parse both
+//! ways and that both readings plan alike.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -87,7 +90,7 @@ pub struct UserIdentity<'a> {
 }
 
 /// The images and `Keys` are their JSON text as it stands in the event. Read by serde they are
-/// validated (`RawValue`); read by [`event::read`] `Keys` and the NewImage are not: parsing the
+/// validated (`RawValue`); read by `event::read` `Keys` and the NewImage are not: parsing the
 /// one and converting the other is their one pass (`plan` checks them where those failed).
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]

@@ -5,12 +5,14 @@
 //!   strict byte-level fast path (`convert::fast`), the serde walk for the rest.
 //! - [`docid`]: key attributes → document `_id`, injective, hashed past 512 bytes.
 //! - [`change`]: stream batch → one versioned index/delete per document id (last change wins).
-//! - `event`: the one-pass reading of a stream event (each NewImage read only by conversion).
+//! - `event`: the one-pass reading of a stream event (each record planned as it is read, its
+//!   NewImage converted where the reading meets it).
 //! - [`bulk`]: changes → byte-bounded NDJSON bodies; `_bulk` responses → outcomes by position.
 //! - [`routing`]: which index an item goes to (`OPENSEARCH_INDEX` with `{table}`, `ROUTES`).
 //! - [`projection`]: which attributes reach the document (`EXCLUDE_`/`INCLUDE_ATTRIBUTES`).
 //! - [`metadata`]: stream metadata fields in documents (`METADATA_FIELDS`).
-//! - `scan`: byte-level JSON scanning (ends of strings and values) for the fast paths.
+//! - `scan`: byte-level JSON scanning (ends of strings, eight bytes at a time, and of values)
+//!   for the fast paths.
 pub mod bulk;
 pub mod change;
 pub mod convert;
