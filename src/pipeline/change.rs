@@ -116,7 +116,8 @@ pub struct StreamData<'a> {
 /// parse names the same attributes, as the conversion it would have run itself.
 pub(crate) struct EarlyDocument<'a> {
     key_names: KeyNames<'a>,
-    /// The document, with room at the front for its action line.
+    /// The document, with spare capacity for its action line (written after it, then rotated
+    /// to the front).
     doc: Vec<u8>,
     captured: Vec<Option<Captured>>,
 }
@@ -371,7 +372,7 @@ impl Planner<'_, '_> {
     /// The conversion [`to_changes`] would run, on the NewImage that starts `text` (the rest of
     /// the payload), for the record's `Keys` read before it: the image's length and its
     /// document. `None` leaves the image to `to_changes` (names with escapes; an image only
-    /// the walk may judge). `scratch` is reused from record to record.
+    /// the walk may judge). `state` is kept from record to record.
     fn early_image<'a: 'n, 'n>(
         &'n self,
         state: &mut EarlyState<'n>,
