@@ -134,10 +134,10 @@ impl<'a> KeyNames<'a> {
     /// names (`key_parts` refuses those), or where a name has an escape.
     fn of(keys: &'a str) -> Option<Self> {
         let mut k = KeyNames::default();
-        scan::member_names(keys, |name| {
+        scan::members(keys, |name, _| {
             *k.names.get_mut(k.len)? = name;
             k.len += 1;
-            Some(())
+            Some(true)
         })?;
         k.names[..k.len].sort_unstable();
         Some(k)

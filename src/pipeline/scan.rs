@@ -122,33 +122,40 @@ pub(crate) fn value_end(b: &[u8], start: usize) -> Option<usize> {
     }
 }
 
-/// The names of an object's members, in order, each handed to `each`; `None` if a name has an
-/// escape, the text is not an object as far as it is read (values are skipped, not checked), or
-/// `each` says so.
-pub(crate) fn member_names<'t>(
+/// Walks the members of the object that starts `text` (after whitespace), handing each name
+/// and its value's text to `each`, which says whether to go on. Values are located, not
+/// checked. `Some(Some(end))`: every member walked, `end` just after the closing brace;
+/// `Some(None)`: `each` stopped the walk; `None` at a name with an escape, text that is not an
+/// object as far as it is read, or where `each` says so.
+pub(crate) fn members<'t>(
     text: &'t str,
-    mut each: impl FnMut(&'t str) -> Option<()>,
-) -> Option<()> {
+    mut each: impl FnMut(&'t str, &'t str) -> Option<bool>,
+) -> Option<Option<usize>> {
     let b = text.as_bytes();
     let mut i = skip_ws(b, 0);
     (b.get(i) == Some(&b'{')).then_some(())?;
     i = skip_ws(b, i + 1);
     if b.get(i) == Some(&b'}') {
-        return Some(());
+        return Some(Some(i + 1));
     }
     loop {
         (b.get(i) == Some(&b'"')).then_some(())?;
-        let (end, escaped) = string_end_escaped(b, i)?;
+        let (name_end, escaped) = string_end_escaped(b, i)?;
         if escaped {
             return None;
         }
-        each(&text[i + 1..end])?;
-        i = skip_ws(b, end + 1);
+        let name = &text[i + 1..name_end];
+        i = skip_ws(b, name_end + 1);
         (b.get(i) == Some(&b':')).then_some(())?;
-        i = skip_ws(b, value_end(b, skip_ws(b, i + 1))?);
+        let start = skip_ws(b, i + 1);
+        let end = value_end(b, start)?;
+        if !each(name, &text[start..end])? {
+            return Some(None);
+        }
+        i = skip_ws(b, end);
         match b.get(i)? {
             b',' => i = skip_ws(b, i + 1),
-            b'}' => return Some(()),
+            b'}' => return Some(Some(i + 1)),
             _ => return None,
         }
     }
@@ -236,14 +243,14 @@ mod tests {
     }
 
     #[test]
-    fn member_names_are_read_in_order_or_not_at_all() {
+    fn members_are_walked_in_order_or_not_at_all() {
         let names = |t| {
             let mut names = Vec::new();
-            member_names(t, |n| {
+            members(t, |n, _| {
                 names.push(n);
-                Some(())
+                Some(true)
             })
-            .map(|()| names)
+            .map(|_| names)
         };
         assert_eq!(
             names(r#" { "sk" : {"N":"1"}, "pk":{"S":"a,\"}"} } "#),

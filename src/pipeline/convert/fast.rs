@@ -15,7 +15,7 @@ use base64::Engine as _;
 
 use super::{AttributeKind, Captured, check_range, is_json_number};
 use crate::pipeline::projection::Filter;
-use crate::pipeline::scan::{is_json, skip_ws, string_end, string_end_strict, value_end};
+use crate::pipeline::scan::{self, is_json, skip_ws, string_end_strict, value_end};
 
 /// Objects and arrays the transcoder opens at most, the image's own included; deeper images go
 /// to the walk, which refuses past serde's limit of 127. DynamoDB nests 32 levels (66 here).
@@ -359,48 +359,18 @@ impl<'a> Transcoder<'a, '_> {
 /// `None` (use the parser) for anything unusual: a name with escapes, a value that is not an
 /// attribute value, text that is not a JSON object.
 pub(super) fn scan_top_level(image: &str, names: &[String]) -> Option<Vec<Option<Option<String>>>> {
-    let b = image.as_bytes();
     let mut found = vec![None; names.len()];
-    let mut i = skip_ws(b, 0);
-    if b.get(i) != Some(&b'{') {
-        return None;
-    }
-    i = skip_ws(b, i + 1);
-    if b.get(i) == Some(&b'}') {
-        return (skip_ws(b, i + 1) == b.len()).then_some(found);
-    }
-    loop {
-        if b.get(i) != Some(&b'"') {
-            return None;
-        }
-        let name_end = string_end(b, i)?;
-        let name = &image[i + 1..name_end];
-        if name.contains('\\') {
-            return None;
-        }
-        i = skip_ws(b, name_end + 1);
-        if b.get(i) != Some(&b':') {
-            return None;
-        }
-        let start = skip_ws(b, i + 1);
-        let end = value_end(b, start)?;
-        if let Some(k) = names.iter().position(|n| n == name) {
-            found[k] = Some(
-                serde_json::from_str::<super::Typed>(&image[start..end])
-                    .ok()?
-                    .0,
-            );
-            // DynamoDB's images name each attribute once: the rest need not be read.
-            if found.iter().all(Option::is_some) {
-                return Some(found);
-            }
-        }
-        i = skip_ws(b, end);
-        match b.get(i)? {
-            b',' => i = skip_ws(b, i + 1),
-            b'}' => return (skip_ws(b, i + 1) == b.len()).then_some(found),
-            _ => return None,
-        }
+    let end = scan::members(image, |name, value| {
+        let Some(k) = names.iter().position(|n| n == name) else {
+            return Some(true);
+        };
+        found[k] = Some(serde_json::from_str::<super::Typed>(value).ok()?.0);
+        // DynamoDB's images name each attribute once: the rest need not be read.
+        Some(!found.iter().all(Option::is_some))
+    })?;
+    match end {
+        Some(end) => (skip_ws(image.as_bytes(), end) == image.len()).then_some(found),
+        None => Some(found),
     }
 }
 
