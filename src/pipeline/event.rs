@@ -107,14 +107,20 @@ where
             self.i = end + 1;
             self.expect(b':')?;
             member(self, name)?;
-            match self.peek()? {
-                b',' => self.i += 1,
-                b'}' => {
-                    self.i += 1;
-                    return Some(());
-                }
-                _ => return None,
+            if !self.more(b'}')? {
+                return Some(());
             }
+        }
+    }
+
+    /// After a member or element: `true` at `,`, `false` at `close` (both consumed).
+    fn more(&mut self, close: u8) -> Option<bool> {
+        let c = self.peek()?;
+        self.i += 1;
+        match c {
+            b',' => Some(true),
+            c if c == close => Some(false),
+            _ => None,
         }
     }
 
@@ -215,13 +221,8 @@ where
         }
         loop {
             each(self.record()?)?;
-            match self.peek()? {
-                b',' => self.i += 1,
-                b']' => {
-                    self.i += 1;
-                    return Some(());
-                }
-                _ => return None,
+            if !self.more(b']')? {
+                return Some(());
             }
         }
     }

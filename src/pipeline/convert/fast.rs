@@ -39,9 +39,11 @@ pub(super) fn transcode(
     (skip_ws(image.as_bytes(), end) == image.len()).then_some(captured)
 }
 
-/// [`transcode`] of the image that starts `text` (after whitespace); `text` may go on after it.
-/// Also where the image ends.
-pub(super) fn transcode_prefix(
+/// [`transcode`] of the image that starts `text` (after whitespace), which may go on after it:
+/// the image's captures and its length, as [`super::write_document_projected`] would convert
+/// the image's own text; `None` (a partial document in `out` to cut off) where only the walk
+/// may decide. For a reader that meets an image in a longer text and wants its end.
+pub(crate) fn transcode_prefix(
     text: &str,
     out: &mut Vec<u8>,
     names: &[&str],

@@ -18,6 +18,8 @@ use crate::pipeline::projection::Filter;
 
 mod fast;
 
+pub(crate) use fast::transcode_prefix;
+
 /// Converts one item image (a JSON object of attribute name → typed attribute value) into a
 /// document appended to `out`. On error `out` may hold a partial document; callers truncate.
 pub fn write_document(image: &str, out: &mut Vec<u8>) -> Result<(), ConvertError> {
@@ -67,19 +69,6 @@ pub fn write_document_projected(
     }
     out.truncate(mark);
     walk(image, out, names, filter)
-}
-
-/// The fast path alone, on the image that starts `text` (which may go on after it): the
-/// image's captures and its length, as [`write_document_projected`] would convert the image's
-/// own text; `None` (with a partial document in `out` to cut off) where only the walk may
-/// decide. For a reader that meets an image in a longer text and wants its end.
-pub(crate) fn transcode_prefix(
-    text: &str,
-    out: &mut Vec<u8>,
-    names: &[&str],
-    filter: Filter<'_>,
-) -> Option<(Vec<Option<Captured>>, usize)> {
-    fast::transcode_prefix(text, out, names, filter)
 }
 
 /// The definition of conversion: a serde `DeserializeSeed` walk over the image, checking every
