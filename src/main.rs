@@ -17,10 +17,26 @@ use stream_indexer::telemetry;
 /// one conversion followed by network waits: worker threads would only add wake-ups between
 /// them (and a slower cold start).
 fn main() -> Result<(), Error> {
+    keep_the_heap();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
         .block_on(serve())
+}
+
+/// Every invocation allocates and frees the same few megabytes (the payload, the documents, the
+/// bodies). With glibc's defaults a freed block over 128 KiB goes back to the kernel (`munmap`,
+/// or the heap's top trimmed with `brk`), and the next invocation faults the same pages in again:
+/// about a tenth of the CPU of a 100-record invocation went to that. The function's memory is
+/// reserved for it anyway, so it keeps what it has used: blocks up to 32 MiB (more than a 6 MB
+/// batch needs) come from the heap, and the heap is never trimmed. Peak RSS is unchanged.
+fn keep_the_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
 }
 
 async fn serve() -> Result<(), Error> {
