@@ -34,13 +34,16 @@ pub fn usage(pid: &str) -> Option<(f64, u64)> {
 /// CPU time of process `pid` in nanoseconds, user + system, summed over its live threads from
 /// `/proc/{pid}/task/*/schedstat` (the scheduler's own clock; `/proc/{pid}/stat` counts in
 /// 10 ms ticks, too coarse for a difference of a few hundred ms). A thread that has exited is
-/// no longer counted, so use it for processes whose threads live as long as they do.
+/// no longer counted, so use it for processes whose threads live as long as they do; `None`
+/// once the process is gone.
 pub fn cpu_ns(pid: &str) -> Option<u64> {
-    let mut total = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-        let schedstat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
-        total += schedstat.split_whitespace().next()?.parse::<u64>().ok()?;
-    }
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let total = tasks
+        .flatten()
+        // A thread may end between the listing and the read: it is skipped.
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|line| line.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
     Some(total)
 }
 
