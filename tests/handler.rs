@@ -81,6 +81,42 @@ async fn a_batch_with_every_dynamodb_type_lands_exactly() {
     assert_eq!(f.len(), 20, "every attribute and nothing else: {source}");
 }
 
+/// OpenSearch compresses a response when the request accepts gzip (Amazon OpenSearch Service
+/// does by default), and the HTTP client asks for it unless told otherwise. A bulk response is
+/// read once for its statuses: compressing it costs the cluster and the function CPU and saves
+/// nothing worth it on a VPC link.
+#[tokio::test]
+async fn bulk_requests_ask_for_an_uncompressed_response() {
+    let index = unique_index("identity");
+    create_index(&index).await;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let proxy = Proxy::start(&opensearch_url(), move |r| {
+        if r.path.ends_with("/_bulk") {
+            let encoding = r
+                .headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("accept-encoding"))
+                .map(|(_, v)| v.clone());
+            record.lock().unwrap().push(encoding);
+        }
+        Fault::Pass
+    })
+    .await;
+    let indexer = indexer(&proxy.url, &index, &[]).await;
+    let (response, _) = indexer
+        .handle(&fixture("mixed.json"), far_deadline())
+        .await
+        .unwrap();
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    let seen = seen.lock().unwrap().clone();
+    assert!(!seen.is_empty(), "no bulk request went through the proxy");
+    assert!(
+        seen.iter().all(|e| e.as_deref() == Some("identity")),
+        "{seen:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_mixed_batch_applies_the_last_change_per_key() {
     let index = unique_index("mixed");

@@ -5,7 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use opensearch::auth::Credentials;
 use opensearch::http::Method;
-use opensearch::http::headers::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use opensearch::http::headers::{ACCEPT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderValue};
 use opensearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
 
 use crate::config::{Auth, Config};
@@ -108,6 +108,10 @@ impl OpenSearch {
             CONTENT_TYPE,
             HeaderValue::from_static("application/x-ndjson"),
         );
+        // The HTTP client accepts gzip unless told otherwise, and OpenSearch then compresses
+        // (Amazon OpenSearch Service does by default). The response is read once for its
+        // statuses: compressing it would cost the cluster and this function CPU for nothing.
+        headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
         let path = format!("/{index}/_bulk");
         let sent = self
             .client

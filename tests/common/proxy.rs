@@ -29,6 +29,8 @@ pub enum Fault {
 pub struct Request {
     pub method: String,
     pub path: String,
+    /// Every header but `host` and `content-length`, as sent.
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
@@ -117,7 +119,12 @@ async fn serve(
         }
         let mut body = vec![0; length];
         reader.read_exact(&mut body).await?;
-        let request = Request { method, path, body };
+        let request = Request {
+            method,
+            path,
+            headers,
+            body,
+        };
         requests.fetch_add(1, Ordering::Relaxed);
         let fault = (decide.lock().unwrap())(&request);
         if !matches!(fault, Fault::Pass) {
@@ -128,7 +135,7 @@ async fn serve(
                 request.method.parse().unwrap(),
                 format!("{upstream}{}", request.path),
             );
-            for (k, v) in &headers {
+            for (k, v) in &request.headers {
                 rb = rb.header(k, v);
             }
             rb.body(body).send()
