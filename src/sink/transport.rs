@@ -110,7 +110,8 @@ impl OpenSearch {
         );
         // The HTTP client accepts gzip unless told otherwise, and OpenSearch then compresses
         // (Amazon OpenSearch Service does by default). The response is read once for its
-        // statuses: compressing it would cost the cluster and this function CPU for nothing.
+        // statuses: compressing it costs the cluster and this function CPU to save about 16 KB
+        // per 100 items on a link where bytes are cheap.
         headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
         let path = format!("/{index}/_bulk");
         let sent = self
