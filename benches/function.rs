@@ -27,7 +27,7 @@ fn deadline() -> u64 {
 }
 
 /// Starts the function with only what Lambda's environment has (plus the function's own
-/// configuration and `extra`).
+/// configuration and `extra`), its configuration otherwise at the defaults.
 fn function(
     api_addr: &str,
     url: &str,
@@ -47,12 +47,15 @@ fn function(
         .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
         .env("OPENSEARCH_URL", url)
         .env("OPENSEARCH_INDEX", index)
-        .env("METRICS", "off")
-        .env("RUST_LOG", "warn")
         .envs(extra.iter().copied())
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .kill_on_drop(true);
-    command.spawn().expect("start stream-indexer")
+    let mut child = command.spawn().expect("start stream-indexer");
+    // Logging and metrics stay at their defaults (a log line and a metrics document per
+    // invocation), written to a pipe that is read, as Lambda's log agent reads stdout.
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    tokio::spawn(async move { tokio::io::copy(&mut stdout, &mut tokio::io::sink()).await });
+    child
 }
 
 /// The system's CA bundle file, where the usual distributions keep it.
