@@ -152,8 +152,9 @@ impl<'a> KeyNames<'a> {
 #[derive(Default)]
 struct EarlyState<'n> {
     scratch: Vec<u8>,
-    /// The key names `names` was made for: a table's records all name the same.
-    key_names: Vec<&'n str>,
+    /// The key names `names` was made for (none yet: `names` is not made): a table's records
+    /// all name the same.
+    key_names: Option<KeyNames<'n>>,
     names: Vec<&'n str>,
 }
 
@@ -380,8 +381,8 @@ impl Planner<'_, '_> {
         text: &'a str,
     ) -> Option<(usize, EarlyDocument<'a>)> {
         let key_names = KeyNames::of(keys)?;
-        if state.key_names != key_names.as_slice() {
-            state.key_names = key_names.as_slice().to_vec();
+        if state.key_names != Some(key_names) {
+            state.key_names = Some(key_names);
             state.names = self.capture_names(key_names.as_slice().iter().copied());
         }
         let scratch = &mut state.scratch;
