@@ -1,5 +1,5 @@
-//! The byte-level fast paths of conversion: no tokenizer, no visitor, strings found with
-//! `memchr` and copied as the escaped tokens they are.
+//! The byte-level fast paths of conversion: no tokenizer, no visitor, the ends of strings found
+//! by `scan`'s block scan and strings copied as the escaped tokens they are.
 //!
 //! Why beside the serde walk rather than instead of it: the walk is the definition (every rule,
 //! every error with its attribute path); this path covers the DynamoDB JSON that streams and

@@ -526,7 +526,7 @@ fn check_base64(text: &str) -> Result<(), String> {
 /// Writes `s` as a JSON string. Attribute names arrive unescaped from serde, so they are
 /// escaped again here; the fast path copies names that need no escaping.
 pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|c| c >= 0x20 && c != b'"' && c != b'\\') {
+    if !crate::pipeline::scan::needs_escape(s.as_bytes()) {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
