@@ -49,6 +49,55 @@ pub struct KeyPart<'a> {
     pub text: Cow<'a, str>,
 }
 
+/// [`key_parts`]'s reading of the `Keys` streams send, before sorting, without serde (whose
+/// map and enum visitors cost more than the rest of a record's planning): one or two members,
+/// each `{"S":"text"}` or `{"N":"integer"}` spelt exactly so (a non-empty text, an integer in
+/// canonical form), names and texts without escapes or control characters, distinct names. `None` for
+/// anything else, which the serde reading then judges, errors and all; what this accepts, that
+/// reading accepts with the same parts (`the_plain_reading_agrees_with_serde`).
+fn plain_key_parts(keys: &str) -> Option<Vec<KeyPart<'_>>> {
+    use crate::pipeline::scan::{skip_ws, string_end_strict};
+    let b = keys.as_bytes();
+    // The text between the quotes of the string at `i`, if it has no escapes; and its end.
+    let plain = |i: usize| -> Option<(&str, usize)> {
+        (b.get(i) == Some(&b'"')).then_some(())?;
+        let (end, escaped) = string_end_strict(b, i)?;
+        (!escaped).then(|| (&keys[i + 1..end], end + 1))
+    };
+    let mut parts: Vec<KeyPart<'_>> = Vec::with_capacity(2);
+    let mut i = skip_ws(b, 0);
+    (b.get(i) == Some(&b'{')).then_some(())?;
+    loop {
+        let (name, end) = plain(skip_ws(b, i + 1))?;
+        i = skip_ws(b, end);
+        (b.get(i) == Some(&b':')).then_some(())?;
+        i = skip_ws(b, i + 1);
+        let kind = match b.get(i..i + 5)? {
+            b"{\"S\":" => AttributeKind::S,
+            b"{\"N\":" => AttributeKind::N,
+            _ => return None,
+        };
+        let (text, end) = plain(i + 5)?;
+        let fits = match kind {
+            AttributeKind::N => Decimal::is_canonical_integer(text),
+            _ => !text.is_empty(),
+        };
+        let fresh = parts.len() < 2 && parts.iter().all(|p| p.name != name);
+        (fits && fresh && b.get(end) == Some(&b'}')).then_some(())?;
+        parts.push(KeyPart {
+            name: Cow::Borrowed(name),
+            kind,
+            text: Cow::Borrowed(text),
+        });
+        i = skip_ws(b, end + 1);
+        match b.get(i)? {
+            b',' => {}
+            b'}' => return (skip_ws(b, i + 1) == b.len()).then_some(parts),
+            _ => return None,
+        }
+    }
+}
+
 /// Builds the id from a `Keys` map in DynamoDB JSON (`{"pk":{"S":"a"},"sk":{"N":"1"}}`).
 pub fn doc_id(keys_json: &str) -> Result<DocId, KeyError> {
     key_parts(keys_json).map(|parts| doc_id_of(&parts))
@@ -56,11 +105,16 @@ pub fn doc_id(keys_json: &str) -> Result<DocId, KeyError> {
 
 /// Reads a `Keys` map: one or two attributes of type S, N or B, each named once.
 pub fn key_parts(keys_json: &str) -> Result<Vec<KeyPart<'_>>, KeyError> {
-    let keys: KeyMap = serde_json::from_str(keys_json).map_err(|e| {
-        let msg = e.to_string();
-        KeyError(strip_position(&msg).to_string())
-    })?;
-    let mut parts = keys.0;
+    let mut parts = match plain_key_parts(keys_json) {
+        Some(parts) => parts,
+        None => {
+            let keys: KeyMap = serde_json::from_str(keys_json).map_err(|e| {
+                let msg = e.to_string();
+                KeyError(strip_position(&msg).to_string())
+            })?;
+            keys.0
+        }
+    };
     if parts.is_empty() {
         return Err(KeyError("Keys is empty".into()));
     }
@@ -232,6 +286,62 @@ enum KeyValue<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 2048,
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+        /// The plain reading reads exactly the maps of one or two distinct plain members, and
+        /// reads from them what serde reads; everything else it leaves to serde: names and
+        /// values with escapes or control characters, duplicates, numbers in other forms,
+        /// binaries, values spelt another way, trailing text.
+        #[test]
+        fn the_plain_reading_agrees_with_serde(
+            members in proptest::collection::vec((
+                proptest::sample::select(vec![
+                    (r#""pk""#, true), (r#""sk""#, true), (r#""é""#, true), (r#""""#, true),
+                    (r#""p\u006b""#, false), ("\"a\u{1}\"", false),
+                ]),
+                proptest::sample::select(vec![
+                    (r#"{"S":"a"}"#, true), (r#"{"N":"12"}"#, true), (r#"{"N":"-7"}"#, true),
+                    (r#"{"S":""}"#, false), (r#"{"S":"a\"b"}"#, false), (r#"{"S":"x|y\\z"}"#, false),
+                    ("{\"S\":\"a\tb\"}", false), (r#"{"S":"a","N":"1"}"#, false),
+                    (r#"{"S":1}"#, false), (r#"{ "S" : "a" }"#, false), (r#"{"N":"0"}"#, false),
+                    (r#"{"N":"1.50"}"#, false), (r#"{"N":"007"}"#, false), (r#"{"N":"1E+3"}"#, false),
+                    (r#"{"N":"x"}"#, false), (r#"{"B":"AA=="}"#, false), (r#"{"X":"a"}"#, false),
+                ]),
+            ), 0..4),
+            spacing in proptest::sample::select(vec!["", " ", "\n\t"]),
+            (tail, tail_plain) in proptest::sample::select(vec![("", true), (" ", true), (" x", false), ("}", false)]),
+        ) {
+            let text: Vec<String> =
+                members.iter().map(|((n, _), (v, _))| format!("{n}:{spacing}{v}")).collect();
+            let keys = format!("{spacing}{{{}}}{tail}", text.join(","));
+            let mut names: Vec<&str> = members.iter().map(|((n, _), _)| *n).collect();
+            names.sort_unstable();
+            names.dedup();
+            let plain = tail_plain
+                && (1..=2).contains(&members.len())
+                && names.len() == members.len()
+                && members.iter().all(|((_, n), (_, v))| *n && *v);
+            let read = plain_key_parts(&keys);
+            proptest::prop_assert_eq!(read.is_some(), plain, "{}", keys);
+            if let Some(parts) = read {
+                let serde = serde_json::from_str::<KeyMap>(&keys).map(|k| k.0);
+                proptest::prop_assert_eq!(Ok(parts), serde.map_err(|e| e.to_string()), "{}", keys);
+            }
+        }
+    }
+
+    #[test]
+    fn keys_as_streams_send_them_are_read_without_serde() {
+        let keys = r#"{"sk":{"N":"42"},"pk":{"S":"customer#1"}}"#;
+        let parts = plain_key_parts(keys).expect("the plain form");
+        assert_eq!(parts, serde_json::from_str::<KeyMap>(keys).unwrap().0);
+        assert_eq!(key_parts(keys).unwrap()[0].name, "pk");
+    }
 
     #[test]
     fn an_id_gives_back_its_key_texts_and_a_foreign_id_none() {
