@@ -10,10 +10,11 @@
 //! ways and that both readings plan alike.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::hash::BuildHasher as _;
 use std::marker::PhantomData;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use hashbrown::{DefaultHashBuilder, HashTable};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
@@ -473,9 +474,13 @@ impl Planner<'_, '_> {
             Err(reason) => disposition = Disposition::Invalid(reason),
             Ok(planned) => {
                 for (k, change) in planned.into_iter().enumerate() {
-                    let key = (change.index.clone(), change.id.clone());
-                    let (slot, owned) = match draft.by_id.get(&key) {
-                        Some(&earlier) if supersedes(&draft.changes[earlier], &change) => {
+                    let hash = draft.hasher.hash_one((&*change.index, &change.id));
+                    let same = |&at: &usize| {
+                        let c: &Change = &draft.changes[at];
+                        c.id == change.id && c.index == change.index
+                    };
+                    let (slot, owned) = match draft.by_id.find(hash, same).copied() {
+                        Some(earlier) if supersedes(&draft.changes[earlier], &change) => {
                             // Stream order is modification order per item: the later
                             // record wins, and a record whose own change it replaces
                             // follows it.
@@ -488,9 +493,12 @@ impl Planner<'_, '_> {
                         }
                         // An older version later in the batch (a replay or backfill batch
                         // mixing sources): the index would refuse it after the newer one.
-                        Some(&earlier) => (earlier, false),
+                        Some(earlier) => (earlier, false),
                         None => {
-                            draft.by_id.insert(key, draft.changes.len());
+                            let (changes, hasher) = (&draft.changes, &draft.hasher);
+                            draft.by_id.insert_unique(hash, changes.len(), |&at| {
+                                hasher.hash_one((&*changes[at].index, &changes[at].id))
+                            });
                             draft.changes.push(change);
                             (draft.changes.len() - 1, true)
                         }
@@ -518,8 +526,12 @@ impl Planner<'_, '_> {
 struct Draft<'a> {
     records: Vec<Record<'a>>,
     changes: Vec<Change>,
-    /// The last change per document: (index, id) → position in `changes`.
-    by_id: HashMap<(Arc<str>, String), usize>,
+    /// The last change per document: positions in `changes`, found by (index, id). A table
+    /// of positions rather than a map keyed by copies of both, and a faster hash than std's
+    /// SipHash: hashing and copying ids cost a twentieth of a plan. The hash is still seeded
+    /// per process, so ids chosen to collide cannot be chosen in advance.
+    by_id: HashTable<usize>,
+    hasher: DefaultHashBuilder,
 }
 
 impl<'a> Draft<'a> {
@@ -527,7 +539,8 @@ impl<'a> Draft<'a> {
         Draft {
             records: Vec::with_capacity(records),
             changes: Vec::with_capacity(records),
-            by_id: HashMap::with_capacity(records),
+            by_id: HashTable::with_capacity(records),
+            hasher: DefaultHashBuilder::default(),
         }
     }
 
