@@ -152,7 +152,9 @@ impl<'a> KeyNames<'a> {
 /// What converting each NewImage as it is read keeps from record to record.
 #[derive(Default)]
 struct EarlyState<'n> {
-    scratch: Vec<u8>,
+    /// The capacity to give the next document: the last image's length and room for its
+    /// action line (a batch's items are mostly alike in size).
+    capacity: usize,
     /// The key names `names` was made for (none yet: `names` is not made): a table's records
     /// all name the same.
     key_names: Option<KeyNames<'n>>,
@@ -386,13 +388,25 @@ impl Planner<'_, '_> {
             state.key_names = Some(key_names);
             state.names = self.capture_names(key_names.as_slice().iter().copied());
         }
-        let scratch = &mut state.scratch;
-        scratch.clear();
-        let (captured, len) =
-            convert::transcode_prefix(text, scratch, &state.names, self.shape.projection.filter())?;
-        // The capacity `to_changes` gives a document it converts itself.
-        let mut doc = Vec::with_capacity(len + ACTION_LINE_ROOM);
-        doc.extend_from_slice(scratch);
+        // Converted straight into the document's own buffer, not copied there from a scratch
+        // one; sized by the last image, then given the capacity `to_changes` gives a document
+        // it converts itself (an image's length and the action line's room: a document is
+        // never longer than its image), so an unlike item neither grows it twice nor leaves
+        // it much too large.
+        let mut doc = Vec::with_capacity(state.capacity);
+        let (captured, len) = convert::transcode_prefix(
+            text,
+            &mut doc,
+            &state.names,
+            self.shape.projection.filter(),
+        )?;
+        let capacity = len + ACTION_LINE_ROOM;
+        if doc.capacity() < capacity {
+            doc.reserve_exact(capacity - doc.len());
+        } else if doc.capacity() > 2 * capacity {
+            doc.shrink_to(capacity);
+        }
+        state.capacity = capacity;
         Some((
             len,
             EarlyDocument {
