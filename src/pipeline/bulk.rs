@@ -29,66 +29,53 @@ pub fn pack(
     max_actions: usize,
 ) -> Vec<BulkBody> {
     let mut bodies = Vec::new();
-    let mut buf: Vec<u8> = Vec::new();
-    let mut members = Vec::new();
-    let mut index: Option<&std::sync::Arc<str>> = None;
-    for (position, &i) in pending.iter().enumerate() {
-        let lines = &changes[i].lines;
-        if let Some(current) = index
-            && (buf.len() + lines.len() > max_bytes
+    let mut members: Vec<usize> = Vec::new();
+    let mut size = 0;
+    for &i in pending {
+        let change = &changes[i];
+        if let Some(&first) = members.first()
+            && (size + change.lines.len() > max_bytes
                 || members.len() == max_actions
-                || *current != changes[i].index)
+                || changes[first].index != change.index)
         {
-            bodies.push(BulkBody {
-                index: current.clone(),
-                changes: std::mem::take(&mut members),
-                bytes: Bytes::from(std::mem::take(&mut buf)),
-            });
+            bodies.push(body(changes, std::mem::take(&mut members)));
+            size = 0;
         }
-        index = Some(&changes[i].index);
-        if buf.capacity() == 0 {
-            buf.reserve(body_size(
-                changes,
-                pending,
-                position,
-                max_bytes,
-                max_actions,
-            ));
-        }
-        buf.extend_from_slice(lines);
+        size += change.lines.len();
         members.push(i);
     }
-    if let Some(index) = index
-        && !members.is_empty()
-    {
-        bodies.push(BulkBody {
-            index: index.clone(),
-            changes: members,
-            bytes: Bytes::from(buf),
-        });
+    if !members.is_empty() {
+        bodies.push(body(changes, members));
     }
     bodies
 }
 
-/// The bytes of the body that starts at `pending[from]`, so it is allocated once (bodies are
-/// megabytes; growing one by doubling copies it over and over).
-fn body_size(
-    changes: &[Change],
-    pending: &[usize],
-    from: usize,
-    max_bytes: usize,
-    max_actions: usize,
-) -> usize {
-    let first = &changes[pending[from]];
-    let mut size = 0;
-    for &i in pending[from..].iter().take(max_actions) {
-        let change = &changes[i];
-        if change.index != first.index || (size > 0 && size + change.lines.len() > max_bytes) {
-            break;
+/// The body of `members` (one index's): a slice of their plan's buffer where they lie side by
+/// side in it, as a first attempt's changes do; otherwise (a retry of some of them, changes
+/// from several plans) a copy, allocated once.
+fn body(changes: &[Change], members: Vec<usize>) -> BulkBody {
+    let first = &changes[members[0]];
+    let joined = members[1..]
+        .iter()
+        .try_fold(first.lines.clone(), |lines, &i| {
+            lines.joined(&changes[i].lines)
+        });
+    let bytes = match joined {
+        Some(lines) => lines.bytes(),
+        None => {
+            let size = members.iter().map(|&i| changes[i].lines.len()).sum();
+            let mut buf = Vec::with_capacity(size);
+            for &i in &members {
+                buf.extend_from_slice(&changes[i].lines);
+            }
+            Bytes::from(buf)
         }
-        size += change.lines.len();
+    };
+    BulkBody {
+        index: first.index.clone(),
+        changes: members,
+        bytes,
     }
-    size
 }
 
 /// What happened to one action.
@@ -284,7 +271,7 @@ mod tests {
             action: Action::Index,
             version: None,
             ttl: false,
-            lines: lines.as_bytes().to_vec(),
+            lines: lines.as_bytes().to_vec().into(),
             record: 0,
         }
     }

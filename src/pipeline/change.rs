@@ -10,10 +10,14 @@
 //! ways and that both readings plan alike.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
+use std::fmt;
 use std::hash::BuildHasher as _;
 use std::marker::PhantomData;
+use std::ops::{Deref, Range};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use hashbrown::{DefaultHashBuilder, HashTable};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
@@ -117,9 +121,10 @@ pub struct StreamData<'a> {
 /// parse names the same attributes, as the conversion it would have run itself.
 pub(crate) struct EarlyDocument<'a> {
     key_names: KeyNames<'a>,
-    /// The document, with spare capacity for its action line (written after it, then rotated
-    /// to the front).
-    doc: Vec<u8>,
+    /// Where the document starts in the plan's buffer; it runs to the buffer's end (its
+    /// action line is written after it, then rotated to the front). Captured spans are
+    /// positions in the buffer.
+    start: usize,
     captured: Vec<Option<Captured>>,
 }
 
@@ -152,9 +157,6 @@ impl<'a> KeyNames<'a> {
 /// What converting each NewImage as it is read keeps from record to record.
 #[derive(Default)]
 struct EarlyState<'n> {
-    /// The capacity to give the next document: the last image's length and room for its
-    /// action line (a batch's items are mostly alike in size).
-    capacity: usize,
     /// The key names `names` was made for (none yet: `names` is not made): a table's records
     /// all name the same.
     key_names: Option<KeyNames<'n>>,
@@ -211,7 +213,7 @@ pub struct Change {
     pub ttl: bool,
     /// The NDJSON lines for this action: the action line and, for an index, the document; every
     /// line ends in `\n`, so bodies are plain concatenations.
-    pub lines: Vec<u8>,
+    pub lines: Lines,
     /// Position in the batch of the record this change came from.
     pub record: usize,
 }
@@ -234,7 +236,7 @@ impl Change {
             action: Action::Delete,
             version: Some(version),
             ttl: false,
-            lines,
+            lines: lines.into(),
             record,
         }
     }
@@ -247,6 +249,78 @@ impl Change {
         let start = self.lines.iter().position(|&b| b == b'\n')? + 1;
         let end = self.lines.len() - usize::from(self.lines.ends_with(b"\n"));
         self.lines.get(start..end)
+    }
+}
+
+/// A change's NDJSON lines: a range of a buffer its plan's changes share, written there one
+/// after another as the batch is planned. A bulk body of changes that lie side by side in it
+/// is then a slice of it ([`Lines::joined`]), not a copy: bodies are most of a plan's bytes,
+/// and copying them took about 6% of planning's time (and as much memory again).
+#[derive(Clone, Default)]
+pub struct Lines {
+    buffer: Bytes,
+    range: Range<usize>,
+}
+
+impl Lines {
+    /// Lines at `range` of the buffer a plan is still writing: [`Lines::attach`]ed to it when
+    /// the plan is done, unreadable before.
+    fn pending(range: Range<usize>) -> Lines {
+        Lines {
+            buffer: Bytes::new(),
+            range,
+        }
+    }
+
+    fn attach(&mut self, buffer: &Bytes) {
+        self.buffer = buffer.clone();
+    }
+
+    /// Bytes, also while pending.
+    pub fn len(&self) -> usize {
+        self.range.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.range.is_empty()
+    }
+
+    /// The lines as a body, without copying them.
+    pub fn bytes(&self) -> Bytes {
+        self.buffer.slice(self.range.clone())
+    }
+
+    /// `self` and `next` as one, if `next` follows `self` directly in the same buffer.
+    pub fn joined(&self, next: &Lines) -> Option<Lines> {
+        // One buffer: the same start and length, both alive (these hold them).
+        let same =
+            self.buffer.as_ptr() == next.buffer.as_ptr() && self.buffer.len() == next.buffer.len();
+        (same && self.range.end == next.range.start).then(|| Lines {
+            buffer: self.buffer.clone(),
+            range: self.range.start..next.range.end,
+        })
+    }
+}
+
+impl From<Vec<u8>> for Lines {
+    fn from(lines: Vec<u8>) -> Lines {
+        Lines {
+            range: 0..lines.len(),
+            buffer: Bytes::from(lines),
+        }
+    }
+}
+
+impl Deref for Lines {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buffer[self.range.clone()]
+    }
+}
+
+impl fmt::Debug for Lines {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self))
     }
 }
 
@@ -380,6 +454,7 @@ impl Planner<'_, '_> {
     fn early_image<'a: 'n, 'n>(
         &'n self,
         state: &mut EarlyState<'n>,
+        buffer: &mut Vec<u8>,
         keys: &'a str,
         text: &'a str,
     ) -> Option<(usize, EarlyDocument<'a>)> {
@@ -388,30 +463,19 @@ impl Planner<'_, '_> {
             state.key_names = Some(key_names);
             state.names = self.capture_names(key_names.as_slice().iter().copied());
         }
-        // Converted straight into the document's own buffer, not copied there from a scratch
-        // one; sized by the last image, then given the capacity `to_changes` gives a document
-        // it converts itself (an image's length and the action line's room: a document is
-        // never longer than its image), so an unlike item neither grows it twice nor leaves
-        // it much too large.
-        let mut doc = Vec::with_capacity(state.capacity);
-        let (captured, len) = convert::transcode_prefix(
-            text,
-            &mut doc,
-            &state.names,
-            self.shape.projection.filter(),
-        )?;
-        let capacity = len + ACTION_LINE_ROOM;
-        if doc.capacity() < capacity {
-            doc.reserve_exact(capacity - doc.len());
-        } else if doc.capacity() > 2 * capacity {
-            doc.shrink_to(capacity);
-        }
-        state.capacity = capacity;
+        // Converted straight into the plan's buffer, after the last record's lines.
+        let start = buffer.len();
+        let Some((captured, len)) =
+            convert::transcode_prefix(text, buffer, &state.names, self.shape.projection.filter())
+        else {
+            buffer.truncate(start);
+            return None;
+        };
         Some((
             len,
             EarlyDocument {
                 key_names,
-                doc,
+                start,
                 captured,
             },
         ))
@@ -423,12 +487,15 @@ impl Planner<'_, '_> {
     fn plan_in_one_pass<'a>(&self, payload: &'a str) -> Option<Plan<'a>> {
         let mut early = EarlyState::default();
         // About a record per kilobyte (a guess: the vectors grow if it is short).
-        let mut draft = Draft::with_capacity(payload.len() / 1024 + 1);
+        let mut draft = Draft::with_capacity(payload.len() / 1024 + 1, payload.len());
+        // Both callbacks write to the buffer, one at a time.
+        let buffer = RefCell::new(std::mem::take(&mut draft.buffer));
         event::read(
             payload,
-            |keys, text| self.early_image(&mut early, keys, text),
-            |record| self.add(&mut draft, Ok(record), true),
+            |keys, text| self.early_image(&mut early, &mut buffer.borrow_mut(), keys, text),
+            |record| self.add(&mut draft, &mut buffer.borrow_mut(), Ok(record), true),
         )?;
+        draft.buffer = buffer.into_inner();
         Some(draft.finish(payload))
     }
 
@@ -441,10 +508,12 @@ impl Planner<'_, '_> {
         parsed: Vec<Result<StreamRecord<'a>, Unparsed<'a>>>,
         unchecked: bool,
     ) -> Option<Plan<'a>> {
-        let mut draft = Draft::with_capacity(parsed.len());
+        let mut draft = Draft::with_capacity(parsed.len(), payload.len());
+        let mut buffer = std::mem::take(&mut draft.buffer);
         for parsed in parsed {
-            self.add(&mut draft, parsed, unchecked)?;
+            self.add(&mut draft, &mut buffer, parsed, unchecked)?;
         }
+        draft.buffer = buffer;
         Some(draft.finish(payload))
     }
 
@@ -452,6 +521,7 @@ impl Planner<'_, '_> {
     fn add<'a>(
         &self,
         draft: &mut Draft<'a>,
+        buffer: &mut Vec<u8>,
         parsed: Result<StreamRecord<'a>, Unparsed<'a>>,
         unchecked: bool,
     ) -> Option<()> {
@@ -462,7 +532,13 @@ impl Planner<'_, '_> {
                 let early = rec.dynamodb.as_mut().and_then(|d| d.0.early.take());
                 // Converted as it was read: it is JSON.
                 let mut image_read = early.is_some();
-                let planned = to_changes(&rec, position, self, early, &mut image_read);
+                // This record's lines start here (its early document's, if any); a record
+                // that plans nothing leaves nothing behind.
+                let mark = early.as_ref().map_or(buffer.len(), |e| e.start);
+                let planned = to_changes(&rec, position, self, early, &mut image_read, buffer);
+                if planned.is_err() {
+                    buffer.truncate(mark);
+                }
                 let data = rec.dynamodb.as_ref().map(|d| &d.0);
                 created_secs = data.and_then(|d| d.approximate_creation_date_time);
                 // A planned record's Keys were parsed; its NewImage, if any, converted
@@ -546,11 +622,17 @@ struct Draft<'a> {
     /// per process, so ids chosen to collide cannot be chosen in advance.
     by_id: HashTable<usize>,
     hasher: DefaultHashBuilder,
+    /// Every change's lines, one after another (superseded ones stay, unread).
+    buffer: Vec<u8>,
 }
 
 impl<'a> Draft<'a> {
-    fn with_capacity(records: usize) -> Self {
+    /// Room for `records` records, and for lines as long as the payload: a document is never
+    /// longer than its image, and an action line shorter than the rest of its record. Pages
+    /// not written to are never touched.
+    fn with_capacity(records: usize, payload_bytes: usize) -> Self {
         Draft {
+            buffer: Vec::with_capacity(payload_bytes),
             records: Vec::with_capacity(records),
             changes: Vec::with_capacity(records),
             by_id: HashTable::with_capacity(records),
@@ -558,7 +640,11 @@ impl<'a> Draft<'a> {
         }
     }
 
-    fn finish(self, payload: &'a str) -> Plan<'a> {
+    fn finish(mut self, payload: &'a str) -> Plan<'a> {
+        let buffer = Bytes::from(self.buffer);
+        for change in &mut self.changes {
+            change.lines.attach(&buffer);
+        }
         Plan {
             payload,
             records: self.records,
@@ -628,6 +714,7 @@ fn to_changes(
     planner: &Planner<'_, '_>,
     early: Option<EarlyDocument<'_>>,
     image_read: &mut bool,
+    buffer: &mut Vec<u8>,
 ) -> Result<Vec<Change>, String> {
     let &Planner {
         versions,
@@ -706,7 +793,10 @@ fn to_changes(
             values[i].as_ref().map(|t| t.as_deref().map(Cow::Borrowed))
         })))
     };
-    let lines;
+    // An early document this record does not use (a REMOVE's, one made for other key names) is
+    // cut off: the record's own lines go where it started.
+    let early_start = early.as_ref().map(|e| e.start);
+    let lines: Range<usize>;
     let version;
     let new_route;
     match event_name {
@@ -735,51 +825,57 @@ fn to_changes(
             // Converted as the record was read, for these key names: the action line goes in
             // front of it (one small move).
             let early = early.filter(|e| e.key_names.as_slice() == &names[..parts.len()]);
-            let (mut doc, captured) = match early {
+            // The document's lines start here in the buffer and run to its end; captured spans
+            // are positions in the buffer.
+            let (start, captured) = match early {
                 Some(EarlyDocument {
-                    mut doc,
+                    start,
                     mut captured,
                     ..
                 }) => {
                     // Written after the document, then rotated to the front: one move, no
                     // second buffer.
-                    let end = doc.len();
-                    write_early_action(&mut doc);
-                    let n = doc.len() - end;
-                    doc.rotate_right(n);
+                    let end = buffer.len();
+                    write_early_action(buffer);
+                    let n = buffer.len() - end;
+                    buffer[start..].rotate_right(n);
                     for c in captured.iter_mut().flatten() {
                         c.span = c.span.start + n..c.span.end + n;
                     }
-                    (doc, captured)
+                    (start, captured)
                 }
                 None => {
+                    if let Some(unused) = early_start {
+                        buffer.truncate(unused);
+                    }
+                    let start = buffer.len();
                     let raw_len = id.raw.as_ref().map_or(0, |r| r.len() + 32);
-                    let mut doc = Vec::with_capacity(image.len() + raw_len + ACTION_LINE_ROOM);
-                    write_early_action(&mut doc);
+                    buffer.reserve(image.len() + raw_len + ACTION_LINE_ROOM);
+                    write_early_action(buffer);
                     let captured = convert::write_document_projected(
                         image,
-                        &mut doc,
+                        buffer,
                         &names,
                         projection.filter(),
                     )
                     .map_err(|e| format!("NewImage: {e}"))?;
                     // Converted, by either path: it is JSON.
                     *image_read = true;
-                    (doc, captured)
+                    (start, captured)
                 }
             };
-            check_keys("NewImage", &parts, &captured, &doc)?;
+            check_keys("NewImage", &parts, &captured, buffer)?;
             new_route = if single {
                 router.route(table, |_| None)
             } else {
                 router.route(table, |i| {
-                    found(&captured, &route_attrs[i]).map(|c| captured_text(&c, &doc))
+                    found(&captured, &route_attrs[i]).map(|c| captured_text(&c, buffer))
                 })
             };
             version = Some(match (versions, early_version) {
                 (_, Some(early)) => early?,
                 (VersionSource::Attribute(name), None) => {
-                    attribute_version(name, found(&captured, name).map(|c| &doc[c.span]))?
+                    attribute_version(name, found(&captured, name).map(|c| &buffer[c.span]))?
                 }
                 (VersionSource::StreamTime | VersionSource::Fixed(_), None) => {
                     unreachable!("stream and fixed versions are read before the document")
@@ -791,7 +887,7 @@ fn to_changes(
                 ));
             }
             metadata.write(
-                &mut doc,
+                buffer,
                 &RecordFacts {
                     table,
                     event_name,
@@ -811,12 +907,12 @@ fn to_changes(
                     ));
                 }
                 // Keep the full key beside a hashed id, so the document can be found by its key.
-                doc.pop();
-                convert::write_member_name(&mut doc, RAW_KEY_FIELD);
-                convert::write_json_str(&mut doc, raw);
-                doc.push(b'}');
+                buffer.pop();
+                convert::write_member_name(buffer, RAW_KEY_FIELD);
+                convert::write_json_str(buffer, raw);
+                buffer.push(b'}');
             }
-            doc.push(b'\n');
+            buffer.push(b'\n');
             if !action_first {
                 let mut action = Vec::with_capacity(ACTION_LINE_ROOM);
                 write_action(
@@ -826,13 +922,16 @@ fn to_changes(
                     version,
                     versions.version_type(),
                 );
-                doc.splice(0..0, action);
+                buffer.splice(start..start, action);
             }
-            lines = doc;
+            lines = start..buffer.len();
         }
         "REMOVE" => {
+            if let Some(unused) = early_start {
+                buffer.truncate(unused);
+            }
             new_route = Route::Skip;
-            lines = Vec::new();
+            lines = buffer.len()..buffer.len();
             version = match versions {
                 VersionSource::StreamTime => Some(stream_version()?),
                 VersionSource::Fixed(v) => Some(*v),
@@ -875,13 +974,13 @@ fn to_changes(
             u.0.kind.as_deref() == Some("Service")
                 && u.0.principal_id.as_deref() == Some("dynamodb.amazonaws.com")
         });
-    let change = |index: Arc<str>, action: Action, lines: Vec<u8>| Change {
+    let change = |index: Arc<str>, action: Action, lines: Range<usize>| Change {
         index,
         id: id.id.clone(),
         action,
         version,
         ttl,
-        lines,
+        lines: Lines::pending(lines),
         record: position,
     };
     let mut out = Vec::with_capacity(1);
@@ -902,7 +1001,6 @@ fn to_changes(
     if event_name == "INSERT" {
         return Ok(out);
     }
-    let mut delete_lines = Vec::new();
     let deletes: Vec<Arc<str>> = match old_route()? {
         Some(Route::Index(old)) if target.as_ref() != Some(&old) || event_name == "REMOVE" => {
             vec![old]
@@ -913,16 +1011,9 @@ fn to_changes(
         None => Vec::new(),
     };
     for index in deletes {
-        if delete_lines.is_empty() {
-            write_action(
-                &mut delete_lines,
-                "delete",
-                &id.id,
-                version,
-                versions.version_type(),
-            );
-        }
-        out.push(change(index, Action::Delete, delete_lines.clone()));
+        let start = buffer.len();
+        write_action(buffer, "delete", &id.id, version, versions.version_type());
+        out.push(change(index, Action::Delete, start..buffer.len()));
     }
     Ok(out)
 }
@@ -1187,6 +1278,53 @@ mod tests {
     }
 
     #[test]
+    fn a_batchs_lines_lie_side_by_side_and_a_record_that_plans_nothing_leaves_none() {
+        let insert = |seq: &str, key: &str, image_key: &str| {
+            let keys = format!(r#"{{"pk":{{"S":"{key}"}}}}"#);
+            let image = format!(r#"{{"pk":{{"S":"{image_key}"}},"n":{{"N":"{seq}"}}}}"#);
+            record(seq, "INSERT", "1700000000", &keys, Some(&image))
+        };
+        let payload = batch(&[
+            insert("1", "a", "a"),
+            // Converted as it is read, then refused: its image names another key.
+            insert("2", "b", "x"),
+            // A REMOVE carrying a NewImage, converted as it is read and not used.
+            record(
+                "3",
+                "REMOVE",
+                "1700000000",
+                r#"{"pk":{"S":"c"}}"#,
+                Some(r#"{"pk":{"S":"c"}}"#),
+            ),
+            insert("4", "d", "d"),
+        ]);
+        let plan = plan(&payload, &VersionSource::StreamTime, &shape(), 1 << 20).unwrap();
+        let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+        let each: Vec<String> = plan.changes.iter().map(|c| text(&c.lines)).collect();
+        assert_eq!(
+            each,
+            [
+                "{\"index\":{\"_id\":\"a\",\"version\":1700000000000,\"version_type\":\"external_gte\"}}\n{\"pk\":\"a\",\"n\":1}\n",
+                "{\"delete\":{\"_id\":\"c\",\"version\":1700000000000,\"version_type\":\"external_gte\"}}\n",
+                "{\"index\":{\"_id\":\"d\",\"version\":1700000000000,\"version_type\":\"external_gte\"}}\n{\"pk\":\"d\",\"n\":4}\n",
+            ]
+        );
+        let lines: Vec<&Lines> = plan.changes.iter().map(|c| &c.lines).collect();
+        let joined = lines[1..]
+            .iter()
+            .try_fold(lines[0].clone(), |all, next| all.joined(next))
+            .expect("one batch's lines lie side by side");
+        assert_eq!(text(&joined.bytes()), each.concat());
+        // A body of all of them is a slice of the plan's buffer; of some, a copy.
+        let bodies = crate::pipeline::bulk::pack(&plan.changes, &[0, 1, 2], 1 << 20, 100);
+        assert_eq!(bodies.len(), 1);
+        assert_eq!(bodies[0].bytes.as_ptr(), lines[0].as_ptr());
+        assert_eq!(text(&bodies[0].bytes), each.concat());
+        let bodies = crate::pipeline::bulk::pack(&plan.changes, &[0, 2], 1 << 20, 100);
+        assert_eq!(text(&bodies[0].bytes), format!("{}{}", each[0], each[2]));
+    }
+
+    #[test]
     fn keys_must_name_each_attribute_once_and_agree_with_the_image() {
         let cases = [
             (
@@ -1415,10 +1553,11 @@ mod tests {
             now_secs: 1_800_000_000,
         };
         let mut early = EarlyState::default();
+        let mut buffer = Vec::new();
         let mut records = Vec::new();
         event::read(
             &payload,
-            |keys, text| planner.early_image(&mut early, keys, text),
+            |keys, text| planner.early_image(&mut early, &mut buffer, keys, text),
             |record| {
                 records.push(record);
                 Some(())

@@ -255,7 +255,7 @@ fn entry_change(index: &Arc<str>, id: String, lines: Vec<u8>, owner: usize) -> C
         action: Action::Index,
         version: None,
         ttl: false,
-        lines,
+        lines: lines.into(),
         record: owner,
     }
 }
