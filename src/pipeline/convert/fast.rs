@@ -124,6 +124,7 @@ impl<'a> Transcoder<'a, '_> {
 
     /// A string token, quotes included, as it stands in the image; and whether it holds an
     /// escape (never `\u`: those strings are the walk's).
+    #[inline(always)]
     fn string_token(&mut self) -> Option<(&'a str, bool)> {
         self.ws();
         if self.b.get(self.i) != Some(&b'"') {
