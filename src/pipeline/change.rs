@@ -120,6 +120,9 @@ pub struct StreamData<'a> {
 /// `Keys` before it) its captures were made for. [`to_changes`] uses it where its own key
 /// parse names the same attributes, as the conversion it would have run itself.
 pub(crate) struct EarlyDocument<'a> {
+    /// The `Keys` text read before the image, and its parts (read once, for both).
+    keys: &'a str,
+    parts: Vec<KeyPart<'a>>,
     key_names: KeyNames<'a>,
     /// Where the document starts in the plan's buffer; it runs to the buffer's end (its
     /// action line is written after it, then rotated to the front). Captured spans are
@@ -136,16 +139,16 @@ struct KeyNames<'a> {
 }
 
 impl<'a> KeyNames<'a> {
-    /// The attribute names of `Keys` text, read without checking its values; `None` past two
-    /// names (`key_parts` refuses those), or where a name has an escape.
-    fn of(keys: &'a str) -> Option<Self> {
+    /// The names of key parts as `key_parts` gives them; `None` where a name had an escape.
+    fn of(parts: &[KeyPart<'a>]) -> Option<Self> {
         let mut k = KeyNames::default();
-        scan::members(keys, |name, _| {
+        for part in parts {
+            let Cow::Borrowed(name) = part.name else {
+                return None;
+            };
             *k.names.get_mut(k.len)? = name;
             k.len += 1;
-            Some(true)
-        })?;
-        k.names[..k.len].sort_unstable();
+        }
         Some(k)
     }
 
@@ -458,7 +461,8 @@ impl Planner<'_, '_> {
         keys: &'a str,
         text: &'a str,
     ) -> Option<(usize, EarlyDocument<'a>)> {
-        let key_names = KeyNames::of(keys)?;
+        let parts = docid::key_parts(keys).ok()?;
+        let key_names = KeyNames::of(&parts)?;
         if state.key_names != Some(key_names) {
             state.key_names = Some(key_names);
             state.names = self.capture_names(key_names.as_slice().iter().copied());
@@ -474,6 +478,8 @@ impl Planner<'_, '_> {
         Some((
             len,
             EarlyDocument {
+                keys,
+                parts,
                 key_names,
                 start,
                 captured,
@@ -712,7 +718,7 @@ fn to_changes(
     rec: &StreamRecord<'_>,
     position: usize,
     planner: &Planner<'_, '_>,
-    early: Option<EarlyDocument<'_>>,
+    mut early: Option<EarlyDocument<'_>>,
     image_read: &mut bool,
     buffer: &mut Vec<u8>,
 ) -> Result<Vec<Change>, String> {
@@ -736,7 +742,15 @@ fn to_changes(
         return Err("record has no SequenceNumber".into());
     }
     let keys = data.keys.ok_or("record has no Keys")?;
-    let parts = docid::key_parts(keys).map_err(|e| format!("Keys: {e}"))?;
+    // Read already, where the image was converted as it was read.
+    let early_parts = early
+        .as_mut()
+        .filter(|e| e.keys == keys)
+        .map(|e| std::mem::take(&mut e.parts));
+    let parts = match early_parts {
+        Some(parts) => parts,
+        None => docid::key_parts(keys).map_err(|e| format!("Keys: {e}"))?,
+    };
     let id = docid::doc_id_of(&parts);
     let event_name = rec.event_name.as_deref().ok_or("record has no eventName")?;
     let stream_version = || -> Result<u64, String> {
