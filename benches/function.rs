@@ -109,10 +109,14 @@ async fn cold_start(url: &str, extra: &[(&str, &str)]) -> f64 {
     let mut child = function(&addr, url, "bench-cold", extra);
     let (conn, _) = listener.accept().await.unwrap();
     let mut line = String::new();
-    BufReader::new(conn).read_line(&mut line).await.unwrap();
+    // Held open until the function is killed: closed first, the function's runtime client
+    // would report the closed connection on stderr, into the bench's output.
+    let mut conn = BufReader::new(conn);
+    conn.read_line(&mut line).await.unwrap();
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     assert!(line.contains("/runtime/invocation/next"), "{line}");
     child.kill().await.unwrap();
+    drop(conn);
     ms
 }
 
