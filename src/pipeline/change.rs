@@ -1049,7 +1049,14 @@ fn token_text(kind: AttributeKind, token: &[u8]) -> Option<Cow<'_, str>> {
             .ok()
             .and_then(Decimal::parse)
             .map(|d| Cow::Owned(d.canonical_text())),
-        _ => serde_json::from_slice::<Cow<'_, str>>(token).ok(),
+        // Without escapes a string token's text is what stands between its quotes (a token
+        // of the document: UTF-8, no control characters); serde would copy it.
+        _ => match token {
+            [b'"', inner @ .., b'"'] if !inner.contains(&b'\\') => {
+                std::str::from_utf8(inner).ok().map(Cow::Borrowed)
+            }
+            _ => serde_json::from_slice::<String>(token).ok().map(Cow::Owned),
+        },
     }
 }
 
