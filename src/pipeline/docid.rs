@@ -52,9 +52,9 @@ pub struct KeyPart<'a> {
 /// [`key_parts`]'s reading of the `Keys` streams send, before sorting, without serde (whose
 /// map and enum visitors cost more than the rest of a record's planning): one or two members,
 /// each `{"S":"text"}` or `{"N":"integer"}` spelt exactly so (a non-empty text, an integer in
-/// canonical form), names and texts without escapes or control characters, distinct names. `None` for
-/// anything else, which the serde reading then judges, errors and all; what this accepts, that
-/// reading accepts with the same parts (`the_plain_reading_agrees_with_serde`).
+/// canonical form), names and texts without escapes or control characters, distinct names.
+/// `None` for anything else, which the serde reading then judges, errors and all; what this
+/// accepts, that reading accepts with the same parts (`the_plain_reading_agrees_with_serde`).
 fn plain_key_parts(keys: &str) -> Option<Vec<KeyPart<'_>>> {
     use crate::pipeline::scan::{skip_ws, string_end_strict};
     let b = keys.as_bytes();
