@@ -116,14 +116,13 @@ pub struct StreamData<'a> {
     pub(crate) early: Option<EarlyDocument<'a>>,
 }
 
-/// A NewImage converted as the one-pass reading met it, with the key attribute names (from the
-/// `Keys` before it) its captures were made for. [`to_changes`] uses it where its own key
-/// parse names the same attributes, as the conversion it would have run itself.
+/// A NewImage converted as the one-pass reading met it, with the `Keys` read before it (its
+/// captures were made for their names). [`to_changes`] uses it, and its key parts, for a
+/// record with the same `Keys`: the conversion it would have run itself.
 pub(crate) struct EarlyDocument<'a> {
     /// The `Keys` text read before the image, and its parts (read once, for both).
     keys: &'a str,
     parts: Vec<KeyPart<'a>>,
-    key_names: KeyNames<'a>,
     /// Where the document starts in the plan's buffer; it runs to the buffer's end (its
     /// action line is written after it, then rotated to the front). Captured spans are
     /// positions in the buffer.
@@ -480,7 +479,6 @@ impl Planner<'_, '_> {
             EarlyDocument {
                 keys,
                 parts,
-                key_names,
                 start,
                 captured,
             },
@@ -493,16 +491,15 @@ impl Planner<'_, '_> {
     fn plan_in_one_pass<'a>(&self, payload: &'a str) -> Option<Plan<'a>> {
         let mut early = EarlyState::default();
         // About a record per kilobyte (a guess: the vectors grow if it is short).
-        let mut draft = Draft::with_capacity(payload.len() / 1024 + 1, payload.len());
+        let mut draft = Draft::with_capacity(payload.len() / 1024 + 1);
         // Both callbacks write to the buffer, one at a time.
-        let buffer = RefCell::new(std::mem::take(&mut draft.buffer));
+        let buffer = RefCell::new(Draft::buffer(payload));
         event::read(
             payload,
             |keys, text| self.early_image(&mut early, &mut buffer.borrow_mut(), keys, text),
             |record| self.add(&mut draft, &mut buffer.borrow_mut(), Ok(record), true),
         )?;
-        draft.buffer = buffer.into_inner();
-        Some(draft.finish(payload))
+        Some(draft.finish(payload, buffer.into_inner()))
     }
 
     /// Plans the records. With `unchecked` (the one-pass reading), a NewImage that was not
@@ -514,13 +511,12 @@ impl Planner<'_, '_> {
         parsed: Vec<Result<StreamRecord<'a>, Unparsed<'a>>>,
         unchecked: bool,
     ) -> Option<Plan<'a>> {
-        let mut draft = Draft::with_capacity(parsed.len(), payload.len());
-        let mut buffer = std::mem::take(&mut draft.buffer);
+        let mut draft = Draft::with_capacity(parsed.len());
+        let mut buffer = Draft::buffer(payload);
         for parsed in parsed {
             self.add(&mut draft, &mut buffer, parsed, unchecked)?;
         }
-        draft.buffer = buffer;
-        Some(draft.finish(payload))
+        Some(draft.finish(payload, buffer))
     }
 
     /// Plans the batch's next record into `draft` (see [`Planner::plan`] for `unchecked`).
@@ -628,17 +624,11 @@ struct Draft<'a> {
     /// per process, so ids chosen to collide cannot be chosen in advance.
     by_id: HashTable<usize>,
     hasher: DefaultHashBuilder,
-    /// Every change's lines, one after another (superseded ones stay, unread).
-    buffer: Vec<u8>,
 }
 
 impl<'a> Draft<'a> {
-    /// Room for `records` records, and for lines as long as the payload: a document is never
-    /// longer than its image, and an action line shorter than the rest of its record. Pages
-    /// not written to are never touched.
-    fn with_capacity(records: usize, payload_bytes: usize) -> Self {
+    fn with_capacity(records: usize) -> Self {
         Draft {
-            buffer: Vec::with_capacity(payload_bytes),
             records: Vec::with_capacity(records),
             changes: Vec::with_capacity(records),
             by_id: HashTable::with_capacity(records),
@@ -646,8 +636,17 @@ impl<'a> Draft<'a> {
         }
     }
 
-    fn finish(mut self, payload: &'a str) -> Plan<'a> {
-        let buffer = Bytes::from(self.buffer);
+    /// The buffer every change's lines are written to, one after another (superseded ones
+    /// stay, unread), with room for lines as long as the payload: a document is never longer
+    /// than its image, and an action line shorter than the rest of its record. Pages not
+    /// written to are never touched.
+    fn buffer(payload: &str) -> Vec<u8> {
+        Vec::with_capacity(payload.len())
+    }
+
+    /// The plan, its changes' lines in `buffer`.
+    fn finish(mut self, payload: &'a str, buffer: Vec<u8>) -> Plan<'a> {
+        let buffer = Bytes::from(buffer);
         for change in &mut self.changes {
             change.lines.attach(&buffer);
         }
@@ -718,7 +717,7 @@ fn to_changes(
     rec: &StreamRecord<'_>,
     position: usize,
     planner: &Planner<'_, '_>,
-    mut early: Option<EarlyDocument<'_>>,
+    early: Option<EarlyDocument<'_>>,
     image_read: &mut bool,
     buffer: &mut Vec<u8>,
 ) -> Result<Vec<Change>, String> {
@@ -742,13 +741,13 @@ fn to_changes(
         return Err("record has no SequenceNumber".into());
     }
     let keys = data.keys.ok_or("record has no Keys")?;
-    // Read already, where the image was converted as it was read.
-    let early_parts = early
-        .as_mut()
-        .filter(|e| e.keys == keys)
-        .map(|e| std::mem::take(&mut e.parts));
-    let parts = match early_parts {
-        Some(parts) => parts,
+    // An early document this record does not use (a REMOVE's, one made for other Keys) is cut
+    // off: the record's own lines go where it started.
+    let early_start = early.as_ref().map(|e| e.start);
+    // Converted for these Keys, whose parts were read then.
+    let mut early = early.filter(|e| e.keys == keys);
+    let parts = match early.as_mut() {
+        Some(e) => std::mem::take(&mut e.parts),
         None => docid::key_parts(keys).map_err(|e| format!("Keys: {e}"))?,
     };
     let id = docid::doc_id_of(&parts);
@@ -807,9 +806,6 @@ fn to_changes(
             values[i].as_ref().map(|t| t.as_deref().map(Cow::Borrowed))
         })))
     };
-    // An early document this record does not use (a REMOVE's, one made for other key names) is
-    // cut off: the record's own lines go where it started.
-    let early_start = early.as_ref().map(|e| e.start);
     let lines: Range<usize>;
     let version;
     let new_route;
@@ -836,10 +832,8 @@ fn to_changes(
                     write_action(out, "index", &id.id, Some(v), versions.version_type());
                 }
             };
-            // Converted as the record was read, for these key names: the action line goes in
-            // front of it (one small move).
-            let early = early.filter(|e| e.key_names.as_slice() == &names[..parts.len()]);
-            // The document's lines start here in the buffer and run to its end; captured spans
+            // Converted as the record was read: the action line goes in front of it (one small
+            // move). The document's lines start here in the buffer and run to its end; captured spans
             // are positions in the buffer.
             let (start, captured) = match early {
                 Some(EarlyDocument {
