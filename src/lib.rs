@@ -17,6 +17,8 @@
 //! - [`config`]: environment configuration, validated once at cold start.
 //! - [`metrics`]: one CloudWatch EMF document per invocation (counts, bulk latency, lag).
 //! - [`redact`]: failure reasons without item values, for logs.
+//! - [`runtime_api`]: the Lambda Runtime API client both functions run on (one kept-alive
+//!   connection; the payload handed over unparsed).
 //! - [`telemetry`]: logging setup; errors with their source chains; the tools' progress bar.
 //! - [`tools`]: the operator tools: [`backfill`](tools::backfill) (scan, or a DynamoDB export
 //!   through [`export`](tools::export); the export-loader function's steps),
@@ -28,6 +30,7 @@ pub mod handler;
 pub mod metrics;
 pub mod pipeline;
 pub mod redact;
+pub mod runtime_api;
 pub mod sink;
 pub mod telemetry;
 pub mod tools;

@@ -1,22 +1,18 @@
 //! The Lambda function: attached to a DynamoDB Stream, keeps the OpenSearch index in step.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context as TaskContext, Poll};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use lambda_runtime::tower::{Layer, Service};
-use lambda_runtime::{Diagnostic, Error, LambdaEvent, LambdaInvocation, Runtime, service_fn};
 use stream_indexer::config::Config;
 use stream_indexer::handler::{FALLBACK_BUDGET, Indexer, InvocationError, invocation_deadline};
 use stream_indexer::pipeline::change::NotAStreamEvent;
+use stream_indexer::runtime_api::{self, Failure, Invocation, RuntimeApi};
 use stream_indexer::telemetry;
 
 /// One thread. Below 1,769 MB Lambda gives a function less than one vCPU, and an invocation is
 /// one conversion followed by network waits: worker threads would only add wake-ups between
 /// them (and a slower cold start).
-fn main() -> Result<(), Error> {
+fn main() -> anyhow::Result<()> {
     keep_the_heap();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -41,12 +37,19 @@ fn keep_the_heap() {
     }
 }
 
-async fn serve() -> Result<(), Error> {
+async fn serve() -> anyhow::Result<()> {
     telemetry::init();
-    let config = Config::from_env()?;
-    let indexer = Indexer::new(config).await?;
-    // The quarantine index, if configured, is created with its mapping on its first write
-    // (Quarantine::put), not here: cold starts stay one client build long.
+    let mut api = RuntimeApi::from_env()?;
+    let indexer = match start().await {
+        Ok(indexer) => indexer,
+        Err(e) => {
+            // Lambda shows this for the invocation that was waiting; the process then exits
+            // with it, as it did before.
+            let failure = Failure::new("Runtime.InitError", format!("{e:#}"));
+            api.init_failed(&failure).await?;
+            return Err(e);
+        }
+    };
     let indexer = &indexer;
     let dimension = indexer
         .config
@@ -54,30 +57,24 @@ async fn serve() -> Result<(), Error> {
         .clone()
         .unwrap_or_else(|| "routed".into());
     let dimension = &dimension;
-    let body = BodySlot::default();
-    let slot = &body;
-    let handler = service_fn(move |event: LambdaEvent<Unread>| async move {
-        let (deadline, unusable) = invocation_deadline(event.context.deadline(), SystemTime::now());
+    let function_name = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_default();
+    let function_name = &function_name;
+    runtime_api::serve(&mut api, move |invocation: Invocation| async move {
+        let wall_deadline = SystemTime::UNIX_EPOCH + Duration::from_millis(invocation.deadline_ms);
+        let (deadline, unusable) = invocation_deadline(wall_deadline, SystemTime::now());
         if unusable && !WARNED.swap(true, Ordering::Relaxed) {
             tracing::warn!(
-                deadline_ms = event.context.deadline,
+                deadline_ms = invocation.deadline_ms,
                 budget_s = FALLBACK_BUDGET.as_secs(),
                 "the runtime gave a deadline that is already past or too far ahead (cargo lambda watch sends a duration); using the fallback budget"
             );
         }
-        let diagnostic = |e: InvocationError| Diagnostic {
-            error_type: e.kind().to_string(),
-            error_message: e.to_string(),
-        };
-        let payload = slot.take(&event.context.request_id);
-        let payload = std::str::from_utf8(&payload).map_err(|e| {
-            diagnostic(NotAStreamEvent(format!("the payload is not UTF-8 text ({e})")).into())
+        let failure = |e: InvocationError| Failure::new(e.kind(), e.to_string());
+        // The plan is the one parse of the payload: an unparseable one is its NotAStreamEvent.
+        let payload = std::str::from_utf8(&invocation.payload).map_err(|e| {
+            failure(NotAStreamEvent(format!("the payload is not UTF-8 text ({e})")).into())
         })?;
-        let function_name = &event.context.env_config.function_name;
-        let (response, summary) = indexer
-            .handle(payload, deadline)
-            .await
-            .map_err(diagnostic)?;
+        let (response, summary) = indexer.handle(payload, deadline).await.map_err(failure)?;
         if let Some(metrics) = &indexer.config.metrics {
             let now_ms = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -88,78 +85,20 @@ async fn serve() -> Result<(), Error> {
                 stream_indexer::metrics::emf(metrics, function_name, dimension, &summary, now_ms)
             );
         }
-        Ok::<_, Diagnostic>(response)
-    });
-    Runtime::new(handler)
-        .layer(lambda_runtime::layers::TracingLayer::new())
-        .layer(KeepBody(body.clone()))
-        .run()
-        .await
+        let body = serde_json::to_vec(&response).expect("the response serializes");
+        Ok::<_, Failure>(body.into())
+    })
+    .await?;
+    Ok(())
+}
+
+/// The configuration and the OpenSearch client. The quarantine index, if configured, is created
+/// with its mapping on its first write (Quarantine::put), not here: cold starts stay one client
+/// build long.
+async fn start() -> anyhow::Result<Indexer> {
+    let config = Config::from_env()?;
+    Ok(Indexer::new(config).await?)
 }
 
 /// Whether the unusable-deadline warning was logged (once per process).
 static WARNED: AtomicBool = AtomicBool::new(false);
-
-/// The handler's event type, deserialized from nothing. lambda_runtime deserializes every
-/// payload before the handler runs; as `Box<RawValue>` (the cheapest type it offers) that is a
-/// full validating scan and a copy of up to 6 MB, after which `change::plan` parses the text
-/// again. The handler reads the body [`KeepBody`] kept instead, and `change::plan` is the one
-/// parse (an unparseable payload is its `NotAStreamEvent`).
-struct Unread;
-
-impl<'de> serde::Deserialize<'de> for Unread {
-    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
-        Ok(Unread)
-    }
-}
-
-/// The body of the invocation being handled, with its request id (`Bytes`: shared, not copied).
-#[derive(Clone, Default)]
-struct BodySlot(Arc<Mutex<Option<(String, Bytes)>>>);
-
-impl BodySlot {
-    fn put(&self, request_id: &str, body: Bytes) {
-        *self.0.lock().expect("the slot is never poisoned") = Some((request_id.to_string(), body));
-    }
-
-    /// The body of invocation `request_id`. The runtime runs one invocation at a time and the
-    /// layer keeps each body before the handler runs, so it is there.
-    fn take(&self, request_id: &str) -> Bytes {
-        match self.0.lock().expect("the slot is never poisoned").take() {
-            Some((id, body)) if id == request_id => body,
-            _ => unreachable!("KeepBody keeps every invocation's body before its handler runs"),
-        }
-    }
-}
-
-/// The outermost layer: keeps each invocation's body for the handler, then passes it on.
-#[derive(Clone)]
-struct KeepBody(BodySlot);
-
-impl<S> Layer<S> for KeepBody {
-    type Service = KeepBodyService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        KeepBodyService {
-            slot: self.0.clone(),
-            inner,
-        }
-    }
-}
-
-struct KeepBodyService<S> {
-    slot: BodySlot,
-    inner: S,
-}
-
-impl<S: Service<LambdaInvocation>> Service<LambdaInvocation> for KeepBodyService<S> {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-    fn call(&mut self, req: LambdaInvocation) -> S::Future {
-        self.slot.put(&req.context.request_id, req.body.clone());
-        self.inner.call(req)
-    }
-}

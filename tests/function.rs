@@ -223,3 +223,92 @@ async fn each_invocation_prints_one_embedded_metric_format_document() {
     );
     assert!(n("ReplicationLagP50") <= lag);
 }
+
+/// The function keeps its connection to the Runtime API: every reply is read to its end, so
+/// one connection carries all the invocations (lambda_runtime 1.5 opened one per invocation).
+#[tokio::test]
+async fn invocations_share_one_connection_to_the_runtime_api() {
+    let index = unique_index("fnconn");
+    create_index(&index).await;
+    let api = LambdaApi::start(|| epoch_ms_in(30)).await;
+    let _function = function(&api, &index);
+    for _ in 0..5 {
+        let r = response(api.invoke(&fixture("insert.json"), epoch_ms_in(30)).await);
+        assert_eq!(r["batchItemFailures"], serde_json::json!([]), "{r}");
+    }
+    // A failed invocation's report is read to its end too.
+    match api.invoke_bytes(b"[]", epoch_ms_in(30)).await {
+        Answer::Error(e) => assert_eq!(e["errorType"], "NotAStreamEvent", "{e}"),
+        other => panic!("{other:?}"),
+    }
+    let r = response(api.invoke(&fixture("insert.json"), epoch_ms_in(30)).await);
+    assert_eq!(r["batchItemFailures"], serde_json::json!([]), "{r}");
+    assert_eq!(api.connections(), 1, "connections for 7 invocations");
+}
+
+/// A function whose configuration is invalid says why to `/init/error` (Lambda shows it for the
+/// waiting invocation) and exits.
+#[tokio::test]
+async fn a_function_that_cannot_start_reports_why_to_init_error_and_exits() {
+    let api = LambdaApi::start(|| epoch_ms_in(30)).await;
+    let mut function = tokio::process::Command::new(env!("CARGO_BIN_EXE_stream-indexer"))
+        .env("AWS_LAMBDA_RUNTIME_API", &api.addr)
+        .env("AWS_LAMBDA_FUNCTION_NAME", "stream-indexer")
+        .env("OPENSEARCH_URL", opensearch_url())
+        .env("OPENSEARCH_INDEX", "items")
+        .env("BULK_CONCURRENCY", "many")
+        .env("RUST_LOG", "off")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start stream-indexer");
+    let status = tokio::time::timeout(Duration::from_secs(20), function.wait())
+        .await
+        .expect("the function exits")
+        .unwrap();
+    assert!(!status.success(), "{status}");
+    let errors = api.init_errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["errorType"], "Runtime.InitError", "{errors:?}");
+    let message = errors[0]["errorMessage"].as_str().unwrap();
+    assert!(message.contains("BULK_CONCURRENCY"), "{message}");
+}
+
+/// The Runtime API client on its own: a handler that panics fails its invocation with
+/// `Runtime.Panic`, and the next invocation is served; a handler's failure keeps its type and
+/// message.
+#[tokio::test]
+async fn a_panicking_handler_fails_its_invocation_and_the_next_is_served() {
+    use stream_indexer::runtime_api::{self, Failure, RuntimeApi};
+    let api = LambdaApi::start(|| epoch_ms_in(30)).await;
+    let mut client = RuntimeApi::new(api.addr.clone());
+    let serving = tokio::spawn(async move {
+        runtime_api::serve(&mut client, |invocation| async move {
+            match &invocation.payload[..] {
+                b"\"panic\"" => panic!("asked to panic"),
+                b"\"fail\"" => Err(Failure::new("Asked", "asked to fail")),
+                _ => Ok(invocation.payload),
+            }
+        })
+        .await
+    });
+    match api.invoke("\"panic\"", epoch_ms_in(30)).await {
+        Answer::Error(e) => {
+            assert_eq!(e["errorType"], "Runtime.Panic", "{e}");
+            assert_eq!(e["errorMessage"], "asked to panic", "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    match api.invoke("\"fail\"", epoch_ms_in(30)).await {
+        Answer::Error(e) => {
+            assert_eq!(
+                e,
+                serde_json::json!({"errorType": "Asked", "errorMessage": "asked to fail"})
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    let echoed = response(api.invoke(r#"{"a":[1,2.50]}"#, epoch_ms_in(30)).await);
+    assert_eq!(echoed, serde_json::json!({"a": [1, 2.50]}));
+    assert_eq!(api.connections(), 1);
+    serving.abort();
+}

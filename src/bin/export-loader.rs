@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
 use stream_indexer::config::Config;
 use stream_indexer::handler::Indexer;
+use stream_indexer::runtime_api::{self, Failure, Invocation, RuntimeApi};
 use stream_indexer::tools::backfill::worker::{Step, Worker};
 use stream_indexer::{telemetry, tools::aws};
 
@@ -18,34 +18,53 @@ const CLOCK_SKEW: Duration = Duration::from_secs(5);
 /// timeout bounds the whole file.
 const PAGE_TIMEOUT: Duration = Duration::from_secs(300);
 
-fn main() -> Result<(), Error> {
+fn main() -> anyhow::Result<()> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
         .block_on(serve())
 }
 
-async fn serve() -> Result<(), Error> {
+async fn serve() -> anyhow::Result<()> {
     telemetry::init();
+    let mut api = RuntimeApi::from_env()?;
+    let worker = match start().await {
+        Ok(worker) => worker,
+        Err(e) => {
+            let failure = Failure::new("Runtime.InitError", format!("{e:#}"));
+            api.init_failed(&failure).await?;
+            return Err(e);
+        }
+    };
+    let worker = &worker;
+    runtime_api::serve(&mut api, move |invocation: Invocation| async move {
+        let step: Step = serde_json::from_slice(&invocation.payload).map_err(|e| {
+            tracing::error!(error = %e, "the event is not a step");
+            Failure::new(
+                "NotAStep",
+                format!("the event is not an export-load step: {e}"),
+            )
+        })?;
+        let output = worker.run(step).await.map_err(|e| {
+            tracing::error!(error = %e, "step failed");
+            Failure::new(e.kind(), e.to_string())
+        })?;
+        let body = serde_json::to_vec(&output).expect("a JSON value serializes");
+        Ok::<_, Failure>(body.into())
+    })
+    .await?;
+    Ok(())
+}
+
+async fn start() -> anyhow::Result<Worker> {
     let config = Config::from_env()?;
     let indexer = Indexer::new(config).await?;
     let sdk = aws::sdk_config(None).await;
-    let worker = Worker {
+    Ok(Worker {
         indexer,
         ddb: aws_sdk_dynamodb::Client::new(&sdk),
         s3: aws::s3_client(&sdk, None),
         clock_skew: CLOCK_SKEW,
         page_timeout: PAGE_TIMEOUT,
-    };
-    let worker = &worker;
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<Step>| async move {
-        worker.run(event.payload).await.map_err(|e| {
-            tracing::error!(error = %e, "step failed");
-            Diagnostic {
-                error_type: e.kind().to_string(),
-                error_message: e.to_string(),
-            }
-        })
-    }))
-    .await
+    })
 }

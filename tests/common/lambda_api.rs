@@ -1,7 +1,7 @@
 //! A small Lambda emulator for running the real `stream-indexer` binary in tests: the Runtime
 //! API the binary polls (`/2018-06-01/runtime/invocation/next`, `.../response`, `.../error`),
 //! and the Invoke API a caller uses (`/2015-03-31/functions/{name}/invocations`), joined by a
-//! queue. The deadline header is whatever the test asks for, so both Lambda's epoch deadline and
+//! queue. It also takes `/init/error`, and counts the connections the function opened. The deadline header is whatever the test asks for, so both Lambda's epoch deadline and
 //! `cargo lambda watch`'s duration (`600000`) can be sent.
 
 use std::collections::HashMap;
@@ -34,6 +34,10 @@ struct State {
     ids: AtomicU64,
     /// The deadline header for invocations that come through the Invoke API.
     invoke_deadline: fn() -> u64,
+    /// Connections accepted so far.
+    connections: AtomicU64,
+    /// What the function reported to `/init/error`.
+    init_errors: std::sync::Mutex<Vec<Value>>,
 }
 
 pub struct LambdaApi {
@@ -54,10 +58,13 @@ impl LambdaApi {
             waiting: Mutex::new(HashMap::new()),
             ids: AtomicU64::new(0),
             invoke_deadline,
+            connections: AtomicU64::new(0),
+            init_errors: std::sync::Mutex::new(Vec::new()),
         });
         let s = state.clone();
         tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
+                s.connections.fetch_add(1, Ordering::Relaxed);
                 let s = s.clone();
                 tokio::spawn(async move {
                     let _ = serve(conn, s).await;
@@ -70,6 +77,16 @@ impl LambdaApi {
     /// Queues one invocation with the given deadline header and waits for its answer.
     pub async fn invoke(&self, payload: &str, deadline_ms: u64) -> Answer {
         invoke(&self.state, payload.as_bytes().to_vec(), deadline_ms).await
+    }
+
+    /// How many connections the function has opened to this API.
+    pub fn connections(&self) -> u64 {
+        self.state.connections.load(Ordering::Relaxed)
+    }
+
+    /// The error documents the function posted to `/init/error`.
+    pub fn init_errors(&self) -> Vec<Value> {
+        self.state.init_errors.lock().unwrap().clone()
     }
 
     /// Like [`LambdaApi::invoke`] with any bytes (Lambda itself only sends JSON).
@@ -163,6 +180,10 @@ async fn serve(conn: TcpStream, state: Arc<State>) -> std::io::Result<()> {
                     ("Lambda-Runtime-Trace-Id".into(), "Root=1-0-0".into()),
                 ];
                 (200, headers, inv.payload)
+            } else if method == "POST" && path == "/2018-06-01/runtime/init/error" {
+                let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                state.init_errors.lock().unwrap().push(value);
+                (202, vec![], br#"{"status":"OK"}"#.to_vec())
             } else if let Some(rest) = path.strip_prefix("/2018-06-01/runtime/invocation/") {
                 let (id, what) = rest.split_once('/').unwrap_or((rest, ""));
                 let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -173,7 +194,8 @@ async fn serve(conn: TcpStream, state: Arc<State>) -> std::io::Result<()> {
                 if let Some(tx) = state.waiting.lock().await.remove(id) {
                     let _ = tx.send(answer);
                 }
-                (202, vec![], b"{}".to_vec())
+                // Lambda's reply, a StatusResponse (the Runtime API's OpenAPI specification).
+                (202, vec![], br#"{"status":"OK"}"#.to_vec())
             } else if path.starts_with("/2015-03-31/functions/") && path.ends_with("/invocations") {
                 match invoke(&state, body, (state.invoke_deadline)()).await {
                     Answer::Response(v) => (200, vec![], serde_json::to_vec(&v).unwrap()),
