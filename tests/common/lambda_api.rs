@@ -216,9 +216,12 @@ async fn serve(conn: TcpStream, state: Arc<State>) -> std::io::Result<()> {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
         head.push_str("\r\n");
+        // Head and body in one write, as an HTTP server that buffers its reply sends them (two
+        // writes make two segments, and a client that reads the body waits for the second).
+        let mut reply = head.into_bytes();
+        reply.extend_from_slice(&response);
         let conn = reader.get_mut();
-        conn.write_all(head.as_bytes()).await?;
-        conn.write_all(&response).await?;
+        conn.write_all(&reply).await?;
         conn.flush().await?;
     }
     Ok(())
