@@ -14,6 +14,12 @@
 //!   had to defeat with an event type that read nothing and a layer that kept the body aside.
 //!   Here the handler gets the payload's bytes.
 //!
+//! The HTTP is written here too, on `httparse`: the exchange is one request at a time from one
+//! client to a local endpoint, and hyper's client runs its connection in a task of its own, so
+//! every request and every reply crossed between two tasks. With hyper's connection kept, a
+//! one-record invocation cost 15–25% *more* CPU than lambda_runtime's reconnecting client (more
+//! wake-ups and reads per invocation); written and read in the caller's task, it costs less.
+//!
 //! Like `lambda_runtime`, a handler that panics reports an error for its invocation and the
 //! function goes on; an invocation runs in a span named `Lambda runtime invoke` with its
 //! `requestId` and `xrayTraceId`. `_X_AMZN_TRACE_ID` is not set: changing the environment of a
@@ -25,16 +31,15 @@ use std::panic::AssertUnwindSafe;
 
 use bytes::Bytes;
 use futures::FutureExt;
-use http::{Method, Request, StatusCode, header};
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
 const API_VERSION: &str = "/2018-06-01/runtime";
 const USER_AGENT: &str = concat!("stream-indexer/", env!("CARGO_PKG_VERSION"));
+/// The longest reply head (status line and headers) read.
+const MAX_HEAD: usize = 64 * 1024;
 
 /// The Runtime API failed: the function cannot go on, and exits (Lambda starts a new one).
 #[derive(Debug, thiserror::Error)]
@@ -49,11 +54,16 @@ pub enum RuntimeApiError {
         source: std::io::Error,
     },
     #[error("the Lambda Runtime API request {path} failed: {source}")]
-    Http { path: String, source: hyper::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the Lambda Runtime API's reply to {path} is not HTTP/1.1 this client reads: {why}")]
+    Reply { path: String, why: String },
     #[error("the Lambda Runtime API answered {path} with {status}: {body}")]
     Status {
         path: String,
-        status: StatusCode,
+        status: u16,
         body: String,
     },
     #[error("the Lambda Runtime API's invocation has no usable {0} header")]
@@ -98,8 +108,8 @@ impl Failure {
 pub struct RuntimeApi {
     /// `host:port`, as `AWS_LAMBDA_RUNTIME_API` gives it.
     addr: String,
-    /// The open connection, if any.
-    connection: Option<SendRequest<Full<Bytes>>>,
+    /// The open connection, if the API kept it.
+    connection: Option<BufReader<TcpStream>>,
 }
 
 impl RuntimeApi {
@@ -121,11 +131,12 @@ impl RuntimeApi {
     /// Waits for the next invocation (Lambda freezes the function meanwhile).
     pub async fn next(&mut self) -> Result<Invocation, RuntimeApiError> {
         let path = format!("{API_VERSION}/invocation/next");
-        let (headers, payload) = self.send(Method::GET, &path, &[], Bytes::new()).await?;
+        let (headers, payload) = self.send("GET", &path, &[], &[]).await?;
         let text = |name: &'static str| {
             headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
                 .filter(|v| !v.is_empty())
         };
         let request_id = text("lambda-runtime-aws-request-id")
@@ -146,7 +157,7 @@ impl RuntimeApi {
     /// Answers invocation `request_id` with `body` (JSON).
     pub async fn respond(&mut self, request_id: &str, body: Bytes) -> Result<(), RuntimeApiError> {
         let path = format!("{API_VERSION}/invocation/{request_id}/response");
-        self.send(Method::POST, &path, &[], body).await.map(drop)
+        self.send("POST", &path, &[], &body).await.map(drop)
     }
 
     /// Reports invocation `request_id` as failed.
@@ -172,75 +183,235 @@ impl RuntimeApi {
             "lambda-runtime-function-error-type",
             failure.error_type.as_str(),
         )];
-        self.send(Method::POST, path, &kind, body.into())
-            .await
-            .map(drop)
+        self.send("POST", path, &kind, &body).await.map(drop)
     }
 
-    /// One request and its whole reply (read to its end, so the connection can carry the next).
+    /// One request and its whole reply, read to its end so the connection can carry the next.
+    /// A kept connection the API closed while the function was idle gives no reply at all: the
+    /// request then goes once more, on a new connection.
     async fn send(
         &mut self,
-        method: Method,
+        method: &str,
         path: &str,
         headers: &[(&str, &str)],
-        body: Bytes,
-    ) -> Result<(http::HeaderMap, Bytes), RuntimeApiError> {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::HOST, &self.addr)
-            .header(header::USER_AGENT, USER_AGENT);
+        body: &[u8],
+    ) -> Result<(Vec<(String, String)>, Bytes), RuntimeApiError> {
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {USER_AGENT}\r\nContent-Length: {}\r\n",
+            self.addr,
+            body.len()
+        );
         for (name, value) in headers {
-            request = request.header(*name, *value);
+            request.push_str(&format!("{name}: {value}\r\n"));
         }
-        let request = request
-            .body(Full::new(body))
-            .map_err(|_| RuntimeApiError::Header("request"))?;
-        let http = |source| RuntimeApiError::Http {
-            path: path.to_string(),
-            source,
+        request.push_str("\r\n");
+        let mut request = request.into_bytes();
+        request.extend_from_slice(body);
+        let fail = |failed| match failed {
+            Failed::NoReply(source) | Failed::Io(source) => RuntimeApiError::Io {
+                path: path.to_string(),
+                source,
+            },
+            Failed::Unreadable(why) => RuntimeApiError::Reply {
+                path: path.to_string(),
+                why,
+            },
         };
-        let mut connection = self.connection().await?;
-        let response = connection.send_request(request).await.map_err(http)?;
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.map_err(http)?.to_bytes();
-        self.connection = Some(connection);
-        if !parts.status.is_success() {
+        let (reply, connection) = match self.connection.take() {
+            Some(mut kept) => match exchange(&mut kept, &request).await {
+                Ok(reply) => (reply, kept),
+                Err(Failed::NoReply(_)) => {
+                    let mut fresh = self.connect().await?;
+                    (exchange(&mut fresh, &request).await.map_err(fail)?, fresh)
+                }
+                Err(other) => return Err(fail(other)),
+            },
+            None => {
+                let mut fresh = self.connect().await?;
+                (exchange(&mut fresh, &request).await.map_err(fail)?, fresh)
+            }
+        };
+        if reply.keep_alive {
+            self.connection = Some(connection);
+        }
+        if !(200..300).contains(&reply.status) {
             return Err(RuntimeApiError::Status {
                 path: path.to_string(),
-                status: parts.status,
-                body: String::from_utf8_lossy(&body).into_owned(),
+                status: reply.status,
+                body: String::from_utf8_lossy(&reply.body).into_owned(),
             });
         }
-        Ok((parts.headers, body))
+        Ok((reply.headers, reply.body))
     }
 
-    /// The open connection if the API kept it, else a new one.
-    async fn connection(&mut self) -> Result<SendRequest<Full<Bytes>>, RuntimeApiError> {
-        if let Some(mut kept) = self.connection.take()
-            && kept.ready().await.is_ok()
-        {
-            return Ok(kept);
-        }
+    async fn connect(&self) -> Result<BufReader<TcpStream>, RuntimeApiError> {
         let connect = |source| RuntimeApiError::Connect {
             addr: self.addr.clone(),
             source,
         };
         let stream = TcpStream::connect(&self.addr).await.map_err(connect)?;
         stream.set_nodelay(true).map_err(connect)?;
-        let (sender, connection) =
-            http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|source| RuntimeApiError::Http {
-                    path: "(connect)".into(),
-                    source,
-                })?;
-        tokio::spawn(async move {
-            // Ends when the API closes the connection or the sender is dropped; the next request
-            // then opens another.
-            let _ = connection.await;
-        });
-        Ok(sender)
+        Ok(BufReader::new(stream))
+    }
+}
+
+/// A reply as read off the connection.
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Bytes,
+    /// Whether the connection can carry another request.
+    keep_alive: bool,
+}
+
+/// Why an exchange failed.
+enum Failed {
+    /// The connection failed before any of the reply came: the request may not have reached
+    /// the API, and can go again on a new connection.
+    NoReply(std::io::Error),
+    /// The connection failed within the reply.
+    Io(std::io::Error),
+    /// The reply is not HTTP/1.1 this client reads.
+    Unreadable(String),
+}
+
+impl From<std::io::Error> for Failed {
+    fn from(e: std::io::Error) -> Failed {
+        Failed::Io(e)
+    }
+}
+
+fn closed(within: &str) -> Failed {
+    Failed::Io(std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        format!("closed within the reply's {within}"),
+    ))
+}
+
+/// Writes `request` and reads its reply.
+async fn exchange(connection: &mut BufReader<TcpStream>, request: &[u8]) -> Result<Reply, Failed> {
+    connection
+        .get_mut()
+        .write_all(request)
+        .await
+        .map_err(Failed::NoReply)?;
+    let mut head = Vec::new();
+    loop {
+        let before = head.len();
+        let read = connection.read_until(b'\n', &mut head).await;
+        match read {
+            Err(e) if before == 0 => return Err(Failed::NoReply(e)),
+            Ok(0) if before == 0 => {
+                return Err(Failed::NoReply(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            Ok(0) => return Err(closed("head")),
+            read => read?,
+        };
+        if head[before..] == *b"\r\n" || head[before..] == *b"\n" {
+            break;
+        }
+        if head.len() > MAX_HEAD {
+            return Err(Failed::Unreadable(format!(
+                "its head is over {MAX_HEAD} bytes"
+            )));
+        }
+    }
+    let mut parsed = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut parsed);
+    match response.parse(&head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => {
+            return Err(Failed::Unreadable("its head is incomplete".into()));
+        }
+        Err(e) => return Err(Failed::Unreadable(format!("its head is malformed ({e})"))),
+    }
+    let status = response.code.unwrap_or(0);
+    let mut keep_alive = response.version == Some(1);
+    let mut length = None;
+    let mut chunked = false;
+    let mut headers = Vec::with_capacity(response.headers.len());
+    for h in response.headers.iter() {
+        let value = String::from_utf8_lossy(h.value).trim().to_string();
+        if h.name.eq_ignore_ascii_case("content-length") {
+            match value.parse::<usize>() {
+                Ok(n) => length = Some(n),
+                Err(_) => {
+                    return Err(Failed::Unreadable(format!(
+                        "its Content-Length {value:?} is not a number"
+                    )));
+                }
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.to_ascii_lowercase().ends_with("chunked");
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            keep_alive &= !value.eq_ignore_ascii_case("close");
+        }
+        headers.push((h.name.to_string(), value));
+    }
+    let body = if chunked {
+        read_chunked(connection).await?
+    } else if let Some(n) = length {
+        let mut body = Vec::with_capacity(n);
+        (&mut *connection)
+            .take(n as u64)
+            .read_to_end(&mut body)
+            .await?;
+        if body.len() < n {
+            return Err(closed("body"));
+        }
+        body
+    } else if status == 204 || status == 304 || (100..200).contains(&status) {
+        Vec::new()
+    } else {
+        // Neither a length nor chunks: the body runs to the connection's end.
+        keep_alive = false;
+        let mut body = Vec::new();
+        connection.read_to_end(&mut body).await?;
+        body
+    };
+    Ok(Reply {
+        status,
+        headers,
+        body: body.into(),
+        keep_alive,
+    })
+}
+
+/// A chunked body (RFC 9112 §7.1), its trailers read and dropped.
+async fn read_chunked(connection: &mut BufReader<TcpStream>) -> Result<Vec<u8>, Failed> {
+    let mut body = Vec::new();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if connection.read_until(b'\n', &mut line).await? == 0 {
+            return Err(closed("body"));
+        }
+        let text = String::from_utf8_lossy(&line);
+        let size = text.split(';').next().unwrap_or("").trim();
+        let Ok(size) = usize::from_str_radix(size, 16) else {
+            return Err(Failed::Unreadable(format!(
+                "a chunk size {size:?} is not hexadecimal"
+            )));
+        };
+        if size == 0 {
+            loop {
+                line.clear();
+                let read = connection.read_until(b'\n', &mut line).await?;
+                if read == 0 || line.trim_ascii().is_empty() {
+                    return Ok(body);
+                }
+            }
+        }
+        let start = body.len();
+        (&mut *connection)
+            .take(size as u64)
+            .read_to_end(&mut body)
+            .await?;
+        if body.len() - start < size {
+            return Err(closed("body"));
+        }
+        line.clear();
+        connection.read_until(b'\n', &mut line).await?;
     }
 }
 
@@ -276,5 +447,181 @@ where
             Ok(body) => api.respond(&request_id, body).await?,
             Err(failure) => api.fail(&request_id, &failure).await?,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::net::TcpListener;
+
+    /// A server that answers the n-th request with `replies[n]` (raw bytes), closing the
+    /// connection after each reply in `close_after`, and counts connections.
+    async fn scripted(
+        replies: Vec<&'static [u8]>,
+        close_after: Vec<usize>,
+    ) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        tokio::spawn(async move {
+            let mut n = 0;
+            while let Ok((stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let mut stream = BufReader::new(stream);
+                loop {
+                    // The request: its head, then its Content-Length body.
+                    let mut length = 0;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap();
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    if line != "\r\n" {
+                        break;
+                    }
+                    let mut body = vec![0; length];
+                    stream.read_exact(&mut body).await.unwrap();
+                    stream.get_mut().write_all(replies[n]).await.unwrap();
+                    n += 1;
+                    if close_after.contains(&(n - 1)) {
+                        break;
+                    }
+                }
+            }
+        });
+        (addr, connections)
+    }
+
+    const NEXT: &[u8] = b"HTTP/1.1 200 OK\r\nLambda-Runtime-Aws-Request-Id: r1\r\nLambda-Runtime-Deadline-Ms: 1700000000000\r\nContent-Length: 2\r\n\r\n{}";
+    const ACCEPTED: &[u8] =
+        b"HTTP/1.1 202 Accepted\r\nContent-Length: 15\r\n\r\n{\"status\":\"OK\"}";
+
+    #[tokio::test]
+    async fn replies_read_to_their_end_keep_one_connection() {
+        let (addr, connections) = scripted(vec![NEXT, ACCEPTED, NEXT, ACCEPTED], vec![]).await;
+        let mut api = RuntimeApi::new(addr);
+        for _ in 0..2 {
+            let invocation = api.next().await.unwrap();
+            assert_eq!(invocation.request_id, "r1");
+            assert_eq!(invocation.deadline_ms, 1_700_000_000_000);
+            assert_eq!(&invocation.payload[..], b"{}");
+            api.respond("r1", Bytes::from_static(b"{}")).await.unwrap();
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_chunked_payload_is_read_whole() {
+        const CHUNKED: &[u8] = b"HTTP/1.1 200 OK\r\nLambda-Runtime-Aws-Request-Id: r2\r\nLambda-Runtime-Deadline-Ms: 5\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\n{\"a\"\r\nA\r\n:[1,2.50]}\r\n0\r\nTrailer: x\r\n\r\n";
+        let (addr, connections) = scripted(vec![CHUNKED, NEXT], vec![]).await;
+        let mut api = RuntimeApi::new(addr);
+        let invocation = api.next().await.unwrap();
+        assert_eq!(&invocation.payload[..], br#"{"a":[1,2.50]}"#);
+        // The trailers were read too: the next reply is read from the same connection.
+        assert_eq!(api.next().await.unwrap().request_id, "r1");
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_api_closes_is_replaced() {
+        // Closed after the first reply, whether it said so or not: the second request finds the
+        // kept connection dead and goes again on a new one; a reply that says `close`, or has
+        // no length, is not kept.
+        const CLOSING: &[u8] =
+            b"HTTP/1.1 202 Accepted\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}";
+        const UNTIL_CLOSE: &[u8] = b"HTTP/1.1 202 Accepted\r\n\r\n{\"status\":\"OK\"}";
+        let (addr, connections) = scripted(
+            vec![NEXT, NEXT, CLOSING, UNTIL_CLOSE, ACCEPTED],
+            vec![0, 2, 3],
+        )
+        .await;
+        let mut api = RuntimeApi::new(addr);
+        api.next().await.unwrap();
+        api.next().await.unwrap();
+        api.respond("r1", Bytes::new()).await.unwrap();
+        api.respond("r1", Bytes::new()).await.unwrap();
+        api.respond("r1", Bytes::new()).await.unwrap();
+        assert_eq!(connections.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_or_refusing_reply_names_the_request() {
+        const GARBAGE: &[u8] = b"HTTP/1.1 two hundred\r\n\r\n";
+        const GONE: &[u8] = b"HTTP/1.1 410 Gone\r\nContent-Length: 7\r\n\r\nexpired";
+        const NO_ID: &[u8] =
+            b"HTTP/1.1 200 OK\r\nLambda-Runtime-Deadline-Ms: 5\r\nContent-Length: 2\r\n\r\n{}";
+        let (addr, _) = scripted(vec![GARBAGE, GONE, NO_ID], vec![0]).await;
+        let mut api = RuntimeApi::new(addr);
+        let e = api.next().await.unwrap_err();
+        assert!(
+            matches!(&e, RuntimeApiError::Reply { path, .. } if path.ends_with("/invocation/next")),
+            "{e}"
+        );
+        let e = api.respond("r9", Bytes::new()).await.unwrap_err();
+        assert!(
+            matches!(&e, RuntimeApiError::Status { status: 410, body, path } if body == "expired" && path.contains("/r9/response")),
+            "{e}"
+        );
+        let e = api.next().await.unwrap_err();
+        assert!(
+            matches!(e, RuntimeApiError::Header("Lambda-Runtime-Aws-Request-Id")),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn failures_carry_their_type_in_a_header_and_the_document() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut stream = BufReader::new(stream);
+            let mut head = String::new();
+            while !head.ends_with("\r\n\r\n") {
+                stream.read_line(&mut head).await.unwrap();
+            }
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap();
+            let mut body = vec![0; length];
+            stream.read_exact(&mut body).await.unwrap();
+            stream.get_mut().write_all(ACCEPTED).await.unwrap();
+            (head, String::from_utf8(body).unwrap())
+        });
+        let mut api = RuntimeApi::new(addr.clone());
+        api.fail("r3", &Failure::new("NotAStreamEvent", "no \"Records\""))
+            .await
+            .unwrap();
+        let (head, body) = seen.await.unwrap();
+        assert!(
+            head.starts_with("POST /2018-06-01/runtime/invocation/r3/error HTTP/1.1\r\n"),
+            "{head}"
+        );
+        assert!(head.contains(&format!("Host: {addr}\r\n")), "{head}");
+        assert!(
+            head.contains("lambda-runtime-function-error-type: NotAStreamEvent\r\n"),
+            "{head}"
+        );
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+            serde_json::json!({"errorType": "NotAStreamEvent", "errorMessage": "no \"Records\""})
+        );
     }
 }
