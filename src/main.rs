@@ -41,16 +41,7 @@ fn keep_the_heap() {
 async fn serve() -> anyhow::Result<()> {
     telemetry::init();
     let mut api = RuntimeApi::from_env()?;
-    let indexer = match start().await {
-        Ok(indexer) => indexer,
-        Err(e) => {
-            // Lambda shows this for the invocation that was waiting; the process then exits
-            // with it, as it did before.
-            let failure = Failure::new("Runtime.InitError", format!("{e:#}"));
-            api.init_failed(&failure).await?;
-            return Err(e);
-        }
-    };
+    let indexer = api.started(start().await).await?;
     let indexer = &indexer;
     let dimension = indexer
         .config

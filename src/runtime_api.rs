@@ -177,6 +177,19 @@ impl RuntimeApi {
         self.send_failure(&path, failure).await
     }
 
+    /// What the function's start gave. A failed start is reported to `/init/error` as
+    /// `Runtime.InitError` (Lambda shows it for the invocation that was waiting) and returned
+    /// as it was, for the function to exit with.
+    pub async fn started<T>(&mut self, start: anyhow::Result<T>) -> anyhow::Result<T> {
+        if let Err(e) = &start {
+            let failure = Failure::new("Runtime.InitError", format!("{e:#}"));
+            if let Err(report) = self.init_failed(&failure).await {
+                tracing::error!(error = %report, "the failed start could not be reported");
+            }
+        }
+        start
+    }
+
     async fn send_failure(&mut self, path: &str, failure: &Failure) -> Result<(), RuntimeApiError> {
         let body = serde_json::to_vec(failure).expect("two strings serialize");
         let kind = [(

@@ -28,14 +28,7 @@ fn main() -> anyhow::Result<()> {
 async fn serve() -> anyhow::Result<()> {
     telemetry::init();
     let mut api = RuntimeApi::from_env()?;
-    let worker = match start().await {
-        Ok(worker) => worker,
-        Err(e) => {
-            let failure = Failure::new("Runtime.InitError", format!("{e:#}"));
-            api.init_failed(&failure).await?;
-            return Err(e);
-        }
-    };
+    let worker = api.started(start().await).await?;
     let worker = &worker;
     runtime_api::serve(&mut api, move |invocation: Invocation| async move {
         let step: Step = serde_json::from_slice(&invocation.payload).map_err(|e| {
