@@ -106,8 +106,10 @@ impl Failure {
 
 /// A client of one Runtime API endpoint.
 pub struct RuntimeApi {
-    /// `host:port`, as `AWS_LAMBDA_RUNTIME_API` gives it.
+    /// `host:port`: where to connect, and the `Host` header.
     addr: String,
+    /// What the API's paths go under: empty for Lambda, `/.rt/<function>` for `cargo lambda`.
+    base: String,
     /// The open connection, if the API kept it.
     connection: Option<BufReader<TcpStream>>,
 }
@@ -121,9 +123,15 @@ impl RuntimeApi {
         }
     }
 
-    pub fn new(addr: impl Into<String>) -> RuntimeApi {
+    /// `endpoint` is `host:port`, as Lambda gives it, or a URL `http://host:port/base`, as
+    /// `cargo lambda watch` gives it (`http://[::]:9000/.rt/<function>`).
+    pub fn new(endpoint: impl Into<String>) -> RuntimeApi {
+        let endpoint = endpoint.into();
+        let rest = endpoint.strip_prefix("http://").unwrap_or(&endpoint);
+        let (addr, base) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         RuntimeApi {
-            addr: addr.into(),
+            addr: addr.to_string(),
+            base: base.trim_end_matches('/').to_string(),
             connection: None,
         }
     }
@@ -210,7 +218,8 @@ impl RuntimeApi {
         body: &[u8],
     ) -> Result<(Vec<(String, String)>, Bytes), RuntimeApiError> {
         let mut request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {USER_AGENT}\r\nContent-Length: {}\r\n",
+            "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {USER_AGENT}\r\nContent-Length: {}\r\n",
+            self.base,
             self.addr,
             body.len()
         );
@@ -456,9 +465,19 @@ where
             span.in_scope(|| tracing::error!(panic = %message, "the handler panicked"));
             Err(Failure::new("Runtime.Panic", message))
         });
-        match outcome {
-            Ok(body) => api.respond(&request_id, body).await?,
-            Err(failure) => api.fail(&request_id, &failure).await?,
+        let answered = match outcome {
+            Ok(body) => api.respond(&request_id, body).await,
+            Err(failure) => api.fail(&request_id, &failure).await,
+        };
+        match answered {
+            // The API refused this answer (410: the invocation timed out; 413: too large); it
+            // still serves the next invocation, as lambda_runtime did.
+            Err(RuntimeApiError::Status { path, status, body }) => {
+                span.in_scope(|| {
+                    tracing::error!(%path, status, %body, "the Runtime API refused the invocation's answer")
+                });
+            }
+            answered => answered?,
         }
     }
 }
@@ -595,7 +614,32 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn failures_carry_their_type_in_a_header_and_the_document() {
+    async fn an_answer_the_api_refuses_is_logged_and_the_next_invocation_served() {
+        const GONE: &[u8] = b"HTTP/1.1 410 Gone\r\nContent-Length: 0\r\n\r\n";
+        // After these the server is gone, and `serve` ends with the connection's error.
+        let (addr, _) = scripted(vec![NEXT, GONE, NEXT, ACCEPTED], vec![]).await;
+        let mut api = RuntimeApi::new(addr);
+        let mut calls = 0;
+        let ended = serve(&mut api, |invocation| {
+            calls += 1;
+            async move { Ok(invocation.payload) }
+        })
+        .await;
+        assert_eq!(calls, 2);
+        assert!(
+            matches!(
+                ended,
+                Err(RuntimeApiError::Io { .. } | RuntimeApiError::Connect { .. })
+            ),
+            "{ended:?}"
+        );
+    }
+
+    /// A server that takes one request and answers it with `reply`; gives its address and,
+    /// once answered, the request's head and body.
+    async fn capture_one(
+        reply: &'static [u8],
+    ) -> (String, tokio::task::JoinHandle<(String, String)>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let seen = tokio::spawn(async move {
@@ -615,9 +659,15 @@ mod tests {
                 .unwrap();
             let mut body = vec![0; length];
             stream.read_exact(&mut body).await.unwrap();
-            stream.get_mut().write_all(ACCEPTED).await.unwrap();
+            stream.get_mut().write_all(reply).await.unwrap();
             (head, String::from_utf8(body).unwrap())
         });
+        (addr, seen)
+    }
+
+    #[tokio::test]
+    async fn failures_carry_their_type_in_a_header_and_the_document() {
+        let (addr, seen) = capture_one(ACCEPTED).await;
         let mut api = RuntimeApi::new(addr.clone());
         api.fail("r3", &Failure::new("NotAStreamEvent", "no \"Records\""))
             .await
@@ -636,5 +686,26 @@ mod tests {
             serde_json::from_str::<serde_json::Value>(&body).unwrap(),
             serde_json::json!({"errorType": "NotAStreamEvent", "errorMessage": "no \"Records\""})
         );
+    }
+
+    /// `cargo lambda watch` names its Runtime API as a URL with a path
+    /// (`http://[::]:9000/.rt/stream-indexer`); Lambda as `host:port`.
+    #[tokio::test]
+    async fn an_endpoint_given_as_a_url_with_a_path_is_reached_under_that_path() {
+        for (form, prefix) in [
+            ("http://{addr}/.rt/stream-indexer/", "/.rt/stream-indexer"),
+            ("http://{addr}", ""),
+        ] {
+            let (addr, seen) = capture_one(ACCEPTED).await;
+            let mut api = RuntimeApi::new(form.replace("{addr}", &addr));
+            api.respond("r4", Bytes::from_static(b"{}")).await.unwrap();
+            let (head, _) = seen.await.unwrap();
+            let request_line = format!("POST {prefix}/2018-06-01/runtime/invocation/r4/response ");
+            assert!(head.starts_with(&request_line), "{form}: {head}");
+            assert!(
+                head.contains(&format!("Host: {addr}\r\n")),
+                "{form}: {head}"
+            );
+        }
     }
 }
