@@ -14,11 +14,11 @@
 //!   had to defeat with an event type that read nothing and a layer that kept the body aside.
 //!   Here the handler gets the payload's bytes.
 //!
-//! The HTTP is written here too, on `httparse`: the exchange is one request at a time from one
-//! client to a local endpoint, and hyper's client runs its connection in a task of its own, so
-//! every request and every reply crossed between two tasks. With hyper's connection kept, a
-//! one-record invocation cost 15–25% *more* CPU than lambda_runtime's reconnecting client (more
-//! wake-ups and reads per invocation); written and read in the caller's task, it costs less.
+//! The HTTP is written here too, on `httparse`: one request at a time from one client to a local
+//! endpoint needs no connection task. Through hyper's `client::conn`, whose connection runs in a
+//! task of its own (every request and reply crossing between two tasks), a one-record invocation
+//! took 0.540 CPU-ms where lambda_runtime took 0.616; written and read in the caller's task,
+//! 0.470 where lambda_runtime took 0.584 (the two functions side by side, alternating blocks).
 //!
 //! Like `lambda_runtime`, a handler that panics reports an error for its invocation and the
 //! function goes on; an invocation runs in a span named `Lambda runtime invoke` with its
