@@ -80,8 +80,7 @@ async fn serve() -> anyhow::Result<()> {
                 tracing::warn!(error = %e, "the metrics line could not be written to stdout");
             }
         }
-        let body = serde_json::to_vec(&response).expect("the response serializes");
-        Ok::<_, Failure>(body.into())
+        Ok::<_, Failure>(response)
     })
     .await?;
     Ok(())

@@ -78,8 +78,6 @@ pub struct Invocation {
     /// `Lambda-Runtime-Deadline-Ms`: Lambda sends the deadline in milliseconds since the epoch;
     /// `cargo lambda watch` sends a duration (see `handler::invocation_deadline`).
     pub deadline_ms: u64,
-    /// `Lambda-Runtime-Invoked-Function-Arn`, if sent.
-    pub function_arn: Option<String>,
     /// `Lambda-Runtime-Trace-Id`, if sent.
     pub trace_id: Option<String>,
     /// The event, as sent.
@@ -156,7 +154,6 @@ impl RuntimeApi {
         Ok(Invocation {
             request_id,
             deadline_ms,
-            function_arn: text("lambda-runtime-invoked-function-arn").map(str::to_string),
             trace_id: text("lambda-runtime-trace-id").map(str::to_string),
             payload,
         })
@@ -239,19 +236,17 @@ impl RuntimeApi {
                 why,
             },
         };
-        let (reply, connection) = match self.connection.take() {
-            Some(mut kept) => match exchange(&mut kept, &request).await {
-                Ok(reply) => (reply, kept),
-                Err(Failed::NoReply(_)) => {
-                    let mut fresh = self.connect().await?;
-                    (exchange(&mut fresh, &request).await.map_err(fail)?, fresh)
+        let (reply, connection) = 'sent: {
+            if let Some(mut kept) = self.connection.take() {
+                match exchange(&mut kept, &request).await {
+                    Ok(reply) => break 'sent (reply, kept),
+                    // Closed while the function was idle: the request goes again, below.
+                    Err(Failed::NoReply(_)) => {}
+                    Err(other) => return Err(fail(other)),
                 }
-                Err(other) => return Err(fail(other)),
-            },
-            None => {
-                let mut fresh = self.connect().await?;
-                (exchange(&mut fresh, &request).await.map_err(fail)?, fresh)
             }
+            let mut fresh = self.connect().await?;
+            (exchange(&mut fresh, &request).await.map_err(fail)?, fresh)
         };
         if reply.keep_alive {
             self.connection = Some(connection);
@@ -438,11 +433,12 @@ async fn read_chunked(connection: &mut BufReader<TcpStream>) -> Result<Vec<u8>, 
 }
 
 /// Runs invocations one at a time until the Runtime API fails: each invocation's payload goes
-/// to `handler`, and its answer (JSON) or failure back to Lambda.
-pub async fn serve<H, F>(api: &mut RuntimeApi, mut handler: H) -> Result<(), RuntimeApiError>
+/// to `handler`, and its answer, as JSON, or its failure back to Lambda.
+pub async fn serve<H, F, T>(api: &mut RuntimeApi, mut handler: H) -> Result<(), RuntimeApiError>
 where
     H: FnMut(Invocation) -> F,
-    F: Future<Output = Result<Bytes, Failure>>,
+    F: Future<Output = Result<T, Failure>>,
+    T: Serialize,
 {
     loop {
         let invocation = api.next().await?;
@@ -465,8 +461,12 @@ where
             span.in_scope(|| tracing::error!(panic = %message, "the handler panicked"));
             Err(Failure::new("Runtime.Panic", message))
         });
-        let answered = match outcome {
-            Ok(body) => api.respond(&request_id, body).await,
+        let answer = outcome.and_then(|answer| {
+            serde_json::to_vec(&answer)
+                .map_err(|e| Failure::new("Runtime.SerializationError", e.to_string()))
+        });
+        let answered = match answer {
+            Ok(body) => api.respond(&request_id, body.into()).await,
             Err(failure) => api.fail(&request_id, &failure).await,
         };
         match answered {
@@ -622,7 +622,7 @@ mod tests {
         let mut calls = 0;
         let ended = serve(&mut api, |invocation| {
             calls += 1;
-            async move { Ok(invocation.payload) }
+            async move { Ok(String::from_utf8(invocation.payload.to_vec()).unwrap()) }
         })
         .await;
         assert_eq!(calls, 2);

@@ -42,8 +42,7 @@ async fn serve() -> anyhow::Result<()> {
             tracing::error!(error = %e, "step failed");
             Failure::new(e.kind(), e.to_string())
         })?;
-        let body = serde_json::to_vec(&output).expect("a JSON value serializes");
-        Ok::<_, Failure>(body.into())
+        Ok::<_, Failure>(output)
     })
     .await?;
     Ok(())
