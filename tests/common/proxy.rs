@@ -28,7 +28,10 @@ pub enum Fault {
 
 pub struct Request {
     pub method: String,
+    /// The path without its query string.
     pub path: String,
+    /// The query string with its `?`, or empty.
+    pub query: String,
     /// Every header but `host` and `content-length`, as sent.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -98,7 +101,11 @@ async fn serve(
         }
         let mut parts = line.split_whitespace();
         let method = parts.next().unwrap_or("").to_string();
-        let path = parts.next().unwrap_or("/").to_string();
+        let target = parts.next().unwrap_or("/");
+        let (path, query) = match target.find('?') {
+            Some(q) => (target[..q].to_string(), target[q..].to_string()),
+            None => (target.to_string(), String::new()),
+        };
         let mut length = 0usize;
         let mut headers = Vec::new();
         loop {
@@ -122,6 +129,7 @@ async fn serve(
         let request = Request {
             method,
             path,
+            query,
             headers,
             body,
         };
@@ -133,7 +141,7 @@ async fn serve(
         let forward = |body: Vec<u8>| {
             let mut rb = client.request(
                 request.method.parse().unwrap(),
-                format!("{upstream}{}", request.path),
+                format!("{upstream}{}{}", request.path, request.query),
             );
             for (k, v) in &request.headers {
                 rb = rb.header(k, v);
