@@ -22,7 +22,14 @@ fn init_with_default(level: &str) {
         .with_env_filter(filter)
         .with_target(false);
     let result = if in_lambda {
-        builder.json().flatten_event(true).without_time().try_init()
+        // The invocation's span (`requestId`, `xrayTraceId`) once per line: the span list
+        // would repeat it, as the function's spans never nest.
+        builder
+            .json()
+            .flatten_event(true)
+            .with_span_list(false)
+            .without_time()
+            .try_init()
     } else {
         builder.try_init()
     };
