@@ -63,7 +63,7 @@ async fn serve() -> anyhow::Result<()> {
         }
         let failure = |e: InvocationError| Failure::new(e.kind(), e.to_string());
         // The plan is the one parse of the payload: an unparseable one is its NotAStreamEvent.
-        let payload = std::str::from_utf8(&invocation.payload).map_err(|e| {
+        let payload = simdutf8::compat::from_utf8(&invocation.payload).map_err(|e| {
             failure(NotAStreamEvent(format!("the payload is not UTF-8 text ({e})")).into())
         })?;
         let (response, summary) = indexer.handle(payload, deadline).await.map_err(failure)?;

@@ -66,14 +66,24 @@ async fn documents_land_whether_the_deadline_is_cargo_lambdas_duration_or_an_epo
 
     // An invocation error carries a stable errorType, not a Rust type name.
     // So does a payload that is not JSON or not text (the handler parses the body itself).
-    let payloads: [&[u8]; 3] = [
-        b"[]",
-        br#"{"Records":[{"eventID":"#,
-        b"{\"Records\":[\"\xff\"]}",
+    let payloads: [(&[u8], &str); 3] = [
+        (b"[]", "payload is not a DynamoDB Streams event"),
+        (
+            br#"{"Records":[{"eventID":"#,
+            "payload is not a DynamoDB Streams event",
+        ),
+        (
+            b"{\"Records\":[\"\xff\"]}",
+            "the payload is not UTF-8 text (invalid utf-8 sequence of 1 bytes from index 13)",
+        ),
     ];
-    for payload in payloads {
+    for (payload, why) in payloads {
         match api.invoke_bytes(payload, epoch_ms_in(30)).await {
-            Answer::Error(e) => assert_eq!(e["errorType"], "NotAStreamEvent", "{e}"),
+            Answer::Error(e) => {
+                assert_eq!(e["errorType"], "NotAStreamEvent", "{e}");
+                let message = e["errorMessage"].as_str().unwrap();
+                assert!(message.contains(why), "{message}");
+            }
             other => panic!("{other:?}"),
         }
     }
