@@ -18,7 +18,9 @@ use std::borrow::Cow;
 
 use crate::pipeline::change::{EarlyDocument, Object, StreamData, StreamRecord, UserIdentity};
 use crate::pipeline::convert::is_json_number;
-use crate::pipeline::scan::{is_json, skip_ws, string_end_escaped, string_end_strict, value_end};
+use crate::pipeline::scan::{
+    is_json, json_end, skip_ws, string_end_escaped, string_end_strict, value_end,
+};
 
 /// The records of a stream event, as serde's derive would read them, each handed to `each` as
 /// soon as it is read (while its bytes are still in cache); `None` where only serde may decide
@@ -149,16 +151,23 @@ where
         }
     }
 
-    /// A value's text as it stands; checked by serde unless `check` is false (the NewImage).
+    /// A value's text as it stands; checked as serde would unless `check` is false (the
+    /// NewImage): in the same pass that finds its end, or by serde where that pass leaves it
+    /// to serde.
     fn raw(&mut self, check: bool) -> Option<&'a str> {
         let start = skip_ws(self.b, self.i);
-        let end = value_end(self.b, start)?;
-        let text = &self.text[start..end];
-        if check && !is_json(text) {
-            return None;
-        }
+        let end = match check.then(|| json_end(self.b, start)).flatten() {
+            Some(end) => end,
+            None => {
+                let end = value_end(self.b, start)?;
+                if check && !is_json(&self.text[start..end]) {
+                    return None;
+                }
+                end
+            }
+        };
         self.i = end;
-        Some(text)
+        Some(&self.text[start..end])
     }
 
     /// The NewImage here (an object), converted by `early` for the `Keys` read before it.

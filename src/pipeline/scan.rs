@@ -4,7 +4,7 @@
 //! checks what it skipped (`is_json`, or its own strict reading).
 
 /// Whether `text` is one JSON value (with surrounding whitespace), as serde reads it: its
-/// grammar, escapes and nesting limit.
+/// grammar and escapes (serde skips a value of any depth).
 pub(crate) fn is_json(text: &str) -> bool {
     serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
 }
@@ -171,6 +171,124 @@ pub(crate) fn value_end(b: &[u8], start: usize) -> Option<usize> {
     }
 }
 
+/// Nesting [`json_end`] follows (in a 128-bit stack); deeper text is left to serde, which skips
+/// any depth.
+const MAX_DEPTH: u32 = 100;
+
+/// The position just after the value starting at `start` (no whitespace before it), if the
+/// value is one serde reads ([`is_json`]); where [`value_end`] then [`is_json`] took two passes,
+/// this takes one. `None` where it is not, and also where this reading leaves the judgement to
+/// serde: a `\u` escape (serde also judges surrogates) or nesting deeper than [`MAX_DEPTH`]. A
+/// value ends where `value_end` says: a scalar must be followed by a delimiter or the end.
+pub(crate) fn json_end(b: &[u8], start: usize) -> Option<usize> {
+    // The open containers, innermost in the lowest bit: 1 for an object, 0 for an array.
+    let mut objects: u128 = 0;
+    let mut depth = 0u32;
+    let mut i = start;
+    loop {
+        // A value starts at `i`.
+        let mut scalar = true;
+        match *b.get(i)? {
+            b'"' => i = string_end_strict(b, i)?.0 + 1,
+            b'-' | b'0'..=b'9' => i = number_end(b, i)?,
+            b't' => i = literal(b, i, b"true")?,
+            b'f' => i = literal(b, i, b"false")?,
+            b'n' => i = literal(b, i, b"null")?,
+            open @ (b'{' | b'[') => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return None;
+                }
+                objects = objects << 1 | u128::from(open == b'{');
+                let close = if open == b'{' { b'}' } else { b']' };
+                i = skip_ws(b, i + 1);
+                if b.get(i) == Some(&close) {
+                    depth -= 1;
+                    objects >>= 1;
+                    i += 1;
+                    scalar = false;
+                } else {
+                    if open == b'{' {
+                        i = member_value(b, i)?;
+                    }
+                    continue;
+                }
+            }
+            _ => return None,
+        }
+        // After a value: the next element or member, or the containers it closes.
+        loop {
+            if depth == 0 {
+                let delimited = !scalar
+                    || b.get(i).is_none_or(|c| {
+                        matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+                    });
+                return delimited.then_some(i);
+            }
+            scalar = false;
+            i = skip_ws(b, i);
+            let object = objects & 1 == 1;
+            match *b.get(i)? {
+                b',' => {
+                    i = skip_ws(b, i + 1);
+                    if object {
+                        i = member_value(b, i)?;
+                    }
+                    break;
+                }
+                b'}' if object => {}
+                b']' if !object => {}
+                _ => return None,
+            }
+            depth -= 1;
+            objects >>= 1;
+            i += 1;
+        }
+    }
+}
+
+/// At a member's name (`"name" : `): where its value starts.
+#[inline(always)]
+fn member_value(b: &[u8], i: usize) -> Option<usize> {
+    (b.get(i) == Some(&b'"')).then_some(())?;
+    let colon = skip_ws(b, string_end_strict(b, i)?.0 + 1);
+    (b.get(colon) == Some(&b':')).then(|| skip_ws(b, colon + 1))
+}
+
+/// Just after `word` at `i`.
+#[inline(always)]
+fn literal(b: &[u8], i: usize, word: &[u8]) -> Option<usize> {
+    b[i..].starts_with(word).then_some(i + word.len())
+}
+
+/// Just after the number at `i`: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+fn number_end(b: &[u8], mut i: usize) -> Option<usize> {
+    let digits = |i: usize| i + b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+    if b.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    match b.get(i)? {
+        b'0' => i += 1,
+        b'1'..=b'9' => i = digits(i),
+        _ => return None,
+    }
+    if b.get(i) == Some(&b'.') {
+        let end = digits(i + 1);
+        (end > i + 1).then_some(())?;
+        i = end;
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(b.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        let end = digits(i);
+        (end > i).then_some(())?;
+        i = end;
+    }
+    Some(i)
+}
+
 /// Walks the members of the object that starts `text` (after whitespace), handing each name
 /// and its value's text to `each`, which says whether to go on. Values are located, not
 /// checked. `Some(Some(end))`: every member walked, `end` just after the closing brace;
@@ -290,6 +408,104 @@ mod tests {
                 .map(|k| from + k);
             proptest::prop_assert_eq!(find_special::<true>(&bytes, from), naive(true));
             proptest::prop_assert_eq!(find_special::<false>(&bytes, from), naive(false));
+        }
+    }
+
+    /// JSON values as text: every kind, nested a few levels, strings with the escapes a
+    /// validating reader must judge.
+    fn json_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just("null".to_string()),
+            Just("true".to_string()),
+            Just("false".to_string()),
+            Just("0".to_string()),
+            Just("-12.50e+3".to_string()),
+            Just("1E-7".to_string()),
+            Just(r#""plain""#.to_string()),
+            Just(r#""tab\t quote\" slash\/""#.to_string()),
+            Just(r#""\u00e9\ud800""#.to_string()),
+            Just("\"Zürich €\"".to_string()),
+            Just(r#""""#.to_string()),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|v| format!("[{}]", v.join(","))),
+                proptest::collection::vec(inner, 0..4).prop_map(|v| {
+                    let members: Vec<String> = v
+                        .iter()
+                        .enumerate()
+                        .map(|(k, v)| format!("\"k{k}\" : {v}"))
+                        .collect();
+                    format!("{{ {} }}", members.join(" ,\n"))
+                }),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 2048,
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+        /// What the one-pass check accepts, serde accepts, and it ends where `value_end` ends;
+        /// whole values are accepted unless they hold a `\u` escape (left to serde). Edited
+        /// values (bytes deleted, replaced or inserted) probe the refusals.
+        #[test]
+        fn the_one_pass_check_accepts_only_what_serde_accepts(
+            value in json_text(),
+            edits in proptest::collection::vec((proptest::prelude::any::<proptest::sample::Index>(), 0u8..3, 0usize..20), 0..3),
+            tail in proptest::sample::select(vec!["", ",", "}", " ", "x", "1", "\"", ":"]),
+        ) {
+            let mut text = value.clone().into_bytes();
+            for (at, kind, byte) in &edits {
+                let i = at.index(text.len() + 1);
+                let c = b"{}[]\",:\\n1 e.-+0tu\x01a"[*byte];
+                match kind {
+                    0 if i < text.len() => { text.remove(i); }
+                    1 if i < text.len() => text[i] = c,
+                    _ => text.insert(i, c),
+                }
+            }
+            text.extend_from_slice(tail.as_bytes());
+            let Ok(text) = String::from_utf8(text) else { return Ok(()) };
+            let b = text.as_bytes();
+            if let Some(end) = json_end(b, 0) {
+                proptest::prop_assert!(is_json(&text[..end]), "{text}");
+                proptest::prop_assert_eq!(value_end(b, 0), Some(end), "{}", text);
+            }
+            if edits.is_empty() && !value.contains("\\u") && [",", "}", " ", ""].contains(&tail) {
+                proptest::prop_assert_eq!(json_end(b, 0), Some(value.len()), "{}", text);
+            }
+        }
+    }
+
+    #[test]
+    fn the_one_pass_check_leaves_deep_nesting_to_serde() {
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let deep = nested(MAX_DEPTH as usize);
+        assert_eq!(json_end(deep.as_bytes(), 0), Some(deep.len()));
+        assert_eq!(json_end(nested(MAX_DEPTH as usize + 1).as_bytes(), 0), None);
+        assert!(is_json(&nested(200)), "serde skips any depth");
+        let objects = format!("{}1{}", r#"{"a":"#.repeat(60), "}".repeat(60));
+        assert_eq!(json_end(objects.as_bytes(), 0), Some(objects.len()));
+        for refused in [
+            "[1,]",
+            r#"{"a":1,}"#,
+            "[1 2]",
+            r#"{"a" 1}"#,
+            "01",
+            "1.",
+            "-",
+            "tru",
+            r#""\x""#,
+            "\"a\u{1}\"",
+            "[",
+            r#"{1:2}"#,
+        ] {
+            assert_eq!(json_end(refused.as_bytes(), 0), None, "{refused}");
         }
     }
 
