@@ -156,6 +156,10 @@ async fn main() {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();
+    // Both views' functions run side by side, measured in alternating blocks: this machine's
+    // speed changes by up to a third from one minute to the next, and a block of each view in
+    // turn meets the same changes. Each figure is the median over the blocks, with their range.
+    let mut views = Vec::new();
     for old_image in [false, true] {
         let view = if old_image {
             "NEW_AND_OLD_IMAGES"
@@ -168,34 +172,55 @@ async fn main() {
         let pid = child.id().unwrap();
         // Warm-up: the index is created, connections opened.
         invoke_ok(&api, &batch(0, 100, old_image)).await;
-        // The fixed cost of an invocation: one-record batches.
-        let singles: Vec<String> = (0..500).map(|b| batch(50_000 + b, 1, old_image)).collect();
-        let cpu0 = cpu_ms(pid);
-        for p in &singles {
-            invoke_ok(&api, p).await;
+        views.push((view, old_image, index, api, child, pid));
+    }
+    const BLOCKS: usize = 10;
+    // The fixed cost of an invocation: one-record batches.
+    let (singles, per) = (50, 100);
+    let mut single_ms = vec![Vec::new(); views.len()];
+    let mut per_1000 = vec![Vec::new(); views.len()];
+    for block in 0..BLOCKS {
+        for (v, (_, old_image, _, api, _, pid)) in views.iter().enumerate() {
+            let payloads: Vec<String> = (0..singles)
+                .map(|b| batch(50_000 + block * singles + b, 1, *old_image))
+                .collect();
+            let cpu0 = cpu_ms(*pid);
+            for p in &payloads {
+                invoke_ok(api, p).await;
+            }
+            single_ms[v].push((cpu_ms(*pid) - cpu0) / singles as f64);
         }
-        let cpu1 = cpu_ms(pid);
-        println!(
-            "{view}: one-record batches: {:.2} CPU-ms per invocation ({} invocations)",
-            (cpu1 - cpu0) / singles.len() as f64,
-            singles.len()
-        );
-        let (records, per) = (20_000, 100);
-        let payloads: Vec<String> = (0..records / per)
-            .map(|b| batch(100 + b * per, per, old_image))
-            .collect();
-        let cpu0 = cpu_ms(pid);
-        let t = Instant::now();
-        for p in &payloads {
-            invoke_ok(&api, p).await;
+    }
+    let records = 2_000;
+    for block in 0..BLOCKS {
+        for (v, (_, old_image, _, api, _, pid)) in views.iter().enumerate() {
+            let payloads: Vec<String> = (0..records / per)
+                .map(|b| batch(100 + (block * records / per + b) * per, per, *old_image))
+                .collect();
+            let cpu0 = cpu_ms(*pid);
+            for p in &payloads {
+                invoke_ok(api, p).await;
+            }
+            per_1000[v].push((cpu_ms(*pid) - cpu0) / (records as f64 / 1000.0));
         }
-        let elapsed = t.elapsed().as_secs_f64();
-        let cpu1 = cpu_ms(pid);
+    }
+    let spread = |v: &[f64]| {
+        let (lo, hi) = v
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+        (median(v.to_vec()), lo, hi)
+    };
+    for (v, (view, ..)) in views.iter().enumerate() {
+        let (m, lo, hi) = spread(&single_ms[v]);
         println!(
-            "{view}: {records} records in {per}-record batches: {:.1} CPU-ms per 1,000 records ({:.0} records/s wall)",
-            (cpu1 - cpu0) / (records as f64 / 1000.0),
-            records as f64 / elapsed
+            "{view}: one-record batches: {m:.2} CPU-ms per invocation (median of {BLOCKS} blocks of {singles} invocations, {lo:.2}–{hi:.2})"
         );
+        let (m, lo, hi) = spread(&per_1000[v]);
+        println!(
+            "{view}: {per}-record batches: {m:.1} CPU-ms per 1,000 records (median of {BLOCKS} blocks of {records} records, {lo:.1}–{hi:.1})"
+        );
+    }
+    for (view, old_image, index, api, child, pid) in views {
         // 6 MB batches (the largest Lambda delivers).
         let big = if old_image { 2300 } else { 4000 };
         for k in 0..3 {
