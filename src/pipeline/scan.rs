@@ -261,8 +261,10 @@ fn literal(b: &[u8], i: usize, word: &[u8]) -> Option<usize> {
     b[i..].starts_with(word).then_some(i + word.len())
 }
 
-/// Just after the number at `i`: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
-fn number_end(b: &[u8], mut i: usize) -> Option<usize> {
+/// Just after the number at `i`: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`, the JSON
+/// number grammar (RFC 8259 §6).
+#[inline]
+pub(crate) fn number_end(b: &[u8], mut i: usize) -> Option<usize> {
     let digits = |i: usize| i + b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
     if b.get(i) == Some(&b'-') {
         i += 1;
@@ -479,6 +481,24 @@ mod tests {
             if edits.is_empty() && !value.contains("\\u") && [",", "}", " ", ""].contains(&tail) {
                 proptest::prop_assert_eq!(json_end(b, 0), Some(value.len()), "{}", text);
             }
+        }
+    }
+
+    #[test]
+    fn a_whole_number_is_one_serde_reads_as_a_number() {
+        for text in [
+            "0", "-0", "12", "-1.50", "1e5", "1E+5", "2.5e-3", "01", "-", "1.", ".5", "1e", "1e+",
+            "+1", "1.5.2", "--1", "0x1", "1 ", "",
+        ] {
+            let whole = number_end(text.as_bytes(), 0) == Some(text.len());
+            let serde =
+                serde_json::from_str::<serde_json::Number>(text).is_ok() && !text.ends_with(' ');
+            assert_eq!(whole, serde, "{text:?}");
+            assert_eq!(
+                crate::pipeline::convert::is_json_number(text),
+                whole,
+                "{text:?}"
+            );
         }
     }
 
