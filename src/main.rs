@@ -1,6 +1,5 @@
 //! The Lambda function: attached to a DynamoDB Stream, keeps the OpenSearch index in step.
 
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -52,6 +51,8 @@ async fn serve() -> anyhow::Result<()> {
     let function_name = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_default();
     let function_name = &function_name;
     runtime_api::serve(&mut api, move |invocation: Invocation| async move {
+        // However the invocation ends (an answer, an error, a panic), its held log line goes out.
+        let log = InvocationLog;
         let wall_deadline = SystemTime::UNIX_EPOCH + Duration::from_millis(invocation.deadline_ms);
         let (deadline, unusable) = invocation_deadline(wall_deadline, SystemTime::now());
         if unusable && !WARNED.swap(true, Ordering::Relaxed) {
@@ -67,19 +68,18 @@ async fn serve() -> anyhow::Result<()> {
             failure(NotAStreamEvent(format!("the payload is not UTF-8 text ({e})")).into())
         })?;
         let (response, summary) = indexer.handle(payload, deadline).await.map_err(failure)?;
+        // Its own line on stdout (Lambda's log agent extracts the metrics), written with the
+        // invocation's summary line in one write.
+        let mut line = String::new();
         if let Some(metrics) = &indexer.config.metrics {
             let now_ms = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
-            // Its own line on stdout: Lambda's log agent extracts the metrics. One write: with
-            // `println!` the line (over stdout's 1 KiB buffer) and its newline went out in two.
-            let mut line =
+            line =
                 stream_indexer::metrics::emf(metrics, function_name, dimension, &summary, now_ms);
             line.push('\n');
-            if let Err(e) = std::io::stdout().lock().write_all(line.as_bytes()) {
-                tracing::warn!(error = %e, "the metrics line could not be written to stdout");
-            }
         }
+        log.end(line.as_bytes());
         Ok::<_, Failure>(response)
     })
     .await?;
@@ -92,6 +92,24 @@ async fn serve() -> anyhow::Result<()> {
 async fn start() -> anyhow::Result<Indexer> {
     let config = Config::from_env()?;
     Ok(Indexer::new(config).await?)
+}
+
+/// Ends an invocation's log: writes its held lines, with `last` if it ends with a metrics line.
+struct InvocationLog;
+
+impl InvocationLog {
+    fn end(self, last: &[u8]) {
+        if let Err(e) = telemetry::STDOUT_LINES.end_invocation(last) {
+            tracing::warn!(error = %e, "the log and metrics lines could not be written to stdout");
+        }
+    }
+}
+
+impl Drop for InvocationLog {
+    fn drop(&mut self) {
+        // After `end`, nothing is held and this writes nothing.
+        let _ = telemetry::STDOUT_LINES.end_invocation(&[]);
+    }
 }
 
 /// Whether the unusable-deadline warning was logged (once per process).

@@ -234,6 +234,89 @@ async fn each_invocation_prints_one_embedded_metric_format_document() {
     assert!(n("ReplicationLagP50") <= lag);
 }
 
+/// With the logging and metrics defaults, each invocation writes its summary line and then its
+/// metrics line, both under its request id, before the next invocation's lines; a failed
+/// invocation writes neither, and the invocation after it still writes both.
+#[tokio::test]
+async fn each_invocation_logs_its_summary_then_its_metrics_line() {
+    use tokio::io::AsyncBufReadExt as _;
+    let index = unique_index("fnlog");
+    create_index(&index).await;
+    let api = LambdaApi::start(|| epoch_ms_in(30)).await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_stream-indexer"))
+        .env("AWS_LAMBDA_RUNTIME_API", &api.addr)
+        .env("AWS_LAMBDA_FUNCTION_NAME", "stream-indexer")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
+        .env("OPENSEARCH_URL", opensearch_url())
+        .env("OPENSEARCH_INDEX", &index)
+        .env_remove("RUST_LOG")
+        .env_remove("METRICS")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start stream-indexer");
+    let records = |n: u64| -> String {
+        let records: Vec<Value> = (0..n)
+            .map(|i| {
+                serde_json::json!({
+                    "eventID": format!("e{i}"), "eventName": "INSERT", "eventSource": "aws:dynamodb",
+                    "dynamodb": {"ApproximateCreationDateTime": 1_700_000_000,
+                        "Keys": {"pk": {"S": format!("k{i}")}},
+                        "NewImage": {"pk": {"S": format!("k{i}")}},
+                        "SequenceNumber": format!("{}", 100 + i), "StreamViewType": "NEW_IMAGE"}})
+            })
+            .collect();
+        serde_json::json!({ "Records": records }).to_string()
+    };
+    let r = response(api.invoke(&records(2), epoch_ms_in(30)).await);
+    assert_eq!(r["batchItemFailures"], serde_json::json!([]), "{r}");
+    match api.invoke_bytes(b"[]", epoch_ms_in(30)).await {
+        Answer::Error(e) => assert_eq!(e["errorType"], "NotAStreamEvent", "{e}"),
+        other => panic!("{other:?}"),
+    }
+    let r = response(api.invoke(&records(3), epoch_ms_in(30)).await);
+    assert_eq!(r["batchItemFailures"], serde_json::json!([]), "{r}");
+
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen: Vec<Value> = Vec::new();
+    while seen.iter().filter(|v| v.get("_aws").is_some()).count() < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("two metrics lines within 10 s; seen {seen:#?}"))
+            .unwrap()
+            .expect("stdout open");
+        seen.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")));
+    }
+    let summaries: Vec<(usize, &Value)> = seen
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| {
+            v["level"] == "INFO"
+                && v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.ends_with("records accounted for"))
+        })
+        .collect();
+    let metrics: Vec<usize> = (0..seen.len())
+        .filter(|&i| seen[i].get("_aws").is_some())
+        .collect();
+    assert_eq!(summaries.len(), 2, "{seen:#?}");
+    for ((at, summary), (emf_at, records)) in summaries.iter().zip(metrics.iter().zip([2, 3])) {
+        assert_eq!(
+            at + 1,
+            *emf_at,
+            "the metrics line follows its summary: {seen:#?}"
+        );
+        assert_eq!(summary["records"], records, "{summary}");
+        assert_eq!(seen[*emf_at]["Records"], records, "{}", seen[*emf_at]);
+        assert!(summary["span"]["requestId"].is_string(), "{summary}");
+    }
+    assert_ne!(
+        summaries[0].1["span"]["requestId"],
+        summaries[1].1["span"]["requestId"]
+    );
+}
+
 /// The function keeps its connection to the Runtime API: every reply is read to its end, so
 /// one connection carries all the invocations (lambda_runtime 1.5 opened one per invocation).
 #[tokio::test]
