@@ -73,6 +73,11 @@ impl Metadata {
         self.fields.is_empty()
     }
 
+    /// Whether documents get the table's name.
+    pub fn writes_table(&self) -> bool {
+        self.fields.iter().any(|(f, _)| *f == Field::Table)
+    }
+
     /// The document field names this writes (an item attribute of such a name is refused).
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.fields.iter().map(|(_, n)| n.as_str())
@@ -141,5 +146,16 @@ mod tests {
             "METADATA_PREFIX"
         );
         assert!(Metadata::parse(None, None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn says_whether_it_writes_the_table() {
+        assert!(m("event_name, table").writes_table());
+        assert!(!m("event_name,stream_time,sequence_number,event_id").writes_table());
+        assert!(!Metadata::default().writes_table());
+    }
+
+    fn m(fields: &str) -> Metadata {
+        Metadata::parse(Some(fields), None).unwrap()
     }
 }
