@@ -19,7 +19,8 @@
 //! - [`redact`]: failure reasons without item values, for logs.
 //! - [`runtime_api`]: the Lambda Runtime API client both functions run on (one kept-alive
 //!   connection; the payload handed over unparsed).
-//! - [`telemetry`]: logging setup; errors with their source chains; the tools' progress bar.
+//! - [`telemetry`]: logging setup, and in Lambda each invocation's summary line written with its
+//!   metrics line; errors with their source chains; the tools' progress bar.
 //! - [`tools`]: the operator tools: [`backfill`](tools::backfill) (scan, or a DynamoDB export
 //!   through [`export`](tools::export); the export-loader function's steps),
 //!   [`verify`](tools::verify) (table versus index, repair), [`rebuild`](tools::rebuild),

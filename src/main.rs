@@ -52,7 +52,7 @@ async fn serve() -> anyhow::Result<()> {
     let function_name = &function_name;
     runtime_api::serve(&mut api, move |invocation: Invocation| async move {
         // However the invocation ends (an answer, an error, a panic), its held log line goes out.
-        let log = InvocationLog;
+        let log = telemetry::InvocationLog;
         let wall_deadline = SystemTime::UNIX_EPOCH + Duration::from_millis(invocation.deadline_ms);
         let (deadline, unusable) = invocation_deadline(wall_deadline, SystemTime::now());
         if unusable && !WARNED.swap(true, Ordering::Relaxed) {
@@ -92,24 +92,6 @@ async fn serve() -> anyhow::Result<()> {
 async fn start() -> anyhow::Result<Indexer> {
     let config = Config::from_env()?;
     Ok(Indexer::new(config).await?)
-}
-
-/// Ends an invocation's log: writes its held lines, with `last` if it ends with a metrics line.
-struct InvocationLog;
-
-impl InvocationLog {
-    fn end(self, last: &[u8]) {
-        if let Err(e) = telemetry::STDOUT_LINES.end_invocation(last) {
-            tracing::warn!(error = %e, "the log and metrics lines could not be written to stdout");
-        }
-    }
-}
-
-impl Drop for InvocationLog {
-    fn drop(&mut self) {
-        // After `end`, nothing is held and this writes nothing.
-        let _ = telemetry::STDOUT_LINES.end_invocation(&[]);
-    }
 }
 
 /// Whether the unusable-deadline warning was logged (once per process).

@@ -109,6 +109,26 @@ impl<W: Write> Lines<W> {
     }
 }
 
+/// The function's log for one invocation: dropped or ended, it writes the lines held for it.
+pub struct InvocationLog;
+
+impl InvocationLog {
+    /// Writes the held lines, with `last` (the metrics line, or nothing) in the same write.
+    pub fn end(self, last: &[u8]) {
+        if let Err(e) = STDOUT_LINES.end_invocation(last) {
+            tracing::warn!(error = %e, "the log and metrics lines could not be written to stdout");
+        }
+    }
+}
+
+impl Drop for InvocationLog {
+    fn drop(&mut self) {
+        // After `end`, nothing is held and this writes nothing. An invocation that ends in an
+        // error or a panic has its lines written here.
+        let _ = STDOUT_LINES.end_invocation(&[]);
+    }
+}
+
 /// Standard output, locked for each write.
 pub struct Stdout;
 
