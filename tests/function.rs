@@ -20,17 +20,24 @@ fn cargo_lambda_deadline() -> u64 {
     600_000
 }
 
-/// Starts the binary polling `api`, configured for `index`.
-fn function(api: &LambdaApi, index: &str) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_stream-indexer"))
+/// The binary as Lambda would start it to poll `api`, configured for `index`.
+fn function_command(api: &LambdaApi, index: &str) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_stream-indexer"));
+    command
         .env("AWS_LAMBDA_RUNTIME_API", &api.addr)
         .env("AWS_LAMBDA_FUNCTION_NAME", "stream-indexer")
         .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
         .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
         .env("OPENSEARCH_URL", opensearch_url())
         .env("OPENSEARCH_INDEX", index)
+        .kill_on_drop(true);
+    command
+}
+
+/// Starts the binary polling `api`, configured for `index`.
+fn function(api: &LambdaApi, index: &str) -> tokio::process::Child {
+    function_command(api, index)
         .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
         .spawn()
         .expect("start stream-indexer")
 }
@@ -140,17 +147,10 @@ async fn each_invocation_prints_one_embedded_metric_format_document() {
     let index = unique_index("emf");
     create_index(&index).await;
     let api = LambdaApi::start(|| epoch_ms_in(30)).await;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_stream-indexer"))
-        .env("AWS_LAMBDA_RUNTIME_API", &api.addr)
-        .env("AWS_LAMBDA_FUNCTION_NAME", "stream-indexer")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-        .env("OPENSEARCH_URL", opensearch_url())
-        .env("OPENSEARCH_INDEX", &index)
+    let mut child = function_command(&api, &index)
         .env("METRICS_NAMESPACE", "Test")
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("start stream-indexer");
     // Five records made 2 s ago, two of them of one key.
@@ -243,16 +243,10 @@ async fn each_invocation_logs_its_summary_then_its_metrics_line() {
     let index = unique_index("fnlog");
     create_index(&index).await;
     let api = LambdaApi::start(|| epoch_ms_in(30)).await;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_stream-indexer"))
-        .env("AWS_LAMBDA_RUNTIME_API", &api.addr)
-        .env("AWS_LAMBDA_FUNCTION_NAME", "stream-indexer")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
-        .env("OPENSEARCH_URL", opensearch_url())
-        .env("OPENSEARCH_INDEX", &index)
+    let mut child = function_command(&api, &index)
         .env_remove("RUST_LOG")
         .env_remove("METRICS")
         .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("start stream-indexer");
     let records = |n: u64| -> String {
