@@ -96,6 +96,15 @@ async fn invoke_ok(api: &LambdaApi, payload: &str) {
     }
 }
 
+/// The function's CPU in ms while it answers `payloads`, one invocation each.
+async fn cpu_ms_of(api: &LambdaApi, pid: u32, payloads: &[String]) -> f64 {
+    let cpu0 = cpu_ms(pid);
+    for p in payloads {
+        invoke_ok(api, p).await;
+    }
+    cpu_ms(pid) - cpu0
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -184,11 +193,7 @@ async fn main() {
             let payloads: Vec<String> = (0..singles)
                 .map(|b| batch(50_000 + block * singles + b, 1, *old_image))
                 .collect();
-            let cpu0 = cpu_ms(*pid);
-            for p in &payloads {
-                invoke_ok(api, p).await;
-            }
-            single_ms[v].push((cpu_ms(*pid) - cpu0) / singles as f64);
+            single_ms[v].push(cpu_ms_of(api, *pid, &payloads).await / singles as f64);
         }
     }
     let records = 2_000;
@@ -197,11 +202,7 @@ async fn main() {
             let payloads: Vec<String> = (0..records / per)
                 .map(|b| batch(100 + (block * records / per + b) * per, per, *old_image))
                 .collect();
-            let cpu0 = cpu_ms(*pid);
-            for p in &payloads {
-                invoke_ok(api, p).await;
-            }
-            per_1000[v].push((cpu_ms(*pid) - cpu0) / (records as f64 / 1000.0));
+            per_1000[v].push(cpu_ms_of(api, *pid, &payloads).await / (records as f64 / 1000.0));
         }
     }
     let spread = |v: &[f64]| {
