@@ -26,15 +26,61 @@ fn deadline() -> u64 {
         as u64
 }
 
-/// Starts the function with only what Lambda's environment has (plus the function's own
+/// The name the Python reference's figures are printed under.
+const REFERENCE: &str = "Python reference (NEW_IMAGE)";
+
+/// A function the emulator runs: the stream function, or the Python reference.
+struct Program {
+    command: std::path::PathBuf,
+    args: &'static [&'static str],
+    dir: Option<std::path::PathBuf>,
+}
+
+impl Program {
+    fn stream_indexer() -> Program {
+        Program {
+            command: env!("CARGO_BIN_EXE_stream-indexer").into(),
+            args: &[],
+            dir: None,
+        }
+    }
+
+    /// `infra/reference/function.py` under awslambdaric, Lambda's Python runtime client: a
+    /// Python function doing the same everyday job (see its docstring), the reference the CPU
+    /// and memory figures are compared with in the same run. Its venv is made on first use.
+    fn python_reference() -> Result<Program, String> {
+        let infra = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("infra");
+        let out = std::process::Command::new(infra.join("local.sh"))
+            .arg("reference-python")
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .map_err(|e| format!("cannot run infra/local.sh: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("infra/local.sh reference-python: {}", out.status));
+        }
+        let python = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        Ok(Program {
+            command: python.into(),
+            args: &["-m", "awslambdaric", "function.handler"],
+            dir: Some(infra.join("reference")),
+        })
+    }
+}
+
+/// Starts `program` with only what Lambda's environment has (plus the function's own
 /// configuration and `extra`), its configuration otherwise at the defaults.
 fn function(
+    program: &Program,
     api_addr: &str,
     url: &str,
     index: &str,
     extra: &[(&str, &str)],
 ) -> tokio::process::Child {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_stream-indexer"));
+    let mut command = tokio::process::Command::new(&program.command);
+    command.args(program.args);
+    if let Some(dir) = &program.dir {
+        command.current_dir(dir);
+    }
     command
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
@@ -50,7 +96,7 @@ fn function(
         .envs(extra.iter().copied())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true);
-    let mut child = command.spawn().expect("start stream-indexer");
+    let mut child = command.spawn().expect("start the function");
     // Logging and metrics stay at their defaults (a log line and a metrics document per
     // invocation), written to a pipe that is read, as Lambda's log agent reads stdout.
     let mut stdout = child.stdout.take().expect("stdout is piped");
@@ -115,7 +161,7 @@ async fn cold_start(url: &str, extra: &[(&str, &str)]) -> f64 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let started = Instant::now();
-    let mut child = function(&addr, url, "bench-cold", extra);
+    let mut child = function(&Program::stream_indexer(), &addr, url, "bench-cold", extra);
     let (conn, _) = listener.accept().await.unwrap();
     let mut line = String::new();
     // Held open until the function is killed: closed first, the function's runtime client
@@ -165,19 +211,24 @@ async fn main() {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    // Both views' functions run side by side, measured in alternating blocks: this machine's
-    // speed changes by up to a third from one minute to the next, and a block of each view in
-    // turn meets the same changes. Each figure is the median over the blocks, with their range.
+    // The functions run side by side, measured in alternating blocks: this machine's speed
+    // changes by up to a third from one minute to the next, and a block of each in turn meets
+    // the same changes. Each figure is the median over the blocks, with their range. The
+    // Python reference (NEW_IMAGE) is the first line of comparison: its blocks run between
+    // the stream function's, and the ratio of each block pair is reported too.
+    let mut programs = vec![
+        ("NEW_IMAGE", false, Program::stream_indexer()),
+        ("NEW_AND_OLD_IMAGES", true, Program::stream_indexer()),
+    ];
+    match Program::python_reference() {
+        Ok(reference) => programs.push((REFERENCE, false, reference)),
+        Err(e) => println!("{REFERENCE}: skipped ({e})"),
+    }
     let mut views = Vec::new();
-    for old_image in [false, true] {
-        let view = if old_image {
-            "NEW_AND_OLD_IMAGES"
-        } else {
-            "NEW_IMAGE"
-        };
-        let index = format!("bench-fn-{}-{stamp}", old_image as u8);
+    for (n, (view, old_image, program)) in programs.into_iter().enumerate() {
+        let index = format!("bench-fn-{n}-{stamp}");
         let api = LambdaApi::start(deadline).await;
-        let child = function(&api.addr, &url, &index, &[]);
+        let child = function(&program, &api.addr, &url, &index, &[]);
         let pid = child.id().unwrap();
         // Warm-up: the index is created, connections opened.
         invoke_ok(&api, &batch(0, 100, old_image)).await;
@@ -219,6 +270,27 @@ async fn main() {
         let (m, lo, hi) = spread(&per_1000[v]);
         println!(
             "{view}: {per}-record batches: {m:.1} CPU-ms per 1,000 records (median of {BLOCKS} blocks of {records} records, {lo:.1}–{hi:.1})"
+        );
+    }
+    // The stream function against the reference, block by block (each pair ran one after the
+    // other): the share of the reference's CPU the stream function used.
+    if let Some(r) = views.iter().position(|v| v.0 == REFERENCE) {
+        let ratios = |of: &[Vec<f64>]| -> Vec<f64> {
+            of[0].iter().zip(&of[r]).map(|(a, b)| a / b).collect()
+        };
+        let (m, lo, hi) = spread(&ratios(&single_ms));
+        println!(
+            "NEW_IMAGE against {REFERENCE}: one-record batches: {:.1}% of its CPU (median of {BLOCKS} block pairs, {:.1}–{:.1}%)",
+            m * 100.0,
+            lo * 100.0,
+            hi * 100.0
+        );
+        let (m, lo, hi) = spread(&ratios(&per_1000));
+        println!(
+            "NEW_IMAGE against {REFERENCE}: {per}-record batches: {:.1}% of its CPU (median of {BLOCKS} block pairs, {:.1}–{:.1}%)",
+            m * 100.0,
+            lo * 100.0,
+            hi * 100.0
         );
     }
     for (view, old_image, index, api, child, pid) in views {

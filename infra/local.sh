@@ -7,6 +7,8 @@
 #   infra/local.sh stop  [os|ddb]   stop them
 #   infra/local.sh env              print export lines for OPENSEARCH_URL and DYNAMODB_ENDPOINT
 #   infra/local.sh osmem-bin        print the osmem-server binary path
+#   infra/local.sh reference-python create the function bench's Python reference venv
+#                                   (infra/.venv-reference) if needed; print its python
 #
 # Ports: OPENSEARCH_PORT (default 9200), DYNAMODB_PORT (default 8000).
 set -euo pipefail
@@ -26,6 +28,20 @@ install() {
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt"
   fi
   mkdir -p "$state"
+}
+
+# The function bench's reference (infra/reference/function.py) in a venv of its own: boto3's and
+# awslambdaric's pins are not the servers'.
+reference_python() {
+  local ref="$here/.venv-reference"
+  if [ ! -x "$ref/bin/python" ]; then
+    "$python" -m venv "$ref"
+  fi
+  if ! "$ref/bin/python" -c "import awslambdaric, boto3, opensearchpy" 2>/dev/null; then
+    echo "installing the Python reference function's libraries into infra/.venv-reference (once)" >&2
+    "$ref/bin/pip" install --quiet --disable-pip-version-check -r "$here/reference/requirements.txt"
+  fi
+  echo "$ref/bin/python"
 }
 
 osmem_bin() {
@@ -80,5 +96,6 @@ case "$cmd" in
     echo "export OPENSEARCH_URL=http://127.0.0.1:$os_port"
     echo "export DYNAMODB_ENDPOINT=http://127.0.0.1:$ddb_port" ;;
   osmem-bin) install >/dev/null; osmem_bin ;;
-  *) sed -n '2,12p' "$0"; exit 2 ;;
+  reference-python) reference_python ;;
+  *) sed -n '2,13p' "$0"; exit 2 ;;
 esac
