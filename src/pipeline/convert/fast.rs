@@ -13,9 +13,9 @@
 
 use base64::Engine as _;
 
-use super::{AttributeKind, Captured, check_range, is_json_number};
+use super::{AttributeKind, Captured, check_range};
 use crate::pipeline::projection::Filter;
-use crate::pipeline::scan::{self, is_json, skip_ws, string_end_strict, value_end};
+use crate::pipeline::scan::{self, is_json, number_end, skip_ws, string_end_strict, value_end};
 
 /// Objects and arrays the transcoder opens at most, the image's own included; deeper images go
 /// to the walk, which refuses past serde's limit of 127. DynamoDB nests 32 levels (66 here).
@@ -117,6 +117,7 @@ impl<'a> Transcoder<'a, '_> {
     }
 
     /// `"…"` without escapes: its text (between the quotes).
+    #[inline(always)]
     fn plain_string(&mut self) -> Option<&'a str> {
         let (token, escaped) = self.string_token()?;
         (!escaped).then(|| &token[1..token.len() - 1])
@@ -147,7 +148,11 @@ impl<'a> Transcoder<'a, '_> {
         }
         let mut count = 0usize;
         loop {
-            let name = self.plain_string()?;
+            let (token, escaped) = self.string_token()?;
+            if escaped {
+                return None;
+            }
+            let name = &token[1..token.len() - 1];
             self.expect(b':')?;
             let captured_at = names
                 .as_ref()
@@ -181,9 +186,8 @@ impl<'a> Transcoder<'a, '_> {
                     }
                     count += 1;
                     // A name without escapes is its own JSON token.
-                    self.out.push(b'"');
-                    self.out.extend_from_slice(name.as_bytes());
-                    self.out.extend_from_slice(b"\":");
+                    self.out.extend_from_slice(token.as_bytes());
+                    self.out.push(b':');
                     let start = self.out.len();
                     let kind = self.attribute(child)?;
                     if let (Some(k), Some((_, captured))) = (captured_at, names.as_mut()) {
@@ -313,15 +317,28 @@ impl<'a> Transcoder<'a, '_> {
 
     /// An N value: its text, already a JSON number within DynamoDB's range.
     fn number(&mut self) -> Option<()> {
-        let text = self.plain_string()?;
+        // The number's grammar read from the opening quote: one pass finds its end and checks
+        // it, and the string then ends right there (no escapes, nothing after the number).
+        self.ws();
+        if self.b.get(self.i) != Some(&b'"') {
+            return None;
+        }
+        let start = self.i + 1;
+        let end = number_end(self.b, start)?;
+        if self.b.get(end) != Some(&b'"') {
+            return None;
+        }
+        let text = &self.b[start..end];
+        self.i = end + 1;
         // Without an exponent, text of at most 38 characters holds at most 38 digits and a
         // magnitude from 1E-37 to below 1E+38: within DynamoDB's range without counting.
         let short = text.len() <= super::MAX_SIGNIFICANT_DIGITS
-            && !text.bytes().any(|c| c == b'e' || c == b'E');
-        if !is_json_number(text) || (!short && check_range(text).is_err()) {
+            && !text.iter().any(|&c| c == b'e' || c == b'E');
+        // The number's bytes are ASCII: its text is `image`'s at the same place.
+        if !short && check_range(&self.image[start..end]).is_err() {
             return None;
         }
-        self.out.extend_from_slice(text.as_bytes());
+        self.out.extend_from_slice(text);
         Some(())
     }
 
