@@ -112,7 +112,6 @@ impl<'a> Transcoder<'a, '_> {
     }
 
     /// `"…"` without escapes: its text (between the quotes).
-    #[inline(always)]
     fn plain_string(&mut self) -> Option<&'a str> {
         let (token, escaped) = self.string_token()?;
         (!escaped).then(|| &token[1..token.len() - 1])
