@@ -1,10 +1,12 @@
 //! The real `stream-indexer` binary under a Lambda Runtime API emulator against the local
 //! server: cold start (spawn → first `/next`), CPU time per 1,000 records (the scheduler's
 //! nanosecond clock from /proc, 100-record batches of ~1 KB items), and peak RSS (VmHWM) after
-//! 6 MB batches. The function runs in an environment like Lambda's (only the variables Lambda
-//! sets, none of this machine's), because some of them change what it does at start: the TLS
-//! client loads the CA certificates that `SSL_CERT_FILE`/`SSL_CERT_DIR` or the system's default
-//! places name. Needs the local server:
+//! 6 MB batches; beside it, in the same blocks, a Python function doing the same everyday job
+//! (`infra/reference/function.py`), the reference. The functions run in an environment like
+//! Lambda's (only the variables Lambda sets, none of this machine's), because some of them
+//! change what the function does at start: the TLS client loads the CA certificates that
+//! `SSL_CERT_FILE`/`SSL_CERT_DIR` or the system's default places name. Needs the local server
+//! (and, once, PyPI for the reference's venv):
 //!
 //! ```sh
 //! infra/local.sh start os && eval "$(infra/local.sh env)" && cargo bench --bench function
