@@ -69,28 +69,24 @@ impl<W: Write> Lines<W> {
         }
     }
 
-    /// Writes the held lines and `last` (the metrics line, or nothing), in one write.
+    /// Writes the held lines and `last` (the metrics line, or nothing), in one write: `last` is
+    /// put as a line that is not held.
     pub fn end_invocation(&self, last: &[u8]) -> std::io::Result<()> {
-        let mut state = self.lock();
-        let (held, out) = &mut *state;
-        if held.is_empty() {
-            return if last.is_empty() {
-                Ok(())
-            } else {
-                out.write_all(last)
-            };
-        }
-        held.extend_from_slice(last);
-        let written = out.write_all(held);
-        held.clear();
-        written
+        self.put(last, false)
     }
 
+    /// `line` goes out now with whatever is held before it, in one write, unless it is to be
+    /// held (and the held lines stay within [`MAX_HELD`]). Nothing held and nothing to write:
+    /// no write.
     fn put(&self, line: &[u8], hold: bool) -> std::io::Result<()> {
         let mut state = self.lock();
         let (held, out) = &mut *state;
         if held.is_empty() && !hold {
-            return out.write_all(line);
+            return if line.is_empty() {
+                Ok(())
+            } else {
+                out.write_all(line)
+            };
         }
         held.extend_from_slice(line);
         if hold && held.len() <= MAX_HELD {
