@@ -280,20 +280,19 @@ async fn main() {
         let ratios = |of: &[Vec<f64>]| -> Vec<f64> {
             of[0].iter().zip(&of[r]).map(|(a, b)| a / b).collect()
         };
-        let (m, lo, hi) = spread(&ratios(&single_ms));
-        println!(
-            "NEW_IMAGE against {REFERENCE}: one-record batches: {:.1}% of its CPU (median of {BLOCKS} block pairs, {:.1}–{:.1}%)",
-            m * 100.0,
-            lo * 100.0,
-            hi * 100.0
-        );
-        let (m, lo, hi) = spread(&ratios(&per_1000));
-        println!(
-            "NEW_IMAGE against {REFERENCE}: {per}-record batches: {:.1}% of its CPU (median of {BLOCKS} block pairs, {:.1}–{:.1}%)",
-            m * 100.0,
-            lo * 100.0,
-            hi * 100.0
-        );
+        let batches = [
+            ("one-record".to_string(), &single_ms),
+            (format!("{per}-record"), &per_1000),
+        ];
+        for (batch, figures) in batches {
+            let (m, lo, hi) = spread(&ratios(figures));
+            println!(
+                "NEW_IMAGE against {REFERENCE}: {batch} batches: {:.1}% of its CPU (median of {BLOCKS} block pairs, {:.1}–{:.1}%)",
+                m * 100.0,
+                lo * 100.0,
+                hi * 100.0
+            );
+        }
     }
     for (view, old_image, index, api, child, pid) in views {
         // 6 MB batches (the largest Lambda delivers).
