@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use opensearch::auth::Credentials;
-use opensearch::http::Method;
+pub use opensearch::http::Method;
 use opensearch::http::headers::{ACCEPT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderValue};
 use opensearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
 

@@ -32,6 +32,8 @@ pub struct Request {
     pub path: String,
     /// The query string with its `?`, or empty.
     pub query: String,
+    /// The `host` header, as sent.
+    pub host: String,
     /// Every header but `host` and `content-length`, as sent.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -107,6 +109,7 @@ async fn serve(
             None => (target.to_string(), String::new()),
         };
         let mut length = 0usize;
+        let mut host = String::new();
         let mut headers = Vec::new();
         loop {
             let mut h = String::new();
@@ -119,6 +122,9 @@ async fn serve(
                 if k.eq_ignore_ascii_case("content-length") {
                     length = v.trim().parse().unwrap_or(0);
                 }
+                if k.eq_ignore_ascii_case("host") {
+                    host = v.trim().to_string();
+                }
                 if !k.eq_ignore_ascii_case("host") && !k.eq_ignore_ascii_case("content-length") {
                     headers.push((k.trim().to_string(), v.trim().to_string()));
                 }
@@ -130,6 +136,7 @@ async fn serve(
             method,
             path,
             query,
+            host,
             headers,
             body,
         };
