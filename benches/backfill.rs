@@ -122,7 +122,7 @@ async fn main() -> anyhow::Result<()> {
     let delete = |index: String| async move {
         let _ = os
             .request(
-                opensearch::http::Method::Delete,
+                stream_indexer::sink::transport::Method::Delete,
                 &format!("/{index}"),
                 None,
                 Duration::from_secs(60),

@@ -12,9 +12,9 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType, StreamSpecification, StreamViewType,
 };
 use clap::Parser;
-use opensearch::http::Method;
 use stream_indexer::config::Config;
 use stream_indexer::handler::Indexer;
+use stream_indexer::sink::transport::Method;
 use stream_indexer::tools::runner::{self, InProcess, Settings};
 use stream_indexer::{
     sink::template,

@@ -1,6 +1,8 @@
 //! The sink: everything that talks to OpenSearch.
 //!
 //! - [`transport`]: the only HTTP to OpenSearch.
+//! - [`roots`]: the CA store TLS connections are verified against, read at cold start.
+//! - [`sigv4`]: signing requests for Amazon OpenSearch Service.
 //! - [`dispatch`]: bodies in flight under adaptive concurrency, retried until the deadline.
 //! - [`backoff`]: exponential backoff with full jitter; the only sleep.
 //! - [`quarantine`]: records no index can accept, kept durably with their payload.
@@ -8,5 +10,7 @@
 pub mod backoff;
 pub mod dispatch;
 pub mod quarantine;
+pub mod roots;
+pub mod sigv4;
 pub mod template;
 pub mod transport;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use opensearch::http::Method;
+use crate::sink::transport::Method;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 

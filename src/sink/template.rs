@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use opensearch::http::Method;
+use crate::sink::transport::Method;
 
 use crate::sink::transport::{OpenSearch, RequestError};
 

@@ -1,13 +1,21 @@
 //! The one place that talks HTTP to OpenSearch.
+//!
+//! On reqwest directly rather than through the `opensearch` crate's transport, which builds its
+//! HTTP client with the platform verifier and no way to pass the CA roots in: that verifier
+//! reads the system's store with a constant-time PEM decoder, and doing so was 85% of a cold
+//! start's instructions (see [`roots`](super::roots)). Here the roots are read by
+//! [`roots`](super::roots) and given to rustls, and requests are signed by
+//! [`sigv4`](super::sigv4) with `aws-sigv4`, as that crate signed them.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use opensearch::auth::Credentials;
-pub use opensearch::http::Method;
-use opensearch::http::headers::{ACCEPT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderValue};
-use opensearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
+use reqwest::header::{ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use url::Url;
 
+use super::roots;
+use super::sigv4::{SignError, Signer};
 use crate::config::{Auth, Config};
 use crate::pipeline::bulk::{self, ItemOutcome};
 use crate::pipeline::change::Action;
@@ -18,12 +26,57 @@ use crate::telemetry::error_chain;
 /// and status, for its reason. The rest (`_index`, `_id`, `_version`, `result`, `_shards`,
 /// `_seq_no`, `_primary_term` per item) was about 150 of the 180 bytes an item took, read and
 /// parsed only to be skipped.
-const BULK_FILTER: &str = "items.*.status,items.*.error,error,status";
+/// Written as a query string, its commas escaped.
+const BULK_FILTER: &str = "filter_path=items.*.status%2Citems.*.error%2Cerror%2Cstatus";
+
+/// An HTTP method of a request to OpenSearch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+    Put,
+    Delete,
+    Head,
+}
+
+impl Method {
+    fn http(self) -> reqwest::Method {
+        match self {
+            Method::Get => reqwest::Method::GET,
+            Method::Post => reqwest::Method::POST,
+            Method::Put => reqwest::Method::PUT,
+            Method::Delete => reqwest::Method::DELETE,
+            Method::Head => reqwest::Method::HEAD,
+        }
+    }
+}
 
 /// A client for one cluster, built once per process and shared by every invocation.
 #[derive(Clone)]
 pub struct OpenSearch {
-    client: opensearch::OpenSearch,
+    http: reqwest::Client,
+    /// The cluster's URL, its path ending in `/`: request paths are joined to it.
+    base: Arc<Url>,
+    auth: Arc<Authorization>,
+}
+
+/// How each request proves who sends it.
+enum Authorization {
+    None,
+    /// The `Authorization` header, built once.
+    Basic(HeaderValue),
+    SigV4(Signer),
+}
+
+/// Why a request got no response.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error(transparent)]
+    Sign(#[from] SignError),
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
+    #[error("bad request path {0:?}: {1}")]
+    Path(String, url::ParseError),
 }
 
 /// The answer to one `_bulk` request.
@@ -73,33 +126,102 @@ pub struct RequestError {
 impl OpenSearch {
     /// Builds the client from configuration; SigV4 credentials come from the default AWS chain.
     pub async fn connect(config: &Config) -> Result<OpenSearch, ClientError> {
-        let pool = SingleNodeConnectionPool::new(config.url.clone());
-        let mut builder = TransportBuilder::new(pool).timeout(config.request_timeout);
-        match &config.auth {
-            Auth::None => {}
+        let auth = match &config.auth {
+            Auth::None => Authorization::None,
             Auth::Basic { username, password } => {
-                builder = builder.auth(Credentials::Basic(username.clone(), password.clone()));
+                use base64::Engine;
+                let token = base64::engine::general_purpose::STANDARD
+                    .encode(format!("{username}:{password}"));
+                let mut value = HeaderValue::try_from(format!("Basic {token}"))
+                    .map_err(|e| ClientError(format!("basic credentials: {e}")))?;
+                value.set_sensitive(true);
+                Authorization::Basic(value)
             }
             Auth::SigV4 { service, region } => {
                 let aws = aws_config::from_env()
                     .region(aws_config::Region::new(region.clone()))
                     .load()
                     .await;
-                let provider = aws.credentials_provider().ok_or_else(|| {
+                let credentials = aws.credentials_provider().ok_or_else(|| {
                     ClientError("sigv4: no AWS credentials provider found".into())
                 })?;
-                builder = builder
-                    .auth(Credentials::AwsSigV4(
-                        provider,
-                        aws_config::Region::new(region.clone()),
-                    ))
-                    .service_name(service);
+                Authorization::SigV4(Signer {
+                    credentials,
+                    service: service.clone(),
+                    region: region.clone(),
+                })
             }
+        };
+        // Read whatever the scheme, so that a local start costs what a deployed one does.
+        let roots = roots::system().map_err(|e| ClientError(e.to_string()))?;
+        if roots.ignored > 0 || !roots.problems.is_empty() {
+            tracing::warn!(
+                ignored = roots.ignored,
+                problems = ?roots.problems,
+                "some CA certificates of the system's store could not be read"
+            );
         }
-        let transport = builder.build().map_err(|e| ClientError(e.to_string()))?;
+        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError(format!("TLS: {e}")))?
+        .with_root_certificates(roots.store)
+        .with_no_client_auth();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .timeout(config.request_timeout)
+            .user_agent(concat!("stream-indexer/", env!("CARGO_PKG_VERSION")))
+            // A redirected POST would come back a GET: a redirect is answered as the status it
+            // is, and never carries the credentials elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| ClientError(error_chain(&e)))?;
+        let mut base = config.url.clone();
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
         Ok(OpenSearch {
-            client: opensearch::OpenSearch::new(transport),
+            http,
+            base: Arc::new(base),
+            auth: Arc::new(auth),
         })
+    }
+
+    /// Sends one request: `path` (with any query string) joined to the cluster's URL.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &'static str,
+        identity_encoding: bool,
+        body: Option<Bytes>,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, SendError> {
+        let url = self
+            .base
+            .join(path.trim_start_matches('/'))
+            .map_err(|e| SendError::Path(path.to_string(), e))?;
+        let mut request = reqwest::Request::new(method.http(), url);
+        *request.timeout_mut() = Some(timeout);
+        let headers = request.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        if identity_encoding {
+            headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        }
+        if let Some(body) = body {
+            *request.body_mut() = Some(body.into());
+        }
+        match &*self.auth {
+            Authorization::None => {}
+            Authorization::Basic(value) => {
+                request.headers_mut().insert(AUTHORIZATION, value.clone());
+            }
+            Authorization::SigV4(signer) => signer.sign(&mut request).await?,
+        }
+        Ok(self.http.execute(request).await?)
     }
 
     /// Sends one `_bulk` body to `index`, waiting at most `timeout`.
@@ -110,26 +232,19 @@ impl OpenSearch {
         actions: &[Action],
         timeout: Duration,
     ) -> BulkReply {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/x-ndjson"),
-        );
-        // The HTTP client accepts gzip unless told otherwise, and OpenSearch then compresses
-        // (Amazon OpenSearch Service does by default). The response is read once for its
-        // statuses: compressing it costs the cluster and this function CPU to save about 16 KB
-        // per 100 items on a link where bytes are cheap.
-        headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
-        let path = format!("/{index}/_bulk");
+        // Said outright, whatever a proxy or client default would ask: OpenSearch compresses
+        // when the request accepts gzip (Amazon OpenSearch Service does by default). The
+        // response is read once for its statuses: compressing it costs the cluster and this
+        // function CPU to save about 16 KB per 100 items on a link where bytes are cheap.
+        let path = format!("{index}/_bulk?{BULK_FILTER}");
         let sent = self
-            .client
             .send(
                 Method::Post,
                 &path,
-                headers,
-                Some(&[("filter_path", BULK_FILTER)]),
+                "application/x-ndjson",
+                true,
                 Some(body),
-                Some(timeout),
+                timeout,
             )
             .await;
         let response = match sent {
@@ -141,7 +256,7 @@ impl OpenSearch {
                 };
             }
         };
-        let status = response.status_code().as_u16();
+        let status = response.status().as_u16();
         let bytes = match response.bytes().await {
             Ok(b) => b,
             Err(e) => {
@@ -174,8 +289,6 @@ impl OpenSearch {
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<(u16, Bytes), RequestError> {
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let fail = |status, reason: String| RequestError {
             error_type: None,
             method: format!("{method:?}").to_uppercase(),
@@ -184,11 +297,17 @@ impl OpenSearch {
             reason,
         };
         let response = self
-            .client
-            .send(method, path, headers, None::<&()>, body, Some(timeout))
+            .send(
+                method,
+                path,
+                "application/json",
+                false,
+                body.map(Bytes::from),
+                timeout,
+            )
             .await
             .map_err(|e| fail(None, error_chain(&e)))?;
-        let status = response.status_code().as_u16();
+        let status = response.status().as_u16();
         let bytes = response
             .bytes()
             .await

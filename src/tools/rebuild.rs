@@ -5,7 +5,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use opensearch::http::Method;
+use crate::sink::transport::Method;
 use serde_json::json;
 
 use crate::sink::template;

@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use opensearch::http::Method;
+use crate::sink::transport::Method;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::time::Instant;

@@ -22,11 +22,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use crate::sink::transport::Method;
 use aws_sdk_dynamodb::types::{
     AttributeValue, ConsumedCapacity, KeysAndAttributes, ReturnConsumedCapacity,
     ScalarAttributeType, TableDescription,
 };
-use opensearch::http::Method;
 use rand::SeedableRng as _;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;

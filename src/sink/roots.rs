@@ -1,0 +1,305 @@
+//! The CA certificates TLS connections to OpenSearch are verified against: the system's store,
+//! read once at cold start.
+//!
+//! The same files the HTTP client's platform verifier reads on Linux (rustls-native-certs):
+//! `SSL_CERT_FILE` and `SSL_CERT_DIR` when either is set, otherwise openssl-probe's usual places
+//! (a bundle file and the certificate directories that exist); a file reached twice through
+//! links is read once, and certificates that do not parse are skipped.
+//!
+//! The PEM text is read here, by hand, rather than by `rustls-pki-types`' reader, which the
+//! verifier uses: that reader decodes base64 in constant time, as private keys need, at about
+//! 57 instructions a byte, and decoding one 220 KB bundle that way was 85% of the instructions
+//! of a cold start (two copies of it, a bundle plus a directory, on Debian). CA certificates are
+//! public, so the `base64` crate's decoder serves. `pem_reads_what_the_pki_types_reader_reads`
+//! holds this reader to that one.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::{env, fs, io};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use rustls::RootCertStore;
+use rustls::pki_types::CertificateDer;
+
+/// The store, and what could not be read on the way (for a warning: the verifier also goes on
+/// with what it has).
+pub struct Roots {
+    pub store: RootCertStore,
+    /// Certificates found but not usable as trust anchors.
+    pub ignored: usize,
+    pub problems: Vec<String>,
+}
+
+/// No certificate could be read from any of the places.
+#[derive(Debug, thiserror::Error)]
+#[error("no CA certificates found in {places}{}", problems_text(.problems))]
+pub struct NoRoots {
+    pub places: String,
+    pub problems: Vec<String>,
+}
+
+fn problems_text(problems: &[String]) -> String {
+    if problems.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", problems.join("; "))
+    }
+}
+
+/// Reads the system's store.
+pub fn system() -> Result<Roots, NoRoots> {
+    let (file, dirs) = system_places();
+    from_places(file.as_deref(), &dirs)
+}
+
+/// Where the system's store is: the bundle file and the directories.
+fn system_places() -> (Option<PathBuf>, Vec<PathBuf>) {
+    let mut file = env::var_os("SSL_CERT_FILE").map(PathBuf::from);
+    let mut dirs: Vec<PathBuf> = match env::var_os("SSL_CERT_DIR") {
+        Some(d) => env::split_paths(&d)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect(),
+        None => Vec::new(),
+    };
+    if file.is_none() && dirs.is_empty() {
+        let probe = openssl_probe::probe();
+        file = probe.cert_file;
+        dirs = probe.cert_dir;
+    }
+    (file, dirs)
+}
+
+/// Reads `file` and every file in `dirs`.
+pub fn from_places(file: Option<&Path>, dirs: &[PathBuf]) -> Result<Roots, NoRoots> {
+    let (ders, problems) = read_places(file, dirs);
+    let mut store = RootCertStore::empty();
+    let (_, ignored) = store.add_parsable_certificates(ders.into_iter().map(CertificateDer::from));
+    if store.is_empty() {
+        let mut places: Vec<String> = file.iter().map(|f| f.display().to_string()).collect();
+        places.extend(dirs.iter().map(|d| d.display().to_string()));
+        return Err(NoRoots {
+            places: if places.is_empty() {
+                "no place (set SSL_CERT_FILE or SSL_CERT_DIR)".into()
+            } else {
+                places.join(", ")
+            },
+            problems,
+        });
+    }
+    Ok(Roots {
+        store,
+        ignored,
+        problems,
+    })
+}
+
+/// The DER of every certificate in `file` and the files of `dirs`, sorted and without
+/// repeats, and what could not be read.
+fn read_places(file: Option<&Path>, dirs: &[PathBuf]) -> (Vec<Vec<u8>>, Vec<String>) {
+    let mut ders = Vec::new();
+    let mut problems = Vec::new();
+    let mut seen = HashSet::new();
+    if let Some(file) = file {
+        if let Ok(m) = fs::metadata(file) {
+            seen.insert(identity(&m));
+        }
+        read_file(file, &mut ders, &mut problems);
+    }
+    for dir in dirs {
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => {
+                problems.push(format!("{}: {e}", dir.display()));
+                continue;
+            }
+        };
+        for entry in entries {
+            let path = match entry {
+                Ok(e) => e.path(),
+                Err(e) => {
+                    problems.push(format!("{}: {e}", dir.display()));
+                    continue;
+                }
+            };
+            match fs::metadata(&path) {
+                Ok(m) if m.is_file() && seen.insert(identity(&m)) => {
+                    read_file(&path, &mut ders, &mut problems)
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => problems.push(format!("{}: {e}", path.display())),
+            }
+        }
+    }
+    // A bundle and a directory usually hold the same certificates.
+    ders.sort_unstable();
+    ders.dedup();
+    (ders, problems)
+}
+
+#[cfg(unix)]
+fn identity(m: &fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
+}
+
+fn read_file(path: &Path, ders: &mut Vec<Vec<u8>>, problems: &mut Vec<String>) {
+    match fs::read(path) {
+        Ok(text) => {
+            if let Err(e) = certificates(&text, ders) {
+                problems.push(format!("{}: {e}", path.display()));
+            }
+        }
+        Err(e) => problems.push(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Appends the DER of every `CERTIFICATE` section of PEM `text` to `out`; other sections
+/// (keys, CRLs, OpenSSL's `TRUSTED CERTIFICATE`) and the text between sections are skipped.
+/// Stops at the first malformed section, keeping what came before it, as the `pki-types`
+/// reader does.
+pub fn certificates(text: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), &'static str> {
+    const BEGIN: &[u8] = b"-----BEGIN ";
+    const DASHES: &[u8] = b"-----";
+    let mut base64 = Vec::new();
+    let mut lines = text.split(|&b| b == b'\n').map(trim_end);
+    while let Some(line) = lines.next() {
+        let Some(rest) = line.strip_prefix(BEGIN) else {
+            continue;
+        };
+        let label = rest
+            .strip_suffix(DASHES)
+            .ok_or("a BEGIN line without its closing dashes")?;
+        let mut end = Vec::with_capacity(label.len() + 14);
+        end.extend_from_slice(b"-----END ");
+        end.extend_from_slice(label);
+        end.extend_from_slice(DASHES);
+        base64.clear();
+        let mut closed = false;
+        for line in lines.by_ref() {
+            if line == end.as_slice() {
+                closed = true;
+                break;
+            }
+            base64.extend(line.iter().filter(|b| !b.is_ascii_whitespace()));
+        }
+        if !closed {
+            return Err("a section without its END line");
+        }
+        if label == b"CERTIFICATE" {
+            let der = STANDARD
+                .decode(&base64)
+                .map_err(|_| "a certificate section that is not base64")?;
+            out.push(der);
+        }
+    }
+    Ok(())
+}
+
+fn trim_end(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rustls::pki_types::pem::PemObject;
+
+    fn pem(label: &str, der: &[u8], width: usize, crlf: bool) -> String {
+        let text = STANDARD.encode(der);
+        let nl = if crlf { "\r\n" } else { "\n" };
+        let mut s = format!("-----BEGIN {label}-----{nl}");
+        for chunk in text.as_bytes().chunks(width) {
+            s.push_str(std::str::from_utf8(chunk).unwrap());
+            s.push_str(nl);
+        }
+        s.push_str(&format!("-----END {label}-----{nl}"));
+        s
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn pem_reads_what_the_pki_types_reader_reads(
+            sections in prop::collection::vec(
+                (
+                    prop::sample::select(vec!["CERTIFICATE", "TRUSTED CERTIFICATE", "X509 CRL"]),
+                    prop::collection::vec(any::<u8>(), 1..300),
+                    1usize..80,
+                    any::<bool>(),
+                    prop::sample::select(vec!["", "# Comment line\n", "Subject: x\r\n\n"]),
+                ),
+                0..6,
+            )
+        ) {
+            let mut text = String::new();
+            for (label, der, width, crlf, before) in &sections {
+                text.push_str(before);
+                text.push_str(&pem(label, der, *width, *crlf));
+            }
+            let mut ours = Vec::new();
+            certificates(text.as_bytes(), &mut ours).unwrap();
+            let theirs: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(text.as_bytes())
+                .map(|c| c.unwrap().to_vec())
+                .collect();
+            prop_assert_eq!(&ours, &theirs);
+            let expected: Vec<&Vec<u8>> = sections
+                .iter()
+                .filter(|s| s.0 == "CERTIFICATE")
+                .map(|s| &s.1)
+                .collect();
+            prop_assert_eq!(ours.iter().collect::<Vec<_>>(), expected);
+        }
+    }
+
+    #[test]
+    fn a_malformed_section_stops_the_file_and_keeps_what_came_before() {
+        let good = pem("CERTIFICATE", b"first", 64, false);
+        for bad in [
+            "-----BEGIN CERTIFICATE-----\nAAAA\n",
+            "-----BEGIN CERTIFICATE\nAAAA\n-----END CERTIFICATE-----\n",
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+        ] {
+            let mut out = Vec::new();
+            let text = format!("{good}{bad}{good}");
+            assert!(certificates(text.as_bytes(), &mut out).is_err(), "{bad}");
+            assert_eq!(out, [b"first".to_vec()], "{bad}");
+        }
+    }
+
+    /// The same certificates as the verifier's own loader, from this machine's store.
+    #[test]
+    fn the_system_store_reads_as_rustls_native_certs_reads_it() {
+        let (file, dirs) = system_places();
+        let (ours, problems) = read_places(file.as_deref(), &dirs);
+        let theirs = rustls_native_certs::load_native_certs();
+        let mut theirs: Vec<Vec<u8>> = theirs.certs.iter().map(|c| c.to_vec()).collect();
+        theirs.sort_unstable();
+        theirs.dedup();
+        assert!(
+            !ours.is_empty(),
+            "no certificates in {file:?} {dirs:?}: {problems:?}"
+        );
+        assert_eq!(ours.len(), theirs.len(), "{file:?} {dirs:?}");
+        assert!(ours == theirs, "same count, different certificates");
+    }
+
+    #[test]
+    fn a_store_with_no_certificate_is_an_error_naming_the_places() {
+        let dir = std::env::temp_dir().join(format!("roots-empty-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("not-a-cert.pem"), "hello\n").unwrap();
+        let missing = dir.join("missing.crt");
+        let e = from_places(Some(&missing), std::slice::from_ref(&dir))
+            .err()
+            .unwrap();
+        let text = e.to_string();
+        assert!(
+            text.contains("missing.crt") && text.contains("roots-empty"),
+            "{text}"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
