@@ -117,6 +117,48 @@ async fn bulk_requests_ask_for_an_uncompressed_response() {
     );
 }
 
+/// Basic credentials go with every request, bulk or not, as one `Authorization` header.
+#[tokio::test]
+async fn basic_credentials_go_with_every_request() {
+    let index = unique_index("basic");
+    create_index(&index).await;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let proxy = Proxy::start(&opensearch_url(), move |r| {
+        let auth: Vec<String> = r
+            .headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+            .map(|(_, v)| v.clone())
+            .collect();
+        record.lock().unwrap().push((r.path.clone(), auth));
+        Fault::Pass
+    })
+    .await;
+    let quarantine = format!("{index}-quarantine");
+    let indexer = indexer(
+        &proxy.url,
+        &index,
+        &[
+            ("OPENSEARCH_AUTH", "basic"),
+            ("OPENSEARCH_USERNAME", "indexer"),
+            ("OPENSEARCH_PASSWORD", "pä:ss word"),
+            ("QUARANTINE_INDEX", &quarantine),
+        ],
+    )
+    .await;
+    let (response, _) = indexer
+        .handle(&fixture("mixed.json"), far_deadline())
+        .await
+        .unwrap();
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.iter().any(|(p, _)| p.ends_with("/_bulk")), "{seen:?}");
+    // base64("indexer:pä:ss word")
+    let expected = vec!["Basic aW5kZXhlcjpww6Q6c3Mgd29yZA==".to_string()];
+    assert!(seen.iter().all(|(_, a)| *a == expected), "{seen:?}");
+}
+
 #[tokio::test]
 async fn a_mixed_batch_applies_the_last_change_per_key() {
     let index = unique_index("mixed");

@@ -1,0 +1,120 @@
+//! TLS: the client trusts the CA store it is given (here `SSL_CERT_FILE`, as a user with a
+//! private CA would set it) and nothing else. Three servers answer on `localhost`: one with a
+//! certificate from the trusted CA, one from another CA, and one from the trusted CA but for
+//! another name. Only the first is answered; the others fail on their certificate.
+//!
+//! The store's place is an environment variable read when the client is built, so this binary
+//! holds one test: it sets the variable before anything runs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use stream_indexer::config::Config;
+use stream_indexer::sink::transport::{Method, OpenSearch};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+#[tokio::test]
+async fn only_certificates_from_the_trusted_store_and_for_the_host_are_accepted() {
+    let trusted = authority("trusted test CA");
+    let other = authority("another test CA");
+    let store = std::env::temp_dir().join(format!("tls-test-ca-{}.pem", std::process::id()));
+    std::fs::write(&store, trusted.pem()).unwrap();
+    // SAFETY: the only test in this binary, and nothing else runs before this line.
+    unsafe {
+        std::env::set_var("SSL_CERT_FILE", &store);
+        std::env::remove_var("SSL_CERT_DIR");
+    }
+
+    let cases = [
+        ("localhost", &trusted, None),
+        ("localhost", &other, Some("UnknownIssuer")),
+        ("elsewhere.example", &trusted, Some("not valid for name")),
+    ];
+    for (name, issuer, refusal) in cases {
+        let port = serve(leaf(name, issuer)).await;
+        let config = Config::from_lookup(|var| match var {
+            "OPENSEARCH_URL" => Some(format!("https://localhost:{port}")),
+            "OPENSEARCH_INDEX" => Some("items".into()),
+            _ => None,
+        })
+        .unwrap();
+        let os = OpenSearch::connect(&config).await.unwrap();
+        let answer = os
+            .request(Method::Get, "/", None, Duration::from_secs(10))
+            .await;
+        match (refusal, answer) {
+            (None, Ok((status, body))) => assert_eq!((status, &body[..]), (200, &b"{}"[..])),
+            (Some(why), Err(e)) => assert!(e.reason.contains(why), "{name}: {e}"),
+            (refusal, answer) => panic!("{name} (refusal {refusal:?}): {answer:?}"),
+        }
+    }
+    std::fs::remove_file(&store).unwrap();
+}
+
+fn authority(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+}
+
+fn leaf(
+    name: &str,
+    issuer: &CertifiedIssuer<'static, KeyPair>,
+) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec![name.to_string()])
+        .unwrap()
+        .signed_by(&key, issuer)
+        .unwrap();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    (cert.der().clone(), key)
+}
+
+/// A TLS server on 127.0.0.1 answering every request `200 {}`; returns its port.
+async fn serve((cert, key): (CertificateDer<'static>, PrivateKeyDer<'static>)) -> u16 {
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], key)
+    .unwrap();
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((conn, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(conn).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                              content-length: 2\r\nconnection: close\r\n\r\n{}";
+                let _ = tls.write_all(answer.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    port
+}
