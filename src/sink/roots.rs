@@ -163,13 +163,19 @@ pub fn certificates(text: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), &'static 
     const BEGIN: &[u8] = b"-----BEGIN ";
     const DASHES: &[u8] = b"-----";
     let mut base64 = Vec::new();
-    let mut lines = text.split(|&b| b == b'\n').map(trim_end);
+    let mut lines = lines(text);
     while let Some(line) = lines.next() {
         let Some(rest) = line.strip_prefix(BEGIN) else {
             continue;
         };
+        // As `pki-types` reads it: spaces may follow the dashes, and there are exactly five.
+        let rest = &rest[..rest
+            .iter()
+            .rposition(|&b| b != b' ' && b != b'\r')
+            .map_or(0, |i| i + 1)];
         let label = rest
             .strip_suffix(DASHES)
+            .filter(|label| !label.ends_with(b"-"))
             .ok_or("a BEGIN line without its closing dashes")?;
         let mut end = Vec::with_capacity(label.len() + 14);
         end.extend_from_slice(b"-----END ");
@@ -178,27 +184,46 @@ pub fn certificates(text: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), &'static 
         base64.clear();
         let mut closed = false;
         for line in lines.by_ref() {
-            if line == end.as_slice() {
+            if line.starts_with(&end) {
                 closed = true;
                 break;
             }
-            base64.extend(line.iter().filter(|b| !b.is_ascii_whitespace()));
+            base64.extend_from_slice(line.trim_ascii());
         }
         if !closed {
             return Err("a section without its END line");
         }
         if label == b"CERTIFICATE" {
-            let der = STANDARD
-                .decode(&base64)
-                .map_err(|_| "a certificate section that is not base64")?;
+            let der = match STANDARD.decode(&base64) {
+                Ok(der) => der,
+                // Whitespace inside a line, which a PEM writer does not put there.
+                Err(_) => {
+                    base64.retain(|b| !b.is_ascii_whitespace());
+                    STANDARD
+                        .decode(&base64)
+                        .map_err(|_| "a certificate section that is not base64")?
+                }
+            };
             out.push(der);
         }
     }
     Ok(())
 }
 
-fn trim_end(line: &[u8]) -> &[u8] {
-    line.strip_suffix(b"\r").unwrap_or(line)
+/// The lines of `text`, without their `\n` or `\r\n`.
+fn lines(text: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let (line, next) = match memchr::memchr(b'\n', rest) {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, &rest[rest.len()..]),
+        };
+        rest = next;
+        Some(line.strip_suffix(b"\r").unwrap_or(line))
+    })
 }
 
 #[cfg(test)]
@@ -209,7 +234,8 @@ mod tests {
 
     fn pem(label: &str, der: &[u8], width: usize, crlf: bool) -> String {
         let text = STANDARD.encode(der);
-        let nl = if crlf { "\r\n" } else { "\n" };
+        // CRLF files also get spaces at the ends of lines.
+        let nl = if crlf { " \r\n" } else { "\n" };
         let mut s = format!("-----BEGIN {label}-----{nl}");
         for chunk in text.as_bytes().chunks(width) {
             s.push_str(std::str::from_utf8(chunk).unwrap());
@@ -260,12 +286,15 @@ mod tests {
         for bad in [
             "-----BEGIN CERTIFICATE-----\nAAAA\n",
             "-----BEGIN CERTIFICATE\nAAAA\n-----END CERTIFICATE-----\n",
+            "-----BEGIN CERTIFICATE------\nAAAA\n-----END CERTIFICATE-----\n",
             "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
         ] {
             let mut out = Vec::new();
-            let text = format!("{good}{bad}{good}");
+            let text = format!("{good}{bad}");
             assert!(certificates(text.as_bytes(), &mut out).is_err(), "{bad}");
             assert_eq!(out, [b"first".to_vec()], "{bad}");
+            let theirs: Vec<_> = CertificateDer::pem_slice_iter(text.as_bytes()).collect();
+            assert!(theirs[0].is_ok() && theirs[1].is_err(), "{bad}: {theirs:?}");
         }
     }
 
