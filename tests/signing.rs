@@ -41,10 +41,14 @@ async fn every_request_is_signed_over_what_was_sent() {
     let index = unique_index("signed");
     create_index(&index).await;
     let verdicts: Arc<Mutex<Vec<Verdict>>> = Arc::default();
-    let record = verdicts.clone();
+    // The service the requests are signed for now: `es` for the function, `aoss` for the
+    // tools' requests below.
+    let service = Arc::new(Mutex::new("es"));
+    let (record, expected) = (verdicts.clone(), service.clone());
     let proxy = Proxy::start(&opensearch_url(), move |r| {
         let target = format!("{} {}{}", r.method, r.path, r.query);
-        record.lock().unwrap().push((target, verify(r)));
+        let verdict = verify(r, &expected.lock().unwrap());
+        record.lock().unwrap().push((target, verdict));
         Fault::Pass
     })
     .await;
@@ -74,12 +78,18 @@ async fn every_request_is_signed_over_what_was_sent() {
         "the batch was applied"
     );
 
-    // The tools' requests: a document path whose id is percent-encoded (signed paths are
-    // encoded once more), and a query string with characters the encoder escapes.
+    // The tools' requests, for OpenSearch Serverless: a document path whose id is
+    // percent-encoded (signed paths are encoded once more), and a query string with characters
+    // the encoder escapes.
+    *service.lock().unwrap() = "aoss";
     let os = OpenSearch::connect(&config_for(
         &proxy.url,
         &index,
-        &[("OPENSEARCH_AUTH", "sigv4"), ("AWS_REGION", REGION)],
+        &[
+            ("OPENSEARCH_AUTH", "sigv4"),
+            ("AWS_REGION", REGION),
+            ("OPENSEARCH_SIGV4_SERVICE", "aoss"),
+        ],
     ))
     .await
     .unwrap();
@@ -106,8 +116,8 @@ async fn every_request_is_signed_over_what_was_sent() {
 /// A request's method and target, and whether its signature matched.
 type Verdict = (String, Result<(), String>);
 
-/// Recomputes the request's signature; `Err` says what differs.
-fn verify(r: &Request) -> Result<(), String> {
+/// Recomputes the request's signature for `service`; `Err` says what differs.
+fn verify(r: &Request, service: &str) -> Result<(), String> {
     let header = |name: &str| {
         r.headers
             .iter()
@@ -123,7 +133,8 @@ fn verify(r: &Request) -> Result<(), String> {
         .split(';')
         .collect();
     let scope = format!("Credential={ACCESS_KEY}/");
-    if !authorization.contains(&scope) || !authorization.contains(&format!("/{REGION}/es/")) {
+    if !authorization.contains(&scope) || !authorization.contains(&format!("/{REGION}/{service}/"))
+    {
         return Err(format!("credential scope: {authorization}"));
     }
     // OpenSearch Serverless requires the body's hash as a header; the domain checks it too.
@@ -168,7 +179,7 @@ fn verify(r: &Request) -> Result<(), String> {
     let params = v4::SigningParams::builder()
         .identity(&identity)
         .region(REGION)
-        .name("es")
+        .name(service)
         .time(time)
         .settings(settings)
         .build()
