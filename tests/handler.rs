@@ -93,11 +93,7 @@ async fn bulk_requests_ask_for_an_uncompressed_response() {
     let record = seen.clone();
     let proxy = Proxy::start(&opensearch_url(), move |r| {
         if r.path.ends_with("/_bulk") {
-            let encoding = r
-                .headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("accept-encoding"))
-                .map(|(_, v)| v.clone());
+            let encoding = r.header("accept-encoding").map(str::to_string);
             record.lock().unwrap().push(encoding);
         }
         Fault::Pass
@@ -126,10 +122,9 @@ async fn basic_credentials_go_with_every_request() {
     let record = seen.clone();
     let proxy = Proxy::start(&opensearch_url(), move |r| {
         let auth: Vec<String> = r
-            .headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"))
-            .map(|(_, v)| v.clone())
+            .header_values("authorization")
+            .into_iter()
+            .map(str::to_string)
             .collect();
         record.lock().unwrap().push((r.path.clone(), auth));
         Fault::Pass
@@ -312,12 +307,7 @@ async fn returns_exactly_the_refused_records_and_indexes_the_rest() {
         "{s:?}"
     );
     assert!(s.bulk_requests > 2, "the 429 was retried: {s:?}");
-    let ids: Vec<String> = all_sources(&index)
-        .await
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
-    assert_eq!(ids, ["order#1|1", "user#1|1"]);
+    assert_eq!(all_ids(&index).await, ["order#1|1", "user#1|1"]);
 }
 
 #[tokio::test]

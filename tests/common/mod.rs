@@ -208,6 +208,23 @@ pub async fn all_sources(index: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The ids of every document of `index`, sorted.
+pub async fn all_ids(index: &str) -> Vec<String> {
+    all_sources(index)
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect()
+}
+
+/// `events/mixed.json` was applied: the last change per key.
+pub async fn expect_mixed_landed(index: &str) {
+    assert_eq!(
+        all_ids(index).await,
+        ["order#1|1", "order#3|2", "order#4|1"]
+    );
+}
+
 pub fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes())
         .collect::<String>()

@@ -39,6 +39,22 @@ pub struct Request {
     pub body: Vec<u8>,
 }
 
+impl Request {
+    /// The first value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.header_values(name).into_iter().next()
+    }
+
+    /// Every value of header `name` (any case), in order.
+    pub fn header_values(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
 type Decide = Box<dyn Fn(&Request) -> Fault + Send + Sync>;
 
 pub struct Proxy {
