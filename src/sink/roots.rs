@@ -71,7 +71,7 @@ fn system_places() -> (Option<PathBuf>, Vec<PathBuf>) {
 }
 
 /// Reads `file` and every file in `dirs`.
-pub fn from_places(file: Option<&Path>, dirs: &[PathBuf]) -> Result<Roots, NoRoots> {
+fn from_places(file: Option<&Path>, dirs: &[PathBuf]) -> Result<Roots, NoRoots> {
     let (ders, problems) = read_places(file, dirs);
     let mut store = RootCertStore::empty();
     let (_, ignored) = store.add_parsable_certificates(ders.into_iter().map(CertificateDer::from));
@@ -159,7 +159,7 @@ fn read_file(path: &Path, ders: &mut Vec<Vec<u8>>, problems: &mut Vec<String>) {
 /// (keys, CRLs, OpenSSL's `TRUSTED CERTIFICATE`) and the text between sections are skipped.
 /// Stops at the first malformed section, keeping what came before it, as the `pki-types`
 /// reader does.
-pub fn certificates(text: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), &'static str> {
+fn certificates(text: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), &'static str> {
     const BEGIN: &[u8] = b"-----BEGIN ";
     const DASHES: &[u8] = b"-----";
     let mut base64 = Vec::new();
