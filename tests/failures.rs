@@ -136,6 +136,40 @@ async fn what_is_unconfirmed_at_the_deadline_is_reported_not_lost() {
 }
 
 #[tokio::test]
+async fn with_no_time_for_a_request_every_record_is_reported_as_not_attempted() {
+    let index = unique_index("no-time");
+    create_index(&index).await;
+    let seen = Arc::new(AtomicU32::new(0));
+    let counter = seen.clone();
+    let proxy = Proxy::start(&opensearch_url(), move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Fault::Pass
+    })
+    .await;
+    let indexer = indexer(&proxy.url, &index, &with(&[])).await;
+    let before = seen.load(Ordering::SeqCst);
+    // Under the shortest time a request is given.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
+    let handled = indexer
+        .handle_detailed(&fixture("mixed.json"), deadline)
+        .await
+        .unwrap();
+    let all: Vec<String> = records_of("mixed.json")
+        .iter()
+        .map(sequence_number)
+        .collect();
+    assert_eq!(failures(&handled.response), all);
+    assert_eq!(handled.summary.bulk_requests, 0, "{:?}", handled.summary);
+    for outcome in &handled.outcomes {
+        assert!(
+            matches!(outcome, stream_indexer::handler::RecordOutcome::Reported(r) if r == "not attempted before the deadline"),
+            "{outcome:?}"
+        );
+    }
+    assert_eq!(seen.load(Ordering::SeqCst), before, "no request was sent");
+}
+
+#[tokio::test]
 async fn a_413_splits_the_body_and_sends_the_halves() {
     let index = unique_index("split");
     create_index(&index).await;

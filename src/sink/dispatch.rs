@@ -72,8 +72,10 @@ pub async fn deliver(
     changes: &[Change],
     limits: &Limits,
 ) -> (Vec<ItemOutcome>, DeliveryStats) {
-    let mut outcomes =
-        vec![ItemOutcome::Retry("not attempted before the deadline".into()); changes.len()];
+    // `None`: not attempted yet. Filled in as bodies are answered, rather than starting from a
+    // retry reason per change: one copy of a reason per change was a tenth of a plan's
+    // allocations.
+    let mut outcomes: Vec<Option<ItemOutcome>> = vec![None; changes.len()];
     let mut stats = DeliveryStats::default();
     let mut pending: Vec<usize> = (0..changes.len()).collect();
     let mut max_bytes = limits.max_bytes;
@@ -122,20 +124,21 @@ pub async fn deliver(
                     for (i, outcome) in members.into_iter().zip(items) {
                         back_off |= outcome.is_retry();
                         progress.whole_failures[i] = 0;
-                        outcomes[i] = outcome;
+                        outcomes[i] = Some(outcome);
                     }
                     live_limit = (live_limit + 1).min(limits.concurrency);
                 }
                 BulkReply::TooLarge => {
                     let reason = format!("413 request entity too large ({len} bytes)");
                     if members.len() == 1 {
-                        outcomes[members[0]] =
-                            ItemOutcome::Permanent(format!("{reason} for a single document"));
+                        outcomes[members[0]] = Some(ItemOutcome::Permanent(format!(
+                            "{reason} for a single document"
+                        )));
                     } else {
                         // Re-sent in the next round under half this body's size: the halves.
                         max_bytes = max_bytes.min(len / 2).max(1);
                         for i in members {
-                            outcomes[i] = ItemOutcome::Retry(reason.clone());
+                            outcomes[i] = Some(ItemOutcome::Retry(reason.clone()));
                         }
                     }
                 }
@@ -145,7 +148,7 @@ pub async fn deliver(
                         live_limit = (live_limit / 2).max(1);
                         back_off = true;
                         for i in members {
-                            outcomes[i] = ItemOutcome::Retry(reason.clone());
+                            outcomes[i] = Some(ItemOutcome::Retry(reason.clone()));
                         }
                     } else {
                         back_off |= !whole_failure(&mut progress, &mut outcomes, &members, &reason);
@@ -154,7 +157,7 @@ pub async fn deliver(
             }
         }
         pending = (0..changes.len())
-            .filter(|&i| outcomes[i].is_retry())
+            .filter(|&i| outcomes[i].as_ref().is_none_or(ItemOutcome::is_retry))
             .collect();
         if pending.is_empty() {
             break;
@@ -172,6 +175,12 @@ pub async fn deliver(
         }
         Backoff::wait(delay).await;
     }
+    let outcomes = outcomes
+        .into_iter()
+        .map(|o| {
+            o.unwrap_or_else(|| ItemOutcome::Retry("not attempted before the deadline".into()))
+        })
+        .collect();
     (outcomes, stats)
 }
 
@@ -179,7 +188,7 @@ pub async fn deliver(
 /// a split or an isolation, so the next round need not wait.
 fn whole_failure(
     progress: &mut Progress,
-    outcomes: &mut [ItemOutcome],
+    outcomes: &mut [Option<ItemOutcome>],
     members: &[usize],
     reason: &str,
 ) -> bool {
@@ -192,13 +201,13 @@ fn whole_failure(
         .max()
         .unwrap_or(0);
     if members.len() == 1 && progress.accepted_any && failures >= ISOLATED_FAILURES {
-        outcomes[members[0]] = ItemOutcome::Permanent(format!(
+        outcomes[members[0]] = Some(ItemOutcome::Permanent(format!(
             "the cluster failed the request holding only this action {failures} times while accepting others: {reason}"
-        ));
+        )));
         return true;
     }
     for &i in members {
-        outcomes[i] = ItemOutcome::Retry(reason.to_string());
+        outcomes[i] = Some(ItemOutcome::Retry(reason.to_string()));
     }
     // Split when the failure repeats. Without evidence that the cluster is up (nothing accepted
     // yet), split only a body never split before: an outage then costs at most twice the
