@@ -310,6 +310,60 @@ async fn an_item_that_changes_type_moves_and_removes_find_their_index() {
     assert!(!index_contents(&routed, &invoices).await.contains_key(&id6));
 }
 
+/// A record can make several changes (a move: the write and the delete from where the item
+/// was; a REMOVE of unknown index: a delete from each). Every one of them is its own item's:
+/// two items moving in one batch, or removed from unknown indexes in one batch, do not take
+/// each other's place when the batch keeps the last change per document.
+#[tokio::test]
+async fn items_that_move_or_go_together_in_one_batch_each_keep_their_changes() {
+    let prefix = unique_index("together");
+    let routed = indexer(
+        &opensearch_url(),
+        &format!("{prefix}-rest"),
+        &[("ROUTES", routes(&prefix).as_str())],
+    )
+    .await;
+    let orders = format!("{prefix}-orders");
+    let invoices = format!("{prefix}-invoices");
+    let item = |pk: &str, entity: &str, n: u32| json!({"pk": {"S": pk}, "sk": {"S": "A"}, "entityType": {"S": entity}, "n": {"N": n.to_string()}});
+    let (a1, b1) = (item("DOC#A", "Order", 1), item("DOC#B", "Order", 1));
+    let (a2, b2) = (item("DOC#A", "Invoice", 2), item("DOC#B", "Invoice", 2));
+    let inserts = [
+        record("Shop", 1, "INSERT", Some(&a1), None, &a1),
+        record("Shop", 2, "INSERT", Some(&b1), None, &b1),
+    ];
+    let h = routed
+        .handle_detailed(&batch(&inserts), far_deadline())
+        .await
+        .unwrap();
+    assert_eq!(h.summary.indexed, 2, "{:?}", h.outcomes);
+
+    let moves = [
+        record("Shop", 3, "MODIFY", Some(&a2), Some(&a1), &a2),
+        record("Shop", 4, "MODIFY", Some(&b2), Some(&b1), &b2),
+    ];
+    let h = routed
+        .handle_detailed(&batch(&moves), far_deadline())
+        .await
+        .unwrap();
+    assert_eq!(h.summary.indexed, 2, "{:?}", h.outcomes);
+    assert!(index_contents(&routed, &orders).await.is_empty());
+    let both: BTreeMap<String, String> = [expected(&a2), expected(&b2)].into_iter().collect();
+    assert_eq!(index_contents(&routed, &invoices).await, both);
+
+    // No OldImage: each REMOVE deletes its item from every index the rules name.
+    let removes = [
+        record("Shop", 5, "REMOVE", None, None, &a2),
+        record("Shop", 6, "REMOVE", None, None, &b2),
+    ];
+    let h = routed
+        .handle_detailed(&batch(&removes), far_deadline())
+        .await
+        .unwrap();
+    assert_eq!(h.summary.deleted, 2, "{:?}", h.outcomes);
+    assert!(index_contents(&routed, &invoices).await.is_empty());
+}
+
 /// Rules that read key attributes only route a REMOVE from its Keys, with no OldImage: the
 /// delete goes to that one index, not to every index the rules name.
 #[tokio::test]
