@@ -25,8 +25,8 @@ use serde_json::value::RawValue;
 
 use std::sync::Arc;
 
-use crate::pipeline::convert::{self, AttributeKind, Captured, Decimal};
-use crate::pipeline::docid::{self, KeyPart, RAW_KEY_FIELD};
+use crate::pipeline::convert::{self, AttributeKind, Captured, Captures, Decimal};
+use crate::pipeline::docid::{self, KeyPart, KeyParts, RAW_KEY_FIELD};
 use crate::pipeline::metadata::{Metadata, RecordFacts};
 use crate::pipeline::projection::Projection;
 use crate::pipeline::routing::{self, Route, Router};
@@ -122,12 +122,12 @@ pub struct StreamData<'a> {
 pub(crate) struct EarlyDocument<'a> {
     /// The `Keys` text read before the image, and its parts (read once, for both).
     keys: &'a str,
-    parts: Vec<KeyPart<'a>>,
+    parts: KeyParts<'a>,
     /// Where the document starts in the plan's buffer; it runs to the buffer's end (its
     /// action line is written after it, then rotated to the front). Captured spans are
     /// positions in the buffer.
     start: usize,
-    captured: Vec<Option<Captured>>,
+    captured: Captures,
 }
 
 /// The names of a table key's one or two attributes, sorted as `docid::key_parts` sorts them.
@@ -156,13 +156,17 @@ impl<'a> KeyNames<'a> {
     }
 }
 
+/// The top-level attribute names a conversion captures ([`Planner::capture_names`]): made for
+/// every record, kept on the stack (they are not moved about, so eight fit at no cost).
+type Names<'n> = smallvec::SmallVec<[&'n str; 8]>;
+
 /// What converting each NewImage as it is read keeps from record to record.
 #[derive(Default)]
 struct EarlyState<'n> {
     /// The key names `names` was made for (none yet: `names` is not made): a table's records
     /// all name the same.
     key_names: Option<KeyNames<'n>>,
-    names: Vec<&'n str>,
+    names: Names<'n>,
 }
 
 /// A JSON value's text, validated, as it stands (`null` is none, as for any `Option`).
@@ -432,9 +436,9 @@ impl Planner<'_, '_> {
     /// `key_parts` order: the names start with them), the field that holds a hashed key's full
     /// text, the version attribute, the attributes routing reads (a key attribute once, under
     /// its first name), the metadata fields.
-    fn capture_names<'n>(&'n self, key_names: impl IntoIterator<Item = &'n str>) -> Vec<&'n str> {
+    fn capture_names<'n>(&'n self, key_names: impl IntoIterator<Item = &'n str>) -> Names<'n> {
         let router = self.shape.router;
-        let mut names: Vec<&str> = Vec::with_capacity(4 + router.attributes().len() + 4);
+        let mut names = Names::new();
         names.extend(key_names);
         names.push(RAW_KEY_FIELD);
         if let VersionSource::Attribute(name) = self.versions {
@@ -713,14 +717,14 @@ struct FastShape<'a> {
 /// A record's changes: the write to (or delete from) its item's index first, then deletes from
 /// the index its item was routed to before, if that differs. Empty: the item goes nowhere.
 /// `image_read` is set once the NewImage is converted (so it is JSON).
-fn to_changes(
-    rec: &StreamRecord<'_>,
+fn to_changes<'a>(
+    rec: &StreamRecord<'a>,
     position: usize,
     planner: &Planner<'_, '_>,
-    early: Option<EarlyDocument<'_>>,
+    early: Option<EarlyDocument<'a>>,
     image_read: &mut bool,
     buffer: &mut Vec<u8>,
-) -> Result<Vec<Change>, String> {
+) -> Result<Changes, String> {
     let &Planner {
         versions,
         shape,
@@ -987,16 +991,17 @@ fn to_changes(
             u.0.kind.as_deref() == Some("Service")
                 && u.0.principal_id.as_deref() == Some("dynamodb.amazonaws.com")
         });
+    // The id is given once they are all made (`with_id`): the last change takes it.
     let change = |index: Arc<str>, action: Action, lines: Range<usize>| Change {
         index,
-        id: id.id.clone(),
+        id: String::new(),
         action,
         version,
         ttl,
         lines: Lines::pending(lines),
         record: position,
     };
-    let mut out = Vec::with_capacity(1);
+    let mut out = Changes::new();
     let target = match &new_route {
         Route::Index(index) => Some(index.clone()),
         Route::Skip => None,
@@ -1006,13 +1011,13 @@ fn to_changes(
     {
         out.push(change(index.clone(), Action::Index, lines));
         if single {
-            return Ok(out);
+            return Ok(with_id(out, id.id));
         }
     }
     // Deletes: a REMOVE's from where its item was; a write's from where its item was before,
     // if that is elsewhere. An INSERT's item was nowhere.
     if event_name == "INSERT" {
-        return Ok(out);
+        return Ok(with_id(out, id.id));
     }
     let deletes: Vec<Arc<str>> = match old_route()? {
         Some(Route::Index(old)) if target.as_ref() != Some(&old) || event_name == "REMOVE" => {
@@ -1028,7 +1033,21 @@ fn to_changes(
         write_action(buffer, "delete", &id.id, version, versions.version_type());
         out.push(change(index, Action::Delete, start..buffer.len()));
     }
-    Ok(out)
+    Ok(with_id(out, id.id))
+}
+
+/// A record's changes: one, usually (inline).
+type Changes = smallvec::SmallVec<[Change; 1]>;
+
+/// `changes`, each with the document id `id`: the last takes it, the others a copy.
+fn with_id(mut changes: Changes, id: String) -> Changes {
+    if let Some((last, rest)) = changes.split_last_mut() {
+        for change in rest {
+            change.id.clone_from(&id);
+        }
+        last.id = id;
+    }
+    changes
 }
 
 /// An attribute's text for routing: a string's text, a number's canonical text; other types

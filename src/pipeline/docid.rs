@@ -49,13 +49,16 @@ pub struct KeyPart<'a> {
     pub text: Cow<'a, str>,
 }
 
+/// A key's parts: one or two (a table key's), inline.
+pub type KeyParts<'a> = smallvec::SmallVec<[KeyPart<'a>; 2]>;
+
 /// [`key_parts`]'s reading of the `Keys` streams send, before sorting, without serde (whose
 /// map and enum visitors cost more than the rest of a record's planning): one or two members,
 /// each `{"S":"text"}` or `{"N":"integer"}` spelt exactly so (a non-empty text, an integer in
 /// canonical form), names and texts without escapes or control characters, distinct names.
 /// `None` for anything else, which the serde reading then judges, errors and all; what this
 /// accepts, that reading accepts with the same parts (`the_plain_reading_agrees_with_serde`).
-fn plain_key_parts(keys: &str) -> Option<Vec<KeyPart<'_>>> {
+fn plain_key_parts(keys: &str) -> Option<KeyParts<'_>> {
     use crate::pipeline::scan::{skip_ws, string_end_strict};
     let b = keys.as_bytes();
     // The text between the quotes of the string at `i`, if it has no escapes; and its end.
@@ -64,7 +67,7 @@ fn plain_key_parts(keys: &str) -> Option<Vec<KeyPart<'_>>> {
         let (end, escaped) = string_end_strict(b, i)?;
         (!escaped).then(|| (&keys[i + 1..end], end + 1))
     };
-    let mut parts: Vec<KeyPart<'_>> = Vec::with_capacity(2);
+    let mut parts = KeyParts::new();
     let mut i = skip_ws(b, 0);
     (b.get(i) == Some(&b'{')).then_some(())?;
     loop {
@@ -104,7 +107,7 @@ pub fn doc_id(keys_json: &str) -> Result<DocId, KeyError> {
 }
 
 /// Reads a `Keys` map: one or two attributes of type S, N or B, each named once.
-pub fn key_parts(keys_json: &str) -> Result<Vec<KeyPart<'_>>, KeyError> {
+pub fn key_parts(keys_json: &str) -> Result<KeyParts<'_>, KeyError> {
     let mut parts = match plain_key_parts(keys_json) {
         Some(parts) => parts,
         None => {
@@ -192,7 +195,7 @@ fn finish(id: String) -> DocId {
 }
 
 /// The key attributes in the order read.
-struct KeyMap<'a>(Vec<KeyPart<'a>>);
+struct KeyMap<'a>(KeyParts<'a>);
 
 impl<'de> Deserialize<'de> for KeyMap<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -208,7 +211,7 @@ impl<'de> Visitor<'de> for KeyMapVisitor {
         f.write_str("a map of key attribute name to S, N or B value")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeyMap<'de>, A::Error> {
-        let mut parts: Vec<KeyPart<'de>> = Vec::with_capacity(2);
+        let mut parts = KeyParts::new();
         loop {
             let name = match map.next_key::<crate::pipeline::convert::CowStr<'de>>() {
                 Ok(Some(name)) => name,
@@ -345,7 +348,7 @@ mod tests {
 
     #[test]
     fn an_id_gives_back_its_key_texts_and_a_foreign_id_none() {
-        fn parts(keys: &str) -> Vec<KeyPart<'_>> {
+        fn parts(keys: &str) -> KeyParts<'_> {
             key_parts(keys).unwrap()
         }
         for keys in [

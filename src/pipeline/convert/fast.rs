@@ -11,7 +11,7 @@
 //! string contents; nesting within [`MAX_DEPTH`]), so an image need not be validated before it
 //! is converted — the record's parse leaves the NewImage unread and this is its one pass.
 
-use super::{AttributeKind, Captured, check_range};
+use super::{AttributeKind, Captured, Captures, check_range};
 use crate::pipeline::projection::Filter;
 use crate::pipeline::scan::{self, is_json, number_end, skip_ws, string_end_strict, value_end};
 
@@ -32,7 +32,7 @@ pub(super) fn transcode(
     out: &mut Vec<u8>,
     names: &[&str],
     filter: Filter<'_>,
-) -> Option<Vec<Option<Captured>>> {
+) -> Option<Captures> {
     let (captured, end) = transcode_prefix(image, out, names, filter)?;
     (skip_ws(image.as_bytes(), end) == image.len()).then_some(captured)
 }
@@ -46,7 +46,7 @@ pub(crate) fn transcode_prefix(
     out: &mut Vec<u8>,
     names: &[&str],
     filter: Filter<'_>,
-) -> Option<(Vec<Option<Captured>>, usize)> {
+) -> Option<(Captures, usize)> {
     let mut t = Transcoder {
         image: text,
         b: text.as_bytes(),
@@ -54,7 +54,7 @@ pub(crate) fn transcode_prefix(
         depth: 0,
         out,
     };
-    let mut captured = vec![None; names.len()];
+    let mut captured = smallvec::smallvec![None; names.len()];
     t.ws();
     t.map(filter, Some((names, &mut captured)))?;
     Some((captured, t.i))
@@ -135,7 +135,7 @@ impl<'a> Transcoder<'a, '_> {
     fn map(
         &mut self,
         filter: Filter<'_>,
-        mut names: Option<(&[&str], &mut Vec<Option<Captured>>)>,
+        mut names: Option<(&[&str], &mut Captures)>,
     ) -> Option<()> {
         if self.open(b'{', b'}')? {
             return Some(());

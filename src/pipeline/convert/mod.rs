@@ -34,6 +34,13 @@ pub struct Captured {
     pub span: std::ops::Range<usize>,
 }
 
+/// What a conversion captured, one entry per name asked for (`None`: absent). Inline up to
+/// three names: a key's one or two and the field of a hashed key's full text, the default
+/// configuration's (more spill to the heap). Eight were slower than three: a record's
+/// captures are moved several times on their way to its changes, and a larger inline array
+/// made each move a `memcpy` call.
+pub type Captures = smallvec::SmallVec<[Option<Captured>; 3]>;
+
 /// The DynamoDB type of an attribute value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttributeKind {
@@ -49,7 +56,7 @@ pub fn write_document_capturing(
     image: &str,
     out: &mut Vec<u8>,
     names: &[&str],
-) -> Result<Vec<Option<Captured>>, ConvertError> {
+) -> Result<Captures, ConvertError> {
     write_document_projected(image, out, names, Filter::All)
 }
 
@@ -62,7 +69,7 @@ pub fn write_document_projected(
     out: &mut Vec<u8>,
     names: &[&str],
     filter: Filter<'_>,
-) -> Result<Vec<Option<Captured>>, ConvertError> {
+) -> Result<Captures, ConvertError> {
     let mark = out.len();
     if let Some(captured) = fast::transcode(image, out, names, filter) {
         return Ok(captured);
@@ -78,13 +85,13 @@ fn walk(
     out: &mut Vec<u8>,
     names: &[&str],
     filter: Filter<'_>,
-) -> Result<Vec<Option<Captured>>, ConvertError> {
+) -> Result<Captures, ConvertError> {
     let mut de = serde_json::Deserializer::from_str(image);
     let mut sink = Sink {
         out: std::mem::take(out),
         trail: Vec::new(),
         names,
-        captured: vec![None; names.len()],
+        captured: smallvec::smallvec![None; names.len()],
     };
     let result = ItemSeed {
         sink: &mut sink,
@@ -117,7 +124,7 @@ struct Sink<'v> {
     out: Vec<u8>,
     trail: Vec<String>,
     names: &'v [&'v str],
-    captured: Vec<Option<Captured>>,
+    captured: Captures,
 }
 
 /// Why an image could not be converted, naming the attribute path (e.g. `a.b[2]: ...`).
