@@ -73,8 +73,7 @@ pub async fn deliver(
     limits: &Limits,
 ) -> (Vec<ItemOutcome>, DeliveryStats) {
     // `None`: not attempted yet. Filled in as bodies are answered, rather than starting from a
-    // retry reason per change: one copy of a reason per change was a tenth of a plan's
-    // allocations.
+    // copy of the deadline's reason per change (one of a record's seven heap allocations).
     let mut outcomes: Vec<Option<ItemOutcome>> = vec![None; changes.len()];
     let mut stats = DeliveryStats::default();
     let mut pending: Vec<usize> = (0..changes.len()).collect();
