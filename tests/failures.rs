@@ -86,11 +86,7 @@ async fn a_request_that_times_out_is_retried_and_its_late_write_does_no_harm() {
     )
     .await;
     let indexer = indexer(&proxy.url, &index, &with(&[("REQUEST_TIMEOUT_MS", "300")])).await;
-    let (response, s) = indexer
-        .handle(&fixture("mixed.json"), far_deadline())
-        .await
-        .unwrap();
-    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    let s = handle_cleanly(&indexer, "mixed.json").await;
     assert_eq!(s.bulk_requests, 2);
     // Let the delayed request reach the server; it carries the same versions, so it changes nothing.
     tokio::time::sleep(Duration::from_millis(1800)).await;
@@ -183,11 +179,7 @@ async fn a_413_splits_the_body_and_sends_the_halves() {
     })
     .await;
     let indexer = indexer(&proxy.url, &index, &with(&[])).await;
-    let (response, s) = indexer
-        .handle(&fixture("mixed.json"), far_deadline())
-        .await
-        .unwrap();
-    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    let s = handle_cleanly(&indexer, "mixed.json").await;
     assert!(s.bulk_requests >= 3, "{s:?}");
     expect_mixed_landed(&index).await;
 }
@@ -206,11 +198,7 @@ async fn re_delivering_an_old_batch_after_newer_changes_keeps_the_newer_document
         .await
         .unwrap();
     // The old batch again (a duplicate delivery, or a retry after a later batch succeeded).
-    let (response, s) = indexer
-        .handle(&fixture("insert.json"), far_deadline())
-        .await
-        .unwrap();
-    assert!(response.batch_item_failures.is_empty());
+    let s = handle_cleanly(&indexer, "insert.json").await;
     assert_eq!(s.superseded, 1, "the 409 counts as superseded: {s:?}");
     assert_eq!(
         source_text(&index, "user#1|1").await.unwrap(),
@@ -221,11 +209,7 @@ async fn re_delivering_an_old_batch_after_newer_changes_keeps_the_newer_document
         .handle(&fixture("modify.json"), far_deadline())
         .await
         .unwrap();
-    let (response, _) = indexer
-        .handle(&fixture("modify.json"), far_deadline())
-        .await
-        .unwrap();
-    assert!(response.batch_item_failures.is_empty());
+    handle_cleanly(&indexer, "modify.json").await;
     assert_eq!(all_sources(&index).await.len(), 1);
 }
 

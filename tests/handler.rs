@@ -24,11 +24,7 @@ async fn a_batch_with_every_dynamodb_type_lands_exactly() {
     let index = unique_index("types");
     create_index(&index).await;
     let indexer = indexer(&opensearch_url(), &index, &[]).await;
-    let (response, summary) = indexer
-        .handle(&fixture("every-type.json"), far_deadline())
-        .await
-        .unwrap();
-    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    let summary = handle_cleanly(&indexer, "every-type.json").await;
     assert_eq!(summary.indexed, 1);
 
     let source = source_text(&index, "types#1|1")
@@ -100,11 +96,7 @@ async fn bulk_requests_ask_for_an_uncompressed_response() {
     })
     .await;
     let indexer = indexer(&proxy.url, &index, &[]).await;
-    let (response, _) = indexer
-        .handle(&fixture("mixed.json"), far_deadline())
-        .await
-        .unwrap();
-    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    handle_cleanly(&indexer, "mixed.json").await;
     let seen = seen.lock().unwrap().clone();
     assert!(!seen.is_empty(), "no bulk request went through the proxy");
     assert!(
@@ -142,11 +134,7 @@ async fn basic_credentials_go_with_every_request() {
         ],
     )
     .await;
-    let (response, _) = indexer
-        .handle(&fixture("mixed.json"), far_deadline())
-        .await
-        .unwrap();
-    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    handle_cleanly(&indexer, "mixed.json").await;
     let seen = seen.lock().unwrap().clone();
     assert!(seen.iter().any(|(p, _)| p.ends_with("/_bulk")), "{seen:?}");
     // base64("indexer:pä:ss word")
@@ -159,11 +147,7 @@ async fn a_mixed_batch_applies_the_last_change_per_key() {
     let index = unique_index("mixed");
     create_index(&index).await;
     let indexer = indexer(&opensearch_url(), &index, &[]).await;
-    let (response, s) = indexer
-        .handle(&fixture("mixed.json"), far_deadline())
-        .await
-        .unwrap();
-    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    let s = handle_cleanly(&indexer, "mixed.json").await;
     assert_eq!(
         (s.records, s.indexed, s.deleted, s.ttl_deleted, s.superseded),
         (8, 3, 2, 1, 3),
@@ -227,11 +211,7 @@ async fn a_near_400_kb_item_lands_whole() {
     let index = unique_index("large");
     create_index(&index).await;
     let indexer = indexer(&opensearch_url(), &index, &[]).await;
-    let (response, _) = indexer
-        .handle(&fixture("large-item.json"), far_deadline())
-        .await
-        .unwrap();
-    assert!(response.batch_item_failures.is_empty());
+    handle_cleanly(&indexer, "large-item.json").await;
     let f = fields(&source_text(&index, "large#1|1").await.unwrap());
     assert_eq!(
         serde_json::from_str::<String>(&f["blob"]).unwrap(),

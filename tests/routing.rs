@@ -84,6 +84,19 @@ fn routes(prefix: &str) -> String {
     ROUTES.replace("ROUTE", prefix)
 }
 
+/// An indexer routed by [`ROUTES`] to indexes under a fresh prefix (`<prefix>-orders`, ...),
+/// the rest to `<prefix>-rest`; and the prefix.
+async fn routed(name: &str) -> (Indexer, String) {
+    let prefix = unique_index(name);
+    let routed = indexer(
+        &opensearch_url(),
+        &format!("{prefix}-rest"),
+        &[("ROUTES", routes(&prefix).as_str())],
+    )
+    .await;
+    (routed, prefix)
+}
+
 /// The id and canonical document of an item, as the function writes it.
 fn expected(item: &Value) -> (String, String) {
     let keys = json!({"pk": item["pk"], "sk": item["sk"]});
@@ -193,13 +206,7 @@ async fn a_single_table_design_conflicts_in_one_index_and_lands_exactly_when_rou
 
 #[tokio::test]
 async fn an_item_that_changes_type_moves_and_removes_find_their_index() {
-    let prefix = unique_index("mv");
-    let routed = indexer(
-        &opensearch_url(),
-        &format!("{prefix}-rest"),
-        &[("ROUTES", routes(&prefix).as_str())],
-    )
-    .await;
+    let (routed, prefix) = routed("mv").await;
     let orders = format!("{prefix}-orders");
     let invoices = format!("{prefix}-invoices");
     let rest = format!("{prefix}-rest");
@@ -316,13 +323,7 @@ async fn an_item_that_changes_type_moves_and_removes_find_their_index() {
 /// each other's place when the batch keeps the last change per document.
 #[tokio::test]
 async fn items_that_move_or_go_together_in_one_batch_each_keep_their_changes() {
-    let prefix = unique_index("together");
-    let routed = indexer(
-        &opensearch_url(),
-        &format!("{prefix}-rest"),
-        &[("ROUTES", routes(&prefix).as_str())],
-    )
-    .await;
+    let (routed, prefix) = routed("together").await;
     let orders = format!("{prefix}-orders");
     let invoices = format!("{prefix}-invoices");
     let item = |pk: &str, entity: &str, n: u32| json!({"pk": {"S": pk}, "sk": {"S": "A"}, "entityType": {"S": entity}, "n": {"N": n.to_string()}});

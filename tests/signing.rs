@@ -62,11 +62,7 @@ async fn every_request_is_signed_over_what_was_sent() {
         ],
     )
     .await;
-    let (response, _) = indexer
-        .handle(&fixture("mixed.json"), far_deadline())
-        .await
-        .unwrap();
-    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    handle_cleanly(&indexer, "mixed.json").await;
     expect_mixed_landed(&index).await;
 
     // The tools' requests, for OpenSearch Serverless: a document path whose id is

@@ -171,6 +171,17 @@ pub fn fixture(name: &str) -> String {
     std::fs::read_to_string(repo_root().join("events").join(name)).unwrap()
 }
 
+/// Handles the fixture `events/<name>` with a far deadline, which must leave no record for
+/// Lambda to retry; its summary, for the test's own checks.
+pub async fn handle_cleanly(indexer: &Indexer, name: &str) -> stream_indexer::handler::Summary {
+    let (response, summary) = indexer
+        .handle(&fixture(name), far_deadline())
+        .await
+        .unwrap();
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    summary
+}
+
 /// `_source` of one document as its exact JSON text, or None if absent.
 pub async fn source_text(index: &str, id: &str) -> Option<String> {
     let url = format!("{}/{index}/_doc/{}", opensearch_url(), urlencode(id));
