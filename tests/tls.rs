@@ -1,10 +1,11 @@
-//! TLS: the client trusts the CA store it is given (here `SSL_CERT_FILE`, as a user with a
-//! private CA would set it) and nothing else. Three servers answer on `localhost`: one with a
-//! certificate from the trusted CA, one from another CA, and one from the trusted CA but for
-//! another name. Only the first is answered; the others fail on their certificate.
+//! TLS: the client trusts the CA store it is given (here `SSL_CERT_FILE`, and `SSL_CERT_DIR`
+//! beside it, as a user with a private CA would set them) and nothing else. Three servers
+//! answer on `localhost`: one with a certificate from the trusted CA, one from another CA, and
+//! one from the trusted CA but for another name. Only the first is answered; the others fail
+//! on their certificate.
 //!
-//! The store's place is an environment variable read when the client is built, so this binary
-//! holds one test: it sets the variable before anything runs.
+//! The store's place is in environment variables read when the client is built, so this binary
+//! holds one test, which sets them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,38 +24,57 @@ use tokio_rustls::TlsAcceptor;
 async fn only_certificates_from_the_trusted_store_and_for_the_host_are_accepted() {
     let trusted = authority("trusted test CA");
     let other = authority("another test CA");
-    let store = std::env::temp_dir().join(format!("tls-test-ca-{}.pem", std::process::id()));
-    std::fs::write(&store, trusted.pem()).unwrap();
-    // SAFETY: the only test in this binary, and nothing else runs before this line.
-    unsafe {
-        std::env::set_var("SSL_CERT_FILE", &store);
-        std::env::remove_var("SSL_CERT_DIR");
-    }
+    let unused = authority("a CA that signs nothing here");
+    let root = std::env::temp_dir().join(format!("tls-test-{}", std::process::id()));
+    let (bundle, dir) = (root.join("ca.pem"), root.join("certs"));
+    std::fs::create_dir_all(&dir).unwrap();
 
-    let cases = [
-        ("localhost", &trusted, None),
-        ("localhost", &other, Some("UnknownIssuer")),
-        ("elsewhere.example", &trusted, Some("not valid for name")),
-    ];
-    for (name, issuer, refusal) in cases {
-        let port = serve(leaf(name, issuer)).await;
-        let config = Config::from_lookup(|var| match var {
-            "OPENSEARCH_URL" => Some(format!("https://localhost:{port}")),
-            "OPENSEARCH_INDEX" => Some("items".into()),
-            _ => None,
-        })
-        .unwrap();
-        let os = OpenSearch::connect(&config).await.unwrap();
-        let answer = os
-            .request(Method::Get, "/", None, Duration::from_secs(10))
-            .await;
-        match (refusal, answer) {
-            (None, Ok((status, body))) => assert_eq!((status, &body[..]), (200, &b"{}"[..])),
-            (Some(why), Err(e)) => assert!(e.reason.contains(why), "{name}: {e}"),
-            (refusal, answer) => panic!("{name} (refusal {refusal:?}): {answer:?}"),
+    // The trusted CA in a bundle file alone, then in a directory beside a bundle that does not
+    // hold it (read only when a chain needs it).
+    for in_directory in [false, true] {
+        if in_directory {
+            std::fs::write(&bundle, unused.pem()).unwrap();
+            std::fs::write(dir.join("trusted.pem"), trusted.pem()).unwrap();
+        } else {
+            std::fs::write(&bundle, trusted.pem()).unwrap();
+        }
+        // SAFETY: the only test in this binary, and nothing else runs while it sets them.
+        unsafe {
+            std::env::set_var("SSL_CERT_FILE", &bundle);
+            if in_directory {
+                std::env::set_var("SSL_CERT_DIR", &dir);
+            } else {
+                std::env::remove_var("SSL_CERT_DIR");
+            }
+        }
+        let cases = [
+            ("localhost", &trusted, None),
+            ("localhost", &other, Some("UnknownIssuer")),
+            ("elsewhere.example", &trusted, Some("not valid for name")),
+        ];
+        for (name, issuer, refusal) in cases {
+            let port = serve(leaf(name, issuer)).await;
+            let config = Config::from_lookup(|var| match var {
+                "OPENSEARCH_URL" => Some(format!("https://localhost:{port}")),
+                "OPENSEARCH_INDEX" => Some("items".into()),
+                _ => None,
+            })
+            .unwrap();
+            let os = OpenSearch::connect(&config).await.unwrap();
+            let answer = os
+                .request(Method::Get, "/", None, Duration::from_secs(10))
+                .await;
+            let case = format!("{name} (in a directory: {in_directory})");
+            match (refusal, answer) {
+                (None, Ok((status, body))) => {
+                    assert_eq!((status, &body[..]), (200, &b"{}"[..]), "{case}")
+                }
+                (Some(why), Err(e)) => assert!(e.reason.contains(why), "{case}: {e}"),
+                (refusal, answer) => panic!("{case} (refusal {refusal:?}): {answer:?}"),
+            }
         }
     }
-    std::fs::remove_file(&store).unwrap();
+    std::fs::remove_dir_all(&root).unwrap();
 }
 
 fn authority(name: &str) -> CertifiedIssuer<'static, KeyPair> {

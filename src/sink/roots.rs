@@ -1,10 +1,15 @@
-//! The CA certificates TLS connections to OpenSearch are verified against: the system's store,
-//! read once at cold start.
+//! The CA certificates TLS connections to OpenSearch are verified against: the system's store.
 //!
 //! The same files the HTTP client's platform verifier reads on Linux (rustls-native-certs):
 //! `SSL_CERT_FILE` and `SSL_CERT_DIR` when either is set, otherwise openssl-probe's usual places
 //! (a bundle file and the certificate directories that exist); a file reached twice through
 //! links is read once, and certificates that do not parse are skipped.
+//!
+//! [`system_verifier`] reads the bundle file at cold start and the directories only when a
+//! server's chain is not anchored by the bundle, as OpenSSL, which looks a certificate up in a
+//! directory by its issuer's hash when it needs one, reads them. On Debian and Amazon Linux the
+//! bundle already holds every certificate of the directory, and reading the directory's ~290
+//! files (a `stat`, `open`, `read` and `close` each) was half of a cold start.
 //!
 //! The PEM text is read here, by hand, rather than by `rustls-pki-types`' reader, which the
 //! verifier uses: that reader decodes base64 in constant time, as private keys need, at about
@@ -15,12 +20,16 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::{env, fs, io};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use rustls::RootCertStore;
-use rustls::pki_types::CertificateDer;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 /// The store, and what could not be read on the way (for a warning: the verifier also goes on
 /// with what it has).
@@ -47,10 +56,136 @@ fn problems_text(problems: &[String]) -> String {
     }
 }
 
-/// Reads the system's store.
-pub fn system() -> Result<Roots, NoRoots> {
+/// A verifier for the system's store: its bundle file read now, its directories when a chain
+/// needs them.
+pub fn system_verifier(provider: Arc<CryptoProvider>) -> Result<Verifier, NoRoots> {
     let (file, dirs) = system_places();
-    from_places(file.as_deref(), &dirs)
+    Verifier::new(provider, file, dirs)
+}
+
+/// Verifies a server's certificate against the bundle file's certificates, and a chain they
+/// do not accept once more against the whole store: the bundle and the directories, read the
+/// first time a chain needs them (and then kept). Trusts what a verifier given the whole store
+/// at once trusts: the bundle's certificates are part of it, and a chain it refuses is decided
+/// by the whole store.
+///
+/// The directories are read inside the TLS handshake that first needs them, a few
+/// milliseconds of blocking file reads, once.
+#[derive(Debug)]
+pub struct Verifier {
+    provider: Arc<CryptoProvider>,
+    first: Arc<WebPkiServerVerifier>,
+    /// Where the whole store is, when the first verifier has only the bundle's part of it.
+    rest: Option<(Option<PathBuf>, Vec<PathBuf>)>,
+    /// The whole store's verifier, or None when no certificate could be read from it.
+    whole: OnceLock<Option<Arc<WebPkiServerVerifier>>>,
+}
+
+impl Verifier {
+    fn new(
+        provider: Arc<CryptoProvider>,
+        file: Option<PathBuf>,
+        dirs: Vec<PathBuf>,
+    ) -> Result<Verifier, NoRoots> {
+        // The bundle alone, when it holds a certificate and there are directories to defer.
+        let bundle = match &file {
+            Some(file) if !dirs.is_empty() => from_places(Some(file), &[]).ok(),
+            _ => None,
+        };
+        let (roots, rest) = match bundle {
+            Some(roots) => (roots, Some((file, dirs))),
+            None => (from_places(file.as_deref(), &dirs)?, None),
+        };
+        warn_of(&roots);
+        Ok(Verifier {
+            first: webpki(roots.store, &provider),
+            provider,
+            rest,
+            whole: OnceLock::new(),
+        })
+    }
+
+    /// The whole store's verifier, reading the directories the first time; None when they
+    /// were read with the bundle at the start.
+    fn whole(&self) -> Option<&Arc<WebPkiServerVerifier>> {
+        let (file, dirs) = self.rest.as_ref()?;
+        self.whole
+            .get_or_init(|| match from_places(file.as_deref(), dirs) {
+                Ok(roots) => {
+                    warn_of(&roots);
+                    Some(webpki(roots.store, &self.provider))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the CA store's directories could not be read");
+                    None
+                }
+            })
+            .as_ref()
+    }
+}
+
+fn webpki(store: RootCertStore, provider: &Arc<CryptoProvider>) -> Arc<WebPkiServerVerifier> {
+    WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider.clone())
+        .build()
+        // `build` refuses only an empty store, and `from_places` returns none.
+        .expect("a verifier for a store with certificates")
+}
+
+fn warn_of(roots: &Roots) {
+    if roots.ignored > 0 || !roots.problems.is_empty() {
+        tracing::warn!(
+            ignored = roots.ignored,
+            problems = ?roots.problems,
+            "some CA certificates of the system's store could not be read"
+        );
+    }
+}
+
+impl ServerCertVerifier for Verifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.first
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            .or_else(|refusal| match self.whole() {
+                Some(whole) => whole.verify_server_cert(
+                    end_entity,
+                    intermediates,
+                    server_name,
+                    ocsp_response,
+                    now,
+                ),
+                None => Err(refusal),
+            })
+    }
+
+    // A signature's check does not depend on the trust anchors.
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.first.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.first.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.first.supported_verify_schemes()
+    }
 }
 
 /// Where the system's store is: the bundle file and the directories.
@@ -313,6 +448,93 @@ mod tests {
         );
         assert_eq!(ours.len(), theirs.len(), "{file:?} {dirs:?}");
         assert!(ours == theirs, "same count, different certificates");
+    }
+
+    fn authority(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        rcgen::CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+    }
+
+    /// Whether `verifier` accepts a certificate for `localhost` issued by `issuer`, or why not.
+    fn verdict(
+        verifier: &Verifier,
+        issuer: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    ) -> Result<(), String> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&key, issuer)
+            .unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        verifier
+            .verify_server_cert(leaf.der(), &[], &name, &[], UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn provider() -> Arc<CryptoProvider> {
+        Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("roots-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// The directory is read when a chain first needs it, not before: a certificate put there
+    /// after the verifier was made is found, and one of the bundle is found without it.
+    #[test]
+    fn the_directories_are_read_when_a_chain_is_not_anchored_by_the_bundle() {
+        let (bundled, filed, neither) = (
+            authority("bundle CA"),
+            authority("dir CA"),
+            authority("other CA"),
+        );
+        let root = scratch("deferred");
+        let (bundle, dir) = (root.join("bundle.pem"), root.join("certs"));
+        fs::write(&bundle, bundled.pem()).unwrap();
+        fs::create_dir_all(&dir).unwrap();
+        let verifier = Verifier::new(provider(), Some(bundle), vec![dir.clone()]).unwrap();
+
+        fs::write(dir.join("dir-ca.pem"), filed.pem()).unwrap();
+        assert_eq!(verdict(&verifier, &bundled), Ok(()));
+        assert!(
+            verifier.whole.get().is_none(),
+            "read for a chain the bundle anchors"
+        );
+        assert_eq!(verdict(&verifier, &filed), Ok(()));
+        assert!(verifier.whole.get().is_some_and(|w| w.is_some()));
+        let refusal = verdict(&verifier, &neither).unwrap_err();
+        assert!(refusal.contains("UnknownIssuer"), "{refusal}");
+        assert_eq!(verdict(&verifier, &bundled), Ok(()));
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// With no certificate in the bundle (or no bundle), the directories are the store from
+    /// the start; with none in either, the verifier is not made.
+    #[test]
+    fn without_a_usable_bundle_the_directories_are_read_at_the_start() {
+        let filed = authority("dir CA");
+        let root = scratch("eager");
+        let (bundle, dir) = (root.join("bundle.pem"), root.join("certs"));
+        fs::write(&bundle, "no certificate here\n").unwrap();
+        fs::create_dir_all(&dir).unwrap();
+        let e = Verifier::new(provider(), Some(bundle.clone()), vec![dir.clone()]).unwrap_err();
+        assert!(e.to_string().contains("bundle.pem"), "{e}");
+
+        fs::write(dir.join("dir-ca.pem"), filed.pem()).unwrap();
+        for file in [Some(bundle), Some(root.join("missing.pem")), None] {
+            let verifier = Verifier::new(provider(), file.clone(), vec![dir.clone()]).unwrap();
+            assert!(verifier.rest.is_none(), "{file:?}");
+            assert_eq!(verdict(&verifier, &filed), Ok(()), "{file:?}");
+        }
+        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
