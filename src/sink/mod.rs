@@ -1,7 +1,8 @@
 //! The sink: everything that talks to OpenSearch.
 //!
 //! - [`transport`]: the only HTTP to OpenSearch.
-//! - [`roots`]: the CA store TLS connections are verified against, read at cold start.
+//! - [`roots`]: the CA store TLS connections are verified against: its bundle file read at cold
+//!   start, its directories when a chain needs them.
 //! - [`sigv4`]: signing requests for Amazon OpenSearch Service.
 //! - [`dispatch`]: bodies in flight under adaptive concurrency, retried until the deadline.
 //! - [`backoff`]: exponential backoff with full jitter; the only sleep.
