@@ -10,15 +10,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
-};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use stream_indexer::config::Config;
 use stream_indexer::sink::transport::{Method, OpenSearch};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+
+#[path = "common/ca.rs"]
+mod ca;
+use ca::{authority, leaf};
 
 #[tokio::test]
 async fn only_certificates_from_the_trusted_store_and_for_the_host_are_accepted() {
@@ -30,11 +31,11 @@ async fn only_certificates_from_the_trusted_store_and_for_the_host_are_accepted(
     std::fs::create_dir_all(&dir).unwrap();
 
     // The trusted CA in a bundle file alone, then in a directory beside a bundle that does not
-    // hold it (read only when a chain needs it).
+    // hold it. The directory is read when a chain first needs it: the CA is put there only
+    // once the first client has been made.
     for in_directory in [false, true] {
         if in_directory {
             std::fs::write(&bundle, unused.pem()).unwrap();
-            std::fs::write(dir.join("trusted.pem"), trusted.pem()).unwrap();
         } else {
             std::fs::write(&bundle, trusted.pem()).unwrap();
         }
@@ -61,6 +62,9 @@ async fn only_certificates_from_the_trusted_store_and_for_the_host_are_accepted(
             })
             .unwrap();
             let os = OpenSearch::connect(&config).await.unwrap();
+            if in_directory {
+                std::fs::write(dir.join("trusted.pem"), trusted.pem()).unwrap();
+            }
             let answer = os
                 .request(Method::Get, "/", None, Duration::from_secs(10))
                 .await;
@@ -75,27 +79,6 @@ async fn only_certificates_from_the_trusted_store_and_for_the_host_are_accepted(
         }
     }
     std::fs::remove_dir_all(&root).unwrap();
-}
-
-fn authority(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-}
-
-fn leaf(
-    name: &str,
-    issuer: &CertifiedIssuer<'static, KeyPair>,
-) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec![name.to_string()])
-        .unwrap()
-        .signed_by(&key, issuer)
-        .unwrap();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    (cert.der().clone(), key)
 }
 
 /// A TLS server on 127.0.0.1 answering every request `200 {}`; returns its port.

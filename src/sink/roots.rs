@@ -362,7 +362,12 @@ fn lines(text: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 #[cfg(test)]
+#[path = "../../tests/common/ca.rs"]
+mod test_ca;
+
+#[cfg(test)]
 mod tests {
+    use super::test_ca::authority;
     use super::*;
     use proptest::prelude::*;
     use rustls::pki_types::pem::PemObject;
@@ -450,28 +455,15 @@ mod tests {
         assert!(ours == theirs, "same count, different certificates");
     }
 
-    fn authority(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        rcgen::CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-    }
-
     /// Whether `verifier` accepts a certificate for `localhost` issued by `issuer`, or why not.
     fn verdict(
         verifier: &Verifier,
         issuer: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
     ) -> Result<(), String> {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-            .unwrap()
-            .signed_by(&key, issuer)
-            .unwrap();
+        let (leaf, _) = super::test_ca::leaf("localhost", issuer);
         let name = ServerName::try_from("localhost").unwrap();
         verifier
-            .verify_server_cert(leaf.der(), &[], &name, &[], UnixTime::now())
+            .verify_server_cert(&leaf, &[], &name, &[], UnixTime::now())
             .map(|_| ())
             .map_err(|e| e.to_string())
     }
