@@ -7,9 +7,10 @@
 //!
 //! [`system_verifier`] reads the bundle file at cold start and the directories only when a
 //! server's chain is not anchored by the bundle, as OpenSSL, which looks a certificate up in a
-//! directory by its issuer's hash when it needs one, reads them. On Debian and Amazon Linux the
-//! bundle already holds every certificate of the directory, and reading the directory's ~290
-//! files (a `stat`, `open`, `read` and `close` each) was half of a cold start.
+//! directory by its issuer's hash when it needs one, reads them. On Debian the bundle already
+//! holds every certificate of the directory, and reading the directory's ~290 files (a `stat`,
+//! `open`, `read` and `close` each, and the same certificates decoded again) was half of a cold
+//! start.
 //!
 //! The PEM text is read here, by hand, rather than by `rustls-pki-types`' reader, which the
 //! verifier uses: that reader decodes base64 in constant time, as private keys need, at about
@@ -127,7 +128,7 @@ impl Verifier {
 fn webpki(store: RootCertStore, provider: &Arc<CryptoProvider>) -> Arc<WebPkiServerVerifier> {
     WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider.clone())
         .build()
-        // `build` refuses only an empty store, and `from_places` returns none.
+        // `build` refuses only an empty store, and `from_places` never returns one.
         .expect("a verifier for a store with certificates")
 }
 
