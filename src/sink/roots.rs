@@ -8,9 +8,9 @@
 //! [`system_verifier`] reads the bundle file at cold start and the directories only when a
 //! server's chain is not anchored by the bundle, as OpenSSL, which looks a certificate up in a
 //! directory by its issuer's hash when it needs one, reads them. On Debian the bundle already
-//! holds every certificate of the directory, and reading the directory's ~290 files (a `stat`,
-//! `open`, `read` and `close` each, and the same certificates decoded again) was half of a cold
-//! start.
+//! holds the directory's certificates (all but a machine's own self-signed one, if `ssl-cert`
+//! made it), and reading the directory's ~290 files (a `stat`, `open`, `read` and `close` each,
+//! and the same certificates decoded again) was half of a cold start.
 //!
 //! The PEM text is read here, by hand, rather than by `rustls-pki-types`' reader, which the
 //! verifier uses: that reader decodes base64 in constant time, as private keys need, at about
