@@ -34,11 +34,11 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 /// The store, and what could not be read on the way (for a warning: the verifier also goes on
 /// with what it has).
-pub struct Roots {
-    pub store: RootCertStore,
+struct Roots {
+    store: RootCertStore,
     /// Certificates found but not usable as trust anchors.
-    pub ignored: usize,
-    pub problems: Vec<String>,
+    ignored: usize,
+    problems: Vec<String>,
 }
 
 /// No certificate could be read from any of the places.
