@@ -22,6 +22,7 @@
 //!   connection; the payload handed over unparsed).
 //! - [`telemetry`]: logging setup, and in Lambda each invocation's summary line written with its
 //!   metrics line; errors with their source chains; the tools' progress bar.
+//! - [`json_log`]: the JSON log line in Lambda (tracing-subscriber's format, written directly).
 //! - [`tools`]: the operator tools: [`backfill`](tools::backfill) (scan, or a DynamoDB export
 //!   through [`export`](tools::export); the export-loader function's steps),
 //!   [`verify`](tools::verify) (table versus index, repair), [`rebuild`](tools::rebuild),
@@ -29,6 +30,7 @@
 //!   [`aws`](tools::aws), [`ddb_json`](tools::ddb_json).
 pub mod config;
 pub mod handler;
+pub mod json_log;
 pub mod metrics;
 pub mod pipeline;
 pub mod redact;

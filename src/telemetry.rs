@@ -6,6 +6,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::JsonFields;
+
+use crate::json_log::JsonLine;
 
 /// Installs the global subscriber; `RUST_LOG` overrides the default `info` level.
 pub fn init() {
@@ -26,13 +29,12 @@ fn init_with_default(level: &str) {
         .with_env_filter(filter)
         .with_target(false);
     let result = if in_lambda {
-        // The invocation's span (`requestId`, `xrayTraceId`) once per line: the span list
-        // would repeat it, as the function's spans never nest.
+        // tracing-subscriber's JSON line with the event's fields at the top level and the
+        // invocation's span (`requestId`, `xrayTraceId`) once, without the time Lambda adds,
+        // written by `JsonLine`.
         builder
-            .json()
-            .flatten_event(true)
-            .with_span_list(false)
-            .without_time()
+            .fmt_fields(JsonFields::new())
+            .event_format(JsonLine)
             .with_writer(&STDOUT_LINES)
             .try_init()
     } else {
@@ -303,9 +305,8 @@ mod tests {
         let writes = Writes::default();
         let lines: &'static Lines<Writes> = Box::leak(Box::new(Lines::new(writes.clone())));
         let subscriber = tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .without_time()
+            .fmt_fields(JsonFields::new())
+            .event_format(JsonLine)
             .with_max_level(tracing::Level::DEBUG)
             .with_writer(lines)
             .finish();
