@@ -6,8 +6,6 @@
 //! "Dimensions": [["FunctionName", "Index"]], "Metrics": [{"Name": …, "Unit": …}, …]}]},
 //! "FunctionName": …, "Index": …, "<metric>": value or [values], …}`.
 
-use std::fmt::Write;
-
 use crate::handler::Summary;
 
 /// Where metrics go and under which names.
@@ -20,7 +18,9 @@ pub struct MetricsConfig {
 /// The EMF document for one invocation, as one line of JSON (no newline).
 ///
 /// Written out directly rather than built as a `serde_json::Value`: the tree of maps and small
-/// strings took about a twentieth of a one-record invocation's CPU.
+/// strings took about a twentieth of a one-record invocation's CPU. And without `write!`: its
+/// formatting machinery, 52 calls a document, was 15,000 instructions, 9% of a one-record
+/// invocation's.
 pub fn emf(
     config: &MetricsConfig,
     function_name: &str,
@@ -57,40 +57,44 @@ pub fn emf(
         metrics.push(("ReplicationLagP50", "Milliseconds", Value::One(p50)));
     }
     let mut out = String::with_capacity(1536);
-    write!(
-        out,
-        r#"{{"_aws":{{"Timestamp":{timestamp_ms},"CloudWatchMetrics":[{{"Namespace":"#
-    )
-    .expect("writing to a String");
+    let mut number = itoa::Buffer::new();
+    out.push_str(r#"{"_aws":{"Timestamp":"#);
+    out.push_str(number.format(timestamp_ms));
+    out.push_str(r#","CloudWatchMetrics":[{"Namespace":"#);
     string(&mut out, &config.namespace);
     out.push_str(r#","Dimensions":[["FunctionName","Index"]],"Metrics":["#);
     for (i, (name, unit, _)) in metrics.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        write!(out, r#"{{"Name":"{name}","Unit":"{unit}"}}"#).expect("writing to a String");
+        // Names and units are this function's constants: JSON strings as they are.
+        out.push_str(r#"{"Name":""#);
+        out.push_str(name);
+        out.push_str(r#"","Unit":""#);
+        out.push_str(unit);
+        out.push_str(r#""}"#);
     }
     out.push_str(r#"]}]},"FunctionName":"#);
     string(&mut out, function_name);
     out.push_str(r#","Index":"#);
     string(&mut out, index);
     for (name, _, value) in &metrics {
-        write!(out, r#","{name}":"#).expect("writing to a String");
+        out.push_str(",\"");
+        out.push_str(name);
+        out.push_str("\":");
         match value {
-            Value::One(v) => write!(out, "{v}"),
+            Value::One(v) => out.push_str(number.format(*v)),
             Value::Many(vs) => {
                 out.push('[');
                 for (i, v) in vs.iter().enumerate() {
                     if i > 0 {
                         out.push(',');
                     }
-                    write!(out, "{v}").expect("writing to a String");
+                    out.push_str(number.format(*v));
                 }
                 out.push(']');
-                Ok(())
             }
         }
-        .expect("writing to a String");
     }
     out.push('}');
     out
