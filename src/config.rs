@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::metrics::MetricsConfig;
@@ -59,6 +60,116 @@ pub struct Config {
     /// `QUARANTINE_INDEX` (default unset = off): the OpenSearch index that keeps records no index
     /// can accept. Off: such records are reported in `batchItemFailures` instead.
     pub quarantine_index: Option<String>,
+    /// The texts of the settings above that decide what a write is, as each index records them.
+    pub write: WriteSettings,
+}
+
+/// The settings that decide what a write is: a document's index (`OPENSEARCH_INDEX`,
+/// `ROUTES`), its body (`EXCLUDE_ATTRIBUTES`, `INCLUDE_ATTRIBUTES`, `METADATA_FIELDS`,
+/// `METADATA_PREFIX`) and its version (`VERSION_ATTRIBUTE`), as the texts they were set to.
+///
+/// Each index records the settings it is written with ([`crate::sink::template`]); the function
+/// and every tool must agree with that record before they write. Two writers that disagree make
+/// the index wrong for good: versions of two schemes (stream time in ms against a counter) never
+/// meet safely, and another route or projection reads live documents as extra or different.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteSettings {
+    #[serde(rename = "VERSION_ATTRIBUTE")]
+    pub version_attribute: Option<String>,
+    #[serde(rename = "OPENSEARCH_INDEX")]
+    pub index: Option<String>,
+    #[serde(rename = "ROUTES")]
+    pub routes: Option<String>,
+    #[serde(rename = "EXCLUDE_ATTRIBUTES")]
+    pub exclude_attributes: Option<String>,
+    #[serde(rename = "INCLUDE_ATTRIBUTES")]
+    pub include_attributes: Option<String>,
+    #[serde(rename = "METADATA_FIELDS")]
+    pub metadata_fields: Option<String>,
+    #[serde(rename = "METADATA_PREFIX")]
+    pub metadata_prefix: Option<String>,
+}
+
+/// One setting that differs between an index's record and a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Difference {
+    pub variable: &'static str,
+    pub recorded: Option<String>,
+    pub configured: Option<String>,
+}
+
+impl std::fmt::Display for Difference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let show = |v: &Option<String>| v.as_ref().map_or("unset".to_string(), |t| format!("{t:?}"));
+        write!(
+            f,
+            "{}: the index is written with {}, this configuration has {}",
+            self.variable,
+            show(&self.recorded),
+            show(&self.configured)
+        )
+    }
+}
+
+impl WriteSettings {
+    /// The settings of `recorded` that write differently from these. Compared as the values
+    /// they parse to, so spelling alone (spaces, order of a list's equal entries) is no
+    /// difference; a group that differs lists each of its variables whose text differs. A
+    /// record that does not parse is an error: what it meant cannot be known.
+    pub fn differences(&self, recorded: &WriteSettings) -> Result<Vec<Difference>, ConfigError> {
+        let mut out = Vec::new();
+        let mut group = |same: bool, variables: &[(&'static str, &Option<String>, &Option<String>)]| {
+            if !same {
+                for (variable, r, c) in variables {
+                    if r != c {
+                        out.push(Difference {
+                            variable,
+                            recorded: (*r).clone(),
+                            configured: (*c).clone(),
+                        });
+                    }
+                }
+            }
+        };
+        group(
+            self.version_attribute == recorded.version_attribute,
+            &[("VERSION_ATTRIBUTE", &recorded.version_attribute, &self.version_attribute)],
+        );
+        group(
+            Router::parse(self.index.as_deref(), self.routes.as_deref())?
+                == Router::parse(recorded.index.as_deref(), recorded.routes.as_deref())?,
+            &[
+                ("OPENSEARCH_INDEX", &recorded.index, &self.index),
+                ("ROUTES", &recorded.routes, &self.routes),
+            ],
+        );
+        group(
+            Projection::parse(
+                self.exclude_attributes.as_deref(),
+                self.include_attributes.as_deref(),
+            )? == Projection::parse(
+                recorded.exclude_attributes.as_deref(),
+                recorded.include_attributes.as_deref(),
+            )?,
+            &[
+                ("EXCLUDE_ATTRIBUTES", &recorded.exclude_attributes, &self.exclude_attributes),
+                ("INCLUDE_ATTRIBUTES", &recorded.include_attributes, &self.include_attributes),
+            ],
+        );
+        group(
+            Metadata::parse(self.metadata_fields.as_deref(), self.metadata_prefix.as_deref())?
+                == Metadata::parse(
+                    recorded.metadata_fields.as_deref(),
+                    recorded.metadata_prefix.as_deref(),
+                )?,
+            &[
+                ("METADATA_FIELDS", &recorded.metadata_fields, &self.metadata_fields),
+                ("METADATA_PREFIX", &recorded.metadata_prefix, &self.metadata_prefix),
+            ],
+        );
+        Ok(out)
+    }
 }
 
 /// How requests to OpenSearch authenticate.
@@ -147,10 +258,19 @@ impl Config {
             ));
         }
         let index = get("OPENSEARCH_INDEX").map(|i| i.trim().to_string());
-        let router = Router::parse(index.as_deref(), get("ROUTES").as_deref())?;
+        let write = WriteSettings {
+            version_attribute: get("VERSION_ATTRIBUTE").map(|s| s.trim().to_string()),
+            index: index.clone(),
+            routes: get("ROUTES"),
+            exclude_attributes: get("EXCLUDE_ATTRIBUTES"),
+            include_attributes: get("INCLUDE_ATTRIBUTES"),
+            metadata_fields: get("METADATA_FIELDS"),
+            metadata_prefix: get("METADATA_PREFIX"),
+        };
+        let router = Router::parse(write.index.as_deref(), write.routes.as_deref())?;
         let projection = Projection::parse(
-            get("EXCLUDE_ATTRIBUTES").as_deref(),
-            get("INCLUDE_ATTRIBUTES").as_deref(),
+            write.exclude_attributes.as_deref(),
+            write.include_attributes.as_deref(),
         )?;
         let metrics = match get("METRICS").as_deref().map(str::trim) {
             None | Some("on") => Some(MetricsConfig {
@@ -164,8 +284,8 @@ impl Config {
             }
         };
         let metadata = Metadata::parse(
-            get("METADATA_FIELDS").as_deref(),
-            get("METADATA_PREFIX").as_deref(),
+            write.metadata_fields.as_deref(),
+            write.metadata_prefix.as_deref(),
         )?;
 
         let auth = match get("OPENSEARCH_AUTH").as_deref().map(str::trim) {
@@ -250,7 +370,7 @@ impl Config {
                 100,
                 900_000,
             )?),
-            version_attribute: get("VERSION_ATTRIBUTE").map(|s| s.trim().to_string()),
+            version_attribute: write.version_attribute.clone(),
             deadline_margin: Duration::from_millis(number(
                 "DEADLINE_MARGIN_MS",
                 3_000,
@@ -260,6 +380,7 @@ impl Config {
             retry_base,
             retry_max,
             quarantine_index,
+            write,
         })
     }
 }
@@ -360,6 +481,49 @@ mod tests {
             ("OPENSEARCH_INDEX", "Items"),
         ];
         assert_eq!(config(&v).unwrap_err().variable, "OPENSEARCH_INDEX");
+    }
+
+    #[test]
+    fn write_settings_differ_by_what_they_write_and_name_each_variable_with_both_values() {
+        let of = |extra: &[(&str, &str)]| {
+            let mut v = BASE.to_vec();
+            v.extend_from_slice(extra);
+            config(&v).unwrap().write
+        };
+        let plain = of(&[]);
+        assert_eq!(plain.differences(&plain).unwrap(), vec![]);
+        // Spelling alone is no difference.
+        let spaced = of(&[("EXCLUDE_ATTRIBUTES", "a, b.c")]);
+        let tight = of(&[("EXCLUDE_ATTRIBUTES", "a,b.c")]);
+        assert_eq!(spaced.differences(&tight).unwrap(), vec![]);
+        // The function's counter against a shell without it.
+        let rev = of(&[("VERSION_ATTRIBUTE", "rev")]);
+        let d = plain.differences(&rev).unwrap();
+        assert_eq!(
+            d,
+            vec![Difference {
+                variable: "VERSION_ATTRIBUTE",
+                recorded: Some("rev".into()),
+                configured: None,
+            }]
+        );
+        assert_eq!(
+            d[0].to_string(),
+            "VERSION_ATTRIBUTE: the index is written with \"rev\", this configuration has unset"
+        );
+        let routed = of(&[(
+            "ROUTES",
+            r#"[{"when": {"attribute": "t", "equals": "x"}, "index": null}]"#,
+        )]);
+        let d = routed.differences(&of(&[("METADATA_FIELDS", "table")])).unwrap();
+        let names: Vec<_> = d.iter().map(|d| d.variable).collect();
+        assert_eq!(names, ["ROUTES", "METADATA_FIELDS"]);
+        // A record that does not parse cannot be agreed with.
+        let broken = WriteSettings {
+            routes: Some("[{".into()),
+            ..plain.clone()
+        };
+        assert_eq!(plain.differences(&broken).unwrap_err().variable, "ROUTES");
     }
 
     #[test]

@@ -150,6 +150,33 @@ impl Indexer {
         })
     }
 
+    /// At cold start: each fixed index the function writes to must record the function's write
+    /// settings, or record none yet (then it records them). A mismatch is an error: the
+    /// function must not start (Lambda keeps the records in the stream until the settings
+    /// agree). An index that cannot be read now (the cluster down, a role without GET on
+    /// `_mapping`) is logged and passed over: the check is the tools' guard too, and the
+    /// stream must not wait for it. Indexes named per table are checked by the tools, which
+    /// know their table.
+    pub async fn check_write_settings(
+        &self,
+    ) -> Result<(), crate::sink::template::WriteSettingsError> {
+        use crate::sink::template::{self, WriteSettingsError};
+        for index in self.config.router.every_index(None) {
+            match template::record_or_check(&self.opensearch, &index, &self.config.write, true)
+                .await
+            {
+                Ok(_) => {}
+                Err(WriteSettingsError::Request(e)) => tracing::warn!(
+                    index = &*index,
+                    error = %e,
+                    "could not check the index's recorded write settings; starting without"
+                ),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Where this indexer's versions come from (configuration).
     pub fn versions(&self) -> VersionSource {
         match &self.config.version_attribute {

@@ -86,12 +86,14 @@ async fn serve() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The configuration and the OpenSearch client. The quarantine index, if configured, is created
-/// with its mapping on its first write (Quarantine::put), not here: cold starts stay one client
-/// build long.
+/// The configuration, the OpenSearch client, and the index's recorded write settings checked.
+/// The quarantine index, if configured, is created with its mapping on its first write
+/// (Quarantine::put), not here.
 async fn start() -> anyhow::Result<Indexer> {
     let config = Config::from_env()?;
-    Ok(Indexer::new(config).await?)
+    let indexer = Indexer::new(config).await?;
+    indexer.check_write_settings().await?;
+    Ok(indexer)
 }
 
 /// Whether the unusable-deadline warning was logged (once per process).

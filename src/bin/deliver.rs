@@ -42,9 +42,12 @@ async fn main() -> anyhow::Result<()> {
                 "{}-template",
                 pattern.replace('*', "").trim_end_matches(['-', '_', '.'])
             );
-            template::apply(&indexer.opensearch, &name, pattern).await?;
+            let write = &indexer.config.write;
+            template::apply(&indexer.opensearch, &name, pattern, write).await?;
             if !pattern.contains('*') {
                 template::create_index(&indexer.opensearch, pattern).await?;
+                // An index that existed before must already be written this way.
+                template::record_or_check(&indexer.opensearch, pattern, write, true).await?;
             }
             println!("template {name} applies to {pattern}");
         }

@@ -70,7 +70,13 @@ async fn main() -> anyhow::Result<()> {
             Duration::from_secs(30),
         )
         .await;
-    template::apply(&indexer.opensearch, &format!("{index}-template"), &index).await?;
+    template::apply(
+        &indexer.opensearch,
+        &format!("{index}-template"),
+        &index,
+        &indexer.config.write,
+    )
+    .await?;
     template::create_index(&indexer.opensearch, &index).await?;
 
     let (puts, updates, deletes) = write_changes(&ddb, &args.table, args.items).await?;

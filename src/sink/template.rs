@@ -1,27 +1,58 @@
-//! The index template (`infra/index-template.json`), embedded so every binary applies the same.
+//! The index template (`infra/index-template.json`), embedded so every binary applies the same,
+//! and the write settings each index records in its mapping's `_meta`.
+//!
+//! # The record
+//! An index says how it is written: `_meta.stream_indexer_write` holds the [`WriteSettings`]
+//! (version scheme, routes, projection, metadata fields) of whoever wrote it first. A template
+//! applied here carries the record, so an index created under it has it from birth; an index
+//! without one gets it from the first writer that checks ([`record_or_check`]). The function
+//! checks at cold start and refuses to start on a mismatch; every tool checks before it writes
+//! and refuses likewise, naming each setting that differs with both values. So the versions of
+//! one index always come from one scheme, and a tool never reads documents routed or projected
+//! another way as drift.
+//!
+//! Changing a recorded setting means a new index: `rebuild` creates one under a template that
+//! records the new settings, fills it and moves the alias.
 
 use std::time::Duration;
 
-use crate::sink::transport::Method;
+use serde::Deserialize;
 
-use crate::sink::transport::{OpenSearch, RequestError};
+use crate::config::{Difference, WriteSettings};
+use crate::sink::transport::{Method, OpenSearch, RequestError};
 
 /// The composable index template, with `INDEX_PATTERN` where the index pattern goes.
 pub const INDEX_TEMPLATE: &str = include_str!("../../infra/index-template.json");
 
-/// The template body for indices matching `pattern` (e.g. `items` or `items-*`).
-pub fn template_for(pattern: &str) -> String {
-    INDEX_TEMPLATE.replace("INDEX_PATTERN", pattern)
+/// The key of the write settings in an index's mapping `_meta`.
+pub const META_KEY: &str = "stream_indexer_write";
+
+/// Time one request here may take.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The template body for indices matching `pattern` (e.g. `items` or `items-*`), recording
+/// `write` in the mapping's `_meta`.
+pub fn template_for(pattern: &str, write: &WriteSettings) -> String {
+    let mut template: serde_json::Value =
+        serde_json::from_str(&INDEX_TEMPLATE.replace("INDEX_PATTERN", pattern))
+            .expect("the embedded template is JSON");
+    template["template"]["mappings"]["_meta"] = serde_json::json!({ META_KEY: write });
+    template.to_string()
 }
 
-/// Installs the template as `_index_template/{name}` for `pattern`.
-pub async fn apply(os: &OpenSearch, name: &str, pattern: &str) -> Result<(), RequestError> {
+/// Installs the template as `_index_template/{name}` for `pattern`, recording `write`.
+pub async fn apply(
+    os: &OpenSearch,
+    name: &str,
+    pattern: &str,
+    write: &WriteSettings,
+) -> Result<(), RequestError> {
     let path = format!("/_index_template/{name}");
     os.request(
         Method::Put,
         &path,
-        Some(template_for(pattern).into_bytes()),
-        Duration::from_secs(30),
+        Some(template_for(pattern, write).into_bytes()),
+        TIMEOUT,
     )
     .await
     .map(|_| ())
@@ -31,12 +62,7 @@ pub async fn apply(os: &OpenSearch, name: &str, pattern: &str) -> Result<(), Req
 /// exists already.
 pub async fn create_index(os: &OpenSearch, index: &str) -> Result<(), RequestError> {
     match os
-        .request(
-            Method::Head,
-            &format!("/{index}"),
-            None,
-            Duration::from_secs(30),
-        )
+        .request(Method::Head, &format!("/{index}"), None, TIMEOUT)
         .await
     {
         Ok(_) => return Ok(()),
@@ -44,16 +70,154 @@ pub async fn create_index(os: &OpenSearch, index: &str) -> Result<(), RequestErr
         Err(e) => return Err(e),
     }
     match os
-        .request(
-            Method::Put,
-            &format!("/{index}"),
-            None,
-            Duration::from_secs(30),
-        )
+        .request(Method::Put, &format!("/{index}"), None, TIMEOUT)
         .await
     {
         Ok(_) => Ok(()),
         Err(e) if e.error_type.as_deref() == Some("resource_already_exists_exception") => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+/// Why a writer may not write to an index.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteSettingsError {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error(
+        "index {index} is written with other settings; nothing was written to it. {}. Run with the settings the index records, or rebuild into a new index to change them",
+        list(.differences)
+    )]
+    Mismatch {
+        index: String,
+        differences: Vec<Difference>,
+    },
+    #[error(
+        "index {index}: its recorded write settings (_meta.{META_KEY}) cannot be read ({reason}); nothing was written to it"
+    )]
+    Unreadable { index: String, reason: String },
+}
+
+fn list(differences: &[Difference]) -> String {
+    differences
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// What [`record_or_check`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// No such index (nothing to check; a template applied here records at creation).
+    NoIndex,
+    /// The index had no record; `write` is its record now.
+    Now,
+    /// The index records the same settings.
+    Agrees,
+}
+
+#[derive(Deserialize)]
+struct IndexMapping {
+    #[serde(default)]
+    mappings: Mappings,
+}
+
+#[derive(Deserialize, Default)]
+struct Mappings {
+    #[serde(rename = "_meta", default)]
+    meta: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Checks `index` (an index or an alias: every index behind it) against `write`; where an
+/// index has no record yet and `record` is set, records `write` in it (the rest of its `_meta`
+/// kept). Two first writers racing with different settings both record; the later record
+/// stands and the other writer's next check refuses.
+pub async fn record_or_check(
+    os: &OpenSearch,
+    index: &str,
+    write: &WriteSettings,
+    record: bool,
+) -> Result<Recorded, WriteSettingsError> {
+    let body = match os
+        .request(Method::Get, &format!("/{index}/_mapping"), None, TIMEOUT)
+        .await
+    {
+        Ok((_, body)) => body,
+        Err(e) if e.status == Some(404) => return Ok(Recorded::NoIndex),
+        Err(e) => return Err(e.into()),
+    };
+    let unreadable = |reason: String| WriteSettingsError::Unreadable {
+        index: index.to_string(),
+        reason,
+    };
+    let indexes: std::collections::BTreeMap<String, IndexMapping> =
+        serde_json::from_slice(&body).map_err(|e| unreadable(e.to_string()))?;
+    let mut unrecorded = Vec::new();
+    for (name, mapping) in &indexes {
+        let Some(recorded) = mapping.mappings.meta.get(META_KEY) else {
+            unrecorded.push((name, &mapping.mappings.meta));
+            continue;
+        };
+        let recorded: WriteSettings = serde_json::from_value(recorded.clone())
+            .map_err(|e| unreadable(format!("{name}: {e}")))?;
+        let differences = write
+            .differences(&recorded)
+            .map_err(|e| unreadable(format!("{name}: {e}")))?;
+        if !differences.is_empty() {
+            return Err(WriteSettingsError::Mismatch {
+                index: name.clone(),
+                differences,
+            });
+        }
+    }
+    if unrecorded.is_empty() || !record {
+        return Ok(Recorded::Agrees);
+    }
+    for (name, meta) in unrecorded {
+        let mut meta = meta.clone();
+        meta.insert(META_KEY.into(), serde_json::json!(write));
+        let body = serde_json::json!({ "_meta": meta }).to_string().into_bytes();
+        os.request(Method::Put, &format!("/{name}/_mapping"), Some(body), TIMEOUT)
+            .await?;
+    }
+    Ok(Recorded::Now)
+}
+
+/// [`record_or_check`] for each of `indexes`; the first refusal ends it.
+pub async fn check_all<I: AsRef<str>>(
+    os: &OpenSearch,
+    indexes: &[I],
+    write: &WriteSettings,
+    record: bool,
+) -> Result<(), WriteSettingsError> {
+    for index in indexes {
+        record_or_check(os, index.as_ref(), write, record).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_template_records_the_write_settings_it_was_applied_with() {
+        let write = WriteSettings {
+            version_attribute: Some("rev".into()),
+            index: Some("items".into()),
+            ..WriteSettings::default()
+        };
+        let t: serde_json::Value = serde_json::from_str(&template_for("items-*", &write)).unwrap();
+        assert_eq!(t["index_patterns"], serde_json::json!(["items-*"]));
+        let recorded: WriteSettings =
+            serde_json::from_value(t["template"]["mappings"]["_meta"][META_KEY].clone()).unwrap();
+        assert_eq!(recorded, write);
+        // The rest of the template is the file's.
+        assert_eq!(
+            t["template"]["mappings"]["dynamic_templates"],
+            serde_json::from_str::<serde_json::Value>(INDEX_TEMPLATE).unwrap()["template"]
+                ["mappings"]["dynamic_templates"]
+        );
     }
 }

@@ -10,6 +10,7 @@
 //!   read-time versions.
 //! - [`replay`]: re-drives quarantined records.
 //! - [`runner`]: polls a stream and invokes the function as Lambda's event source mapping does.
+//! - [`table`]: items read back by key (consistent, fail-closed), for verify and replay.
 //! - [`aws`], [`ddb_json`]: AWS SDK configuration; SDK attribute values → DynamoDB JSON.
 pub mod aws;
 pub mod backfill;
@@ -18,4 +19,5 @@ pub mod export;
 pub mod rebuild;
 pub mod replay;
 pub mod runner;
+pub mod table;
 pub mod verify;

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::sink::transport::Method;
 use serde_json::json;
 
+use crate::config::WriteSettings;
 use crate::sink::template;
 use crate::sink::transport::{OpenSearch, RequestError};
 
@@ -117,7 +118,12 @@ pub enum RebuildError {
 
 /// Creates the new index from the template (with `gc_deletes` raised for the backfill) and
 /// moves the write alias to it. Returns the new index's name.
-pub async fn start(os: &OpenSearch, name: &str, gc_deletes: &str) -> Result<String, RebuildError> {
+pub async fn start(
+    os: &OpenSearch,
+    name: &str,
+    gc_deletes: &str,
+    settings: &WriteSettings,
+) -> Result<String, RebuildError> {
     let write = write_alias(name);
     for alias in [name, write.as_str()] {
         if is_concrete_index(os, alias).await? {
@@ -125,7 +131,8 @@ pub async fn start(os: &OpenSearch, name: &str, gc_deletes: &str) -> Result<Stri
         }
     }
     let index = new_index_name(name, SystemTime::now());
-    template::apply(os, &format!("{name}-rebuild"), &format!("{name}-*")).await?;
+    // The new index records the settings it is built with: a rebuild is how they change.
+    template::apply(os, &format!("{name}-rebuild"), &format!("{name}-*"), settings).await?;
     let body = json!({"settings": {"index": {"gc_deletes": gc_deletes}}})
         .to_string()
         .into_bytes();

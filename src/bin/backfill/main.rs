@@ -146,7 +146,13 @@ async fn main() -> anyhow::Result<()> {
             "--rebuild rebuilds one index: it cannot be combined with ROUTES or a {{table}} index name"
         );
         let indexer = Indexer::new(config.clone()).await?;
-        let index = rebuild::start(&indexer.opensearch, name, &args.gc_deletes).await?;
+        let index = rebuild::start(
+            &indexer.opensearch,
+            name,
+            &args.gc_deletes,
+            &indexer.config.write,
+        )
+        .await?;
         println!(
             "rebuild: created {index}; stream writes ({}) now land there",
             rebuild::write_alias(name)

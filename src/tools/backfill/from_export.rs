@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 use super::{BackfillError, Sink, Summary, SyntheticBatch};
 use crate::handler::Indexer;
-use crate::pipeline::change::VersionSource;
+use crate::pipeline::change::{MAX_CLOCK_AHEAD_SECS, VersionSource};
 use crate::tools::export::{DataFile, Export, Share};
 
 /// A page is sent once it holds this many bytes of records, even short of `page_size` items:
@@ -101,6 +101,7 @@ pub async fn run(
     counters: &Counters,
 ) -> Result<Summary, BackfillError> {
     let started = Instant::now();
+    check_export_time(opts.export_time, SystemTime::now())?;
     let indexes = super::every_index(indexer, &opts.table);
     let index = indexes.join(",");
     if opts.key_names.is_empty() {
@@ -219,6 +220,10 @@ pub async fn load_file(
     opts: &Options,
 ) -> Result<Summary, BackfillError> {
     let started = Instant::now();
+    check_export_time(opts.export_time, SystemTime::now())?;
+    let indexes = super::every_index(indexer, &opts.table);
+    crate::sink::template::check_all(&indexer.opensearch, &indexes, &indexer.config.write, true)
+        .await?;
     let stop = AtomicBool::new(false);
     let counters = Counters::default();
     let loader = Loader::new(indexer, s3, bucket, opts, &stop, &counters);
@@ -228,6 +233,21 @@ pub async fn load_file(
     let mut summary = loader.sink.into_summary();
     summary.millis = started.elapsed().as_millis() as u64;
     Ok(summary)
+}
+
+/// Refuses an export time ahead of `now` by more than the stream allows a record's time
+/// ([`MAX_CLOCK_AHEAD_SECS`]): the copies' versions come from it, and copies versioned in the
+/// future would outrank every real change of their items until that time.
+pub fn check_export_time(export_time: SystemTime, now: SystemTime) -> Result<(), BackfillError> {
+    match export_time.duration_since(now) {
+        Ok(ahead) if ahead.as_secs() > MAX_CLOCK_AHEAD_SECS => {
+            Err(BackfillError::ExportData(format!(
+                "the export time is {} s ahead of this machine's clock (at most {MAX_CLOCK_AHEAD_SECS} s allowed): the export's copies would outrank every later change of their items; check the manifest or --export-time",
+                ahead.as_secs()
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// What every file of one run shares.

@@ -106,6 +106,9 @@ pub enum BackfillError {
     /// An export too old for the index's delete memory (`from_export` module docs).
     #[error("{0}")]
     StaleExport(String),
+    /// The index is written with other settings (`sink::template`).
+    #[error(transparent)]
+    WriteSettings(#[from] crate::sink::template::WriteSettingsError),
 }
 
 impl BackfillError {
@@ -120,6 +123,7 @@ impl BackfillError {
             BackfillError::Export(_) => "Export",
             BackfillError::ExportData(_) => "ExportData",
             BackfillError::StaleExport(_) => "StaleExport",
+            BackfillError::WriteSettings(_) => "WriteSettings",
         }
     }
 }
@@ -566,9 +570,10 @@ pub fn every_index(indexer: &Indexer, table: &str) -> Vec<String> {
         .collect()
 }
 
-/// Creates `indexes` (their settings change here; the first write would create them anyway) and
-/// sets `index.gc_deletes` to `gc_deletes` on each; returns what [`restore_gc_deletes`] puts
-/// back.
+/// Creates `indexes` (their settings change here; the first write would create them anyway),
+/// checks that each is written with this configuration's settings (recording them where the
+/// index has no record yet) and sets `index.gc_deletes` to `gc_deletes` on each; returns what
+/// [`restore_gc_deletes`] puts back.
 pub async fn prepare_indexes(
     indexer: &Indexer,
     indexes: &[String],
@@ -577,6 +582,8 @@ pub async fn prepare_indexes(
     for index in indexes {
         crate::sink::template::create_index(&indexer.opensearch, index).await?;
     }
+    crate::sink::template::check_all(&indexer.opensearch, indexes, &indexer.config.write, true)
+        .await?;
     let mut previous = Vec::new();
     if let Some(value) = gc_deletes {
         for index in indexes {

@@ -127,6 +127,7 @@ impl Worker {
                         location.url()
                     ))
                 })?;
+                from_export::check_export_time(export_time, std::time::SystemTime::now())?;
                 serde_json::to_value(Opened {
                     manifest_files_key: format!("{}/manifest-files.json", location.dir),
                     bucket: location.bucket,

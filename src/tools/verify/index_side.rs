@@ -37,9 +37,6 @@ pub(super) struct IdHits {
 /// How long a point in time stays open between two pages of the walk.
 pub(super) const PIT_KEEP_ALIVE: &str = "5m";
 
-/// BatchGetItem takes at most 100 keys.
-pub(super) const BATCH_GET_KEYS: usize = 100;
-
 /// Where an item belongs.
 pub(super) enum Home {
     Index(Arc<str>),
@@ -343,59 +340,19 @@ impl Verifier<'_> {
         }
     }
 
-    /// Items by key, read consistently; absent items are left out.
+    /// Items by key, read consistently; absent items are left out. An answer that does not
+    /// match the request is an error ([`table::Reader`]): it must never read as "no item".
     pub(super) async fn batch_get(&self, keys: Vec<Item>) -> Result<Vec<Item>, VerifyError> {
-        let backoff = Backoff {
-            base: Duration::from_millis(50),
-            max: Duration::from_secs(5),
+        let reader = table::Reader {
+            ddb: self.ddb,
+            table: self.table(),
+            key_names: &self.key_names,
+            units: self.units.as_ref(),
         };
-        let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(BATCH_GET_KEYS) {
-            let mut pending = Some(
-                KeysAndAttributes::builder()
-                    .set_keys(Some(chunk.to_vec()))
-                    .consistent_read(true)
-                    .build()
-                    .map_err(|e| self.fail("BatchGetItem", e))?,
-            );
-            let mut attempt = 0;
-            while let Some(request) = pending.take() {
-                let res = self
-                    .ddb
-                    .batch_get_item()
-                    .request_items(self.table(), request)
-                    .return_consumed_capacity(ReturnConsumedCapacity::Total)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        self.fail(
-                            &format!("BatchGetItem {}", self.table()),
-                            crate::telemetry::error_chain(&e),
-                        )
-                    })?;
-                for c in res.consumed_capacity.unwrap_or_default() {
-                    self.charge(Some(&c)).await;
-                }
-                if let Some(mut found) = res.responses {
-                    out.extend(found.remove(self.table()).unwrap_or_default());
-                }
-                // Throttled keys come back unprocessed: ask again after a wait.
-                pending = res
-                    .unprocessed_keys
-                    .and_then(|mut u| u.remove(self.table()))
-                    .filter(|k| !k.keys.is_empty());
-                if pending.is_some() {
-                    attempt += 1;
-                    if attempt > 10 {
-                        return Err(self.fail(
-                            &format!("BatchGetItem {}", self.table()),
-                            "keys still unprocessed after 10 attempts",
-                        ));
-                    }
-                    Backoff::wait(backoff.delay(attempt)).await;
-                }
-            }
-        }
-        Ok(out)
+        let found = reader
+            .get(&keys)
+            .await
+            .map_err(|e| VerifyError(e.to_string()))?;
+        Ok(found.into_iter().flatten().collect())
     }
 }

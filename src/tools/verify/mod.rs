@@ -13,6 +13,8 @@
 //! - Repair writes with the backfill's read-time versions ([`backfill::read_versions`]), so any
 //!   stream change made after the read wins over the repair.
 //! - Memory: a page per scan segment and a page of ids per index, whatever the table's size.
+//! - Before anything is read, each index's recorded write settings must agree with this
+//!   configuration's ([`crate::sink::template`]).
 //!
 //! `table_side` holds the first direction, `index_side` the second; this file the run, the
 //! report and the key/id helpers both use.
@@ -24,7 +26,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::sink::transport::Method;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, ConsumedCapacity, KeysAndAttributes, ReturnConsumedCapacity,
+    AttributeValue, ConsumedCapacity, ReturnConsumedCapacity,
     ScalarAttributeType, TableDescription,
 };
 use rand::SeedableRng as _;
@@ -35,11 +37,10 @@ use tokio::time::Instant;
 use crate::handler::{Indexer, RecordOutcome};
 use crate::pipeline::bulk::ItemOutcome;
 use crate::pipeline::change::{self, Action, Change, Disposition, VersionSource};
-use crate::sink::backoff::Backoff;
 use crate::sink::transport::{OpenSearch, RequestError};
 use crate::{
     pipeline::{convert, docid},
-    tools::{backfill, ddb_json},
+    tools::{backfill, ddb_json, table},
 };
 
 mod index_side;
@@ -265,6 +266,18 @@ pub async fn run(
     progress: &AtomicU64,
 ) -> Result<Report, VerifyError> {
     let keys = key_schema(ddb, &opts.table).await?;
+    // Read with other settings, live documents would read as extra or different, and a repair
+    // would write versions of another scheme. A repair records the settings where an index has
+    // none yet; a read-only run only checks.
+    let indexes = indexer.config.router.every_index(Some(&opts.table));
+    crate::sink::template::check_all(
+        &indexer.opensearch,
+        &indexes,
+        &indexer.config.write,
+        opts.repair,
+    )
+    .await
+    .map_err(|e| VerifyError(e.to_string()))?;
     let v = Verifier {
         indexer,
         ddb,
