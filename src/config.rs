@@ -101,7 +101,8 @@ pub struct Difference {
 
 impl std::fmt::Display for Difference {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let show = |v: &Option<String>| v.as_ref().map_or("unset".to_string(), |t| format!("{t:?}"));
+        let show =
+            |v: &Option<String>| v.as_ref().map_or("unset".to_string(), |t| format!("{t:?}"));
         write!(
             f,
             "{}: the index is written with {}, this configuration has {}",
@@ -119,22 +120,27 @@ impl WriteSettings {
     /// record that does not parse is an error: what it meant cannot be known.
     pub fn differences(&self, recorded: &WriteSettings) -> Result<Vec<Difference>, ConfigError> {
         let mut out = Vec::new();
-        let mut group = |same: bool, variables: &[(&'static str, &Option<String>, &Option<String>)]| {
-            if !same {
-                for (variable, r, c) in variables {
-                    if r != c {
-                        out.push(Difference {
-                            variable,
-                            recorded: (*r).clone(),
-                            configured: (*c).clone(),
-                        });
+        let mut group =
+            |same: bool, variables: &[(&'static str, &Option<String>, &Option<String>)]| {
+                if !same {
+                    for (variable, r, c) in variables {
+                        if r != c {
+                            out.push(Difference {
+                                variable,
+                                recorded: (*r).clone(),
+                                configured: (*c).clone(),
+                            });
+                        }
                     }
                 }
-            }
-        };
+            };
         group(
             self.version_attribute == recorded.version_attribute,
-            &[("VERSION_ATTRIBUTE", &recorded.version_attribute, &self.version_attribute)],
+            &[(
+                "VERSION_ATTRIBUTE",
+                &recorded.version_attribute,
+                &self.version_attribute,
+            )],
         );
         group(
             Router::parse(self.index.as_deref(), self.routes.as_deref())?
@@ -153,19 +159,37 @@ impl WriteSettings {
                 recorded.include_attributes.as_deref(),
             )?,
             &[
-                ("EXCLUDE_ATTRIBUTES", &recorded.exclude_attributes, &self.exclude_attributes),
-                ("INCLUDE_ATTRIBUTES", &recorded.include_attributes, &self.include_attributes),
+                (
+                    "EXCLUDE_ATTRIBUTES",
+                    &recorded.exclude_attributes,
+                    &self.exclude_attributes,
+                ),
+                (
+                    "INCLUDE_ATTRIBUTES",
+                    &recorded.include_attributes,
+                    &self.include_attributes,
+                ),
             ],
         );
         group(
-            Metadata::parse(self.metadata_fields.as_deref(), self.metadata_prefix.as_deref())?
-                == Metadata::parse(
-                    recorded.metadata_fields.as_deref(),
-                    recorded.metadata_prefix.as_deref(),
-                )?,
+            Metadata::parse(
+                self.metadata_fields.as_deref(),
+                self.metadata_prefix.as_deref(),
+            )? == Metadata::parse(
+                recorded.metadata_fields.as_deref(),
+                recorded.metadata_prefix.as_deref(),
+            )?,
             &[
-                ("METADATA_FIELDS", &recorded.metadata_fields, &self.metadata_fields),
-                ("METADATA_PREFIX", &recorded.metadata_prefix, &self.metadata_prefix),
+                (
+                    "METADATA_FIELDS",
+                    &recorded.metadata_fields,
+                    &self.metadata_fields,
+                ),
+                (
+                    "METADATA_PREFIX",
+                    &recorded.metadata_prefix,
+                    &self.metadata_prefix,
+                ),
             ],
         );
         Ok(out)
@@ -515,7 +539,9 @@ mod tests {
             "ROUTES",
             r#"[{"when": {"attribute": "t", "equals": "x"}, "index": null}]"#,
         )]);
-        let d = routed.differences(&of(&[("METADATA_FIELDS", "table")])).unwrap();
+        let d = routed
+            .differences(&of(&[("METADATA_FIELDS", "table")]))
+            .unwrap();
         let names: Vec<_> = d.iter().map(|d| d.variable).collect();
         assert_eq!(names, ["ROUTES", "METADATA_FIELDS"]);
         // A record that does not parse cannot be agreed with.

@@ -270,23 +270,13 @@ async fn replay_applies_the_newer_of_two_quarantined_changes_of_one_item() {
     )
     .await;
     // Same second; the newer change's eventID sorts first, and its sequence number is longer
-    // (compared as text it would sort first too).
-    let mut older = change(
-        5,
-        "INSERT",
-        "item",
-        1_763_800_000,
-        Some(json!({"note": {"S": "old"}})),
-    );
+    // (compared as text it would sort first too). Recent: replay without the table re-sends
+    // only changes whose later deletes the index still remembers.
+    let at = now_secs();
+    let mut older = change(5, "INSERT", "item", at, Some(json!({"note": {"S": "old"}})));
     older["eventID"] = "b-older".into();
     older["dynamodb"]["SequenceNumber"] = "99999999999999999999".into();
-    let mut newer = change(
-        6,
-        "MODIFY",
-        "item",
-        1_763_800_000,
-        Some(json!({"note": {"S": "new"}})),
-    );
+    let mut newer = change(6, "MODIFY", "item", at, Some(json!({"note": {"S": "new"}})));
     newer["eventID"] = "a-newer".into();
     newer["dynamodb"]["SequenceNumber"] = "100000000000000000000".into();
     for r in [&older, &newer] {
@@ -297,7 +287,9 @@ async fn replay_applies_the_newer_of_two_quarantined_changes_of_one_item() {
         assert_eq!(s.quarantined, 1);
     }
     allow_note(&index).await;
-    let report = replay::replay(&indexer, false).await.unwrap();
+    let report = replay::replay(&indexer, &replay::Options::default())
+        .await
+        .unwrap();
     assert_eq!((report.entries, report.replayed), (2, 2), "{report:?}");
     let doc = source_text(&index, "item").await.unwrap();
     assert!(doc.contains("\"new\""), "the newer image must win: {doc}");
@@ -345,11 +337,12 @@ async fn quarantine_writes_fit_a_10_mib_request_limit() {
     let small = unique_index("qparts");
     create_index(&small).await;
     let small_q = format!("{small}-quarantine");
+    // Made now: replay without the table re-sends only recent changes.
     let big = change(
         1,
         "INSERT",
         "huge",
-        1_763_800_000,
+        now_secs(),
         Some(json!({"s": {"S": "x\"y".repeat(40_000)}})),
     );
     let limited = common::indexer(
@@ -375,7 +368,9 @@ async fn quarantine_writes_fit_a_10_mib_request_limit() {
     // With the limit raised, replay rebuilds the record from its parts and indexes it.
     let raised =
         common::indexer(&opensearch_url(), &small, &[("QUARANTINE_INDEX", &small_q)]).await;
-    let report = replay::replay(&raised, false).await.unwrap();
+    let report = replay::replay(&raised, &replay::Options::default())
+        .await
+        .unwrap();
     assert_eq!(report.replayed, 1, "{report:?}");
     let doc: Value = serde_json::from_str(&source_text(&small, "huge").await.unwrap()).unwrap();
     assert_eq!(doc["s"].as_str().unwrap().len(), 3 * 40_000);
@@ -642,7 +637,9 @@ async fn a_creation_time_from_the_future_is_refused_and_cannot_pin_a_document() 
         .await
         .unwrap();
     assert!(res.status().is_success());
-    let report = replay::replay(&indexer, false).await.unwrap();
+    let report = replay::replay(&indexer, &replay::Options::default())
+        .await
+        .unwrap();
     assert_eq!(
         (report.replayed, report.still_failing),
         (0, 3),

@@ -177,9 +177,16 @@ pub async fn record_or_check(
     for (name, meta) in unrecorded {
         let mut meta = meta.clone();
         meta.insert(META_KEY.into(), serde_json::json!(write));
-        let body = serde_json::json!({ "_meta": meta }).to_string().into_bytes();
-        os.request(Method::Put, &format!("/{name}/_mapping"), Some(body), TIMEOUT)
-            .await?;
+        let body = serde_json::json!({ "_meta": meta })
+            .to_string()
+            .into_bytes();
+        os.request(
+            Method::Put,
+            &format!("/{name}/_mapping"),
+            Some(body),
+            TIMEOUT,
+        )
+        .await?;
     }
     Ok(Recorded::Now)
 }
@@ -216,8 +223,8 @@ mod tests {
         // The rest of the template is the file's.
         assert_eq!(
             t["template"]["mappings"]["dynamic_templates"],
-            serde_json::from_str::<serde_json::Value>(INDEX_TEMPLATE).unwrap()["template"]
-                ["mappings"]["dynamic_templates"]
+            serde_json::from_str::<serde_json::Value>(INDEX_TEMPLATE).unwrap()["template"]["mappings"]
+                ["dynamic_templates"]
         );
     }
 }

@@ -132,7 +132,13 @@ pub async fn start(
     }
     let index = new_index_name(name, SystemTime::now());
     // The new index records the settings it is built with: a rebuild is how they change.
-    template::apply(os, &format!("{name}-rebuild"), &format!("{name}-*"), settings).await?;
+    template::apply(
+        os,
+        &format!("{name}-rebuild"),
+        &format!("{name}-*"),
+        settings,
+    )
+    .await?;
     let body = json!({"settings": {"index": {"gc_deletes": gc_deletes}}})
         .to_string()
         .into_bytes();

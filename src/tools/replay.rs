@@ -1,23 +1,42 @@
-//! Replay: re-drives quarantined records through the handler once their cause is fixed.
+//! Replay: re-drives quarantined records once their cause is fixed, without ever moving the
+//! index away from the table.
 //!
-//! Entries are read page by page and delivered as a stream batch through the same
-//! [`Indexer::handle_detailed`] path. A record that now lands (or is superseded by newer data,
-//! which versions detect) has its entry removed; one that still fails permanently is
-//! quarantined again under the same id, so its entry now carries the new reason; one that
-//! fails for a retryable reason keeps its entry untouched for the next run.
+//! A quarantined change is old: since it was quarantined its item may have changed again, or
+//! been deleted, and once the delete's tombstone has aged out of `index.gc_deletes` the old
+//! change would be accepted again and bring the deleted item back. So:
+//!
+//! - **With the table** (`--table`, the normal way): each entry's item is read again by its
+//!   `Keys` (consistent read) and what the table holds now is written with read-time versions,
+//!   the repair rule of `verify`: a present item is indexed as it is, an absent one deleted from
+//!   every index it could be in. Only the table's own entries are taken (by the record's
+//!   `eventSourceARN`); others stay. A change the stream makes after the read always wins.
+//! - **Without it**: the entry's own record is re-sent through the handler, at its own
+//!   version, but only while every index it can go to still remembers deletes made after it
+//!   (its age below the index's `index.gc_deletes`); older entries stay.
+//!
+//! Before anything is written, each index's recorded write settings must agree with this
+//! configuration's (`sink::template`). A record that lands (or is superseded by newer data) has
+//! its entry removed; one that still fails permanently is quarantined again (the handler's new
+//! entry holds the new reason); one that fails for a retryable reason keeps its entry for the
+//! next run. Only entries present when the run started are read.
 
-use std::collections::HashSet;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::sink::transport::Method;
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use crate::handler::{Indexer, RecordOutcome};
-use crate::pipeline::change::{self, Disposition};
+use crate::pipeline::bulk::ItemOutcome;
+use crate::pipeline::change::{self, Change, Disposition, VersionSource};
+use crate::pipeline::docid;
 use crate::sink::quarantine::{Entry, Part, entry_id};
 use crate::sink::transport::RequestError;
+use crate::tools::backfill::{self, SyntheticBatch, from_export::gc_deletes_window};
+use crate::tools::ddb_json;
+use crate::tools::table::{self, Item};
 
 /// Entries per page (one handler batch).
 const PAGE: usize = 500;
@@ -34,6 +53,11 @@ pub struct ReplayReport {
     pub retry_later: usize,
     /// Dry run only: records that convert now (the index may still refuse them).
     pub would_replay: usize,
+    /// Entries of another table than the one read (`--table`); kept.
+    pub foreign: usize,
+    /// Without the table: entries older than the index's delete memory, which could bring a
+    /// deleted item back; kept.
+    pub too_old: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +68,10 @@ pub enum ReplayError {
     NoQuarantine,
     #[error("unreadable quarantine search response: {0}")]
     Response(String),
+    #[error("replay: {0}")]
+    WriteSettings(String),
+    #[error("replay: reading the table: {0}")]
+    Table(String),
 }
 
 #[derive(Deserialize)]
@@ -172,9 +200,35 @@ pub async fn summarize(indexer: &Indexer) -> Result<QuarantineSummary, ReplayErr
     }
 }
 
-/// Replays every entry quarantined for the indexer's index. With `dry_run`, only converts and
-/// counts.
-pub async fn replay(indexer: &Indexer, dry_run: bool) -> Result<ReplayReport, ReplayError> {
+/// The table a replay reads items back from before it writes.
+pub struct TableAccess<'a> {
+    pub ddb: &'a aws_sdk_dynamodb::Client,
+    pub table: &'a str,
+    /// The table's key attribute names.
+    pub key_names: &'a [String],
+    /// How far this machine's clock may be ahead of DynamoDB's (read-time versions).
+    pub clock_skew: Duration,
+}
+
+/// How a replay runs.
+#[derive(Default)]
+pub struct Options<'a> {
+    /// Only convert and count: write nothing, remove nothing.
+    pub dry_run: bool,
+    /// Read each entry's item again and write what the table holds now (module docs). Without
+    /// it, entries older than the index's delete memory are refused.
+    pub table: Option<TableAccess<'a>>,
+}
+
+/// One quarantined entry of a page, read back.
+struct Pending<'h> {
+    hit: &'h Hit,
+    text: String,
+    record: serde_json::Value,
+}
+
+/// Replays every entry quarantined for the indexer's index (module docs).
+pub async fn replay(indexer: &Indexer, opts: &Options<'_>) -> Result<ReplayReport, ReplayError> {
     let quarantine = indexer
         .quarantine
         .as_ref()
@@ -182,6 +236,12 @@ pub async fn replay(indexer: &Indexer, dry_run: bool) -> Result<ReplayReport, Re
     let os = &indexer.opensearch;
     let timeout = Duration::from_secs(60);
     let mut report = ReplayReport::default();
+    let table = opts.table.as_ref().map(|t| t.table);
+    // Written with other settings, the index would take versions of another scheme.
+    let indexes = indexer.config.router.every_index(table);
+    crate::sink::template::check_all(os, &indexes, &indexer.config.write, !opts.dry_run)
+        .await
+        .map_err(|e| ReplayError::WriteSettings(e.to_string()))?;
     let _ = os
         .request(
             Method::Post,
@@ -193,6 +253,21 @@ pub async fn replay(indexer: &Indexer, dry_run: bool) -> Result<ReplayReport, Re
     let mut after: Option<Vec<serde_json::Value>> = None;
     // Entries this run wrote again under a new id: a later page must not count them twice.
     let mut rewritten: HashSet<String> = HashSet::new();
+    // Each index's delete memory, read once.
+    let mut windows: HashMap<Arc<str>, Duration> = HashMap::new();
+    // Only entries that were there when the run started: one quarantined again meanwhile is
+    // not replayed twice, and the run ends.
+    let started_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let entries = serde_json::json!({"bool": {
+        "must": [query_for(&indexer.config.router)],
+        "should": [
+            {"range": {"quarantined_at": {"lte": started_ms}}},
+            {"bool": {"must_not": [{"exists": {"field": "quarantined_at"}}]}},
+        ],
+        "minimum_should_match": 1,
+    }});
     loop {
         // Stream order, so that of two changes of one item the later is applied last (and wins
         // in the batch); `_id` breaks ties and pages stably.
@@ -202,7 +277,7 @@ pub async fn replay(indexer: &Indexer, dry_run: bool) -> Result<ReplayReport, Re
                 {"stream_order": {"order": "asc", "missing": "_last"}},
                 {"_id": "asc"},
             ],
-            "query": query_for(&indexer.config.router),
+            "query": entries,
         });
         let page: Option<Vec<Hit>> =
             search_page(os, &quarantine.index, query, &after, timeout).await?;
@@ -214,24 +289,37 @@ pub async fn replay(indexer: &Indexer, dry_run: bool) -> Result<ReplayReport, Re
         report.entries += hits.len();
         // Entries with their records, in page order; an entry whose record cannot be read back
         // (text that is not JSON, a missing part) cannot be replayed and is left out.
-        let mut records: Vec<(&Hit, String)> = Vec::with_capacity(hits.len());
+        let mut pending: Vec<Pending> = Vec::with_capacity(hits.len());
         for &hit in &hits {
             let Some(text) = record_text(indexer, &quarantine.index, hit, timeout).await? else {
+                report.still_failing += 1;
                 continue;
             };
-            if serde_json::from_str::<&RawValue>(&text).is_ok() {
-                records.push((hit, text));
+            match serde_json::from_str::<serde_json::Value>(&text) {
+                Ok(record) if record.is_object() => pending.push(Pending { hit, text, record }),
+                _ => report.still_failing += 1,
             }
         }
-        let payload = format!(
-            "{{\"Records\":[{}]}}",
-            records
-                .iter()
-                .map(|(_, r)| r.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
-        );
-        if dry_run {
+        // Only this table's entries; without the table, only entries whose deletes the index
+        // still remembers.
+        let mut kept = Vec::with_capacity(pending.len());
+        for p in pending {
+            let of = record_table(&p.record);
+            match &opts.table {
+                Some(t) if of != Some(t.table) => report.foreign += 1,
+                Some(_) => kept.push(p),
+                None => {
+                    if remembered(indexer, &p.record, of, &mut windows).await? {
+                        kept.push(p);
+                    } else {
+                        report.too_old += 1;
+                    }
+                }
+            }
+        }
+        let pending = kept;
+        if opts.dry_run {
+            let payload = batch_of(pending.iter().map(|p| p.text.as_str()));
             if let Ok(plan) = change::plan(
                 &payload,
                 &indexer.versions(),
@@ -246,41 +334,51 @@ pub async fn replay(indexer: &Indexer, dry_run: bool) -> Result<ReplayReport, Re
             }
             continue;
         }
-        if records.len() != hits.len() {
-            report.still_failing += hits.len() - records.len();
-        }
         let deadline = Instant::now() + Duration::from_secs(300);
-        let handled = match indexer.handle_detailed(&payload, deadline).await {
-            Ok(h) => h,
-            Err(_) => {
-                report.retry_later += records.len();
-                continue;
+        let outcomes = match &opts.table {
+            Some(t) => from_table(indexer, t, &pending, deadline).await?,
+            None => {
+                let payload = batch_of(pending.iter().map(|p| p.text.as_str()));
+                match indexer.handle_detailed(&payload, deadline).await {
+                    Ok(h) => h.outcomes.into_iter().map(Some).collect(),
+                    Err(e) => vec![Some(RecordOutcome::Reported(e.to_string())); pending.len()],
+                }
             }
         };
         // Entries to remove: landed records, and the old copy of a record the handler
         // quarantined again under another id (entries written before ids carried a digest).
         let mut done: Vec<&Hit> = Vec::new();
-        for ((hit, text), outcome) in records.iter().zip(&handled.outcomes) {
+        for (p, outcome) in pending.iter().zip(&outcomes) {
+            let Some(outcome) = outcome else {
+                report.still_failing += 1;
+                continue;
+            };
             match outcome {
                 RecordOutcome::Indexed
                 | RecordOutcome::Deleted
                 | RecordOutcome::Superseded
                 | RecordOutcome::Skipped => {
                     report.replayed += 1;
-                    done.push(hit);
+                    done.push(p.hit);
                 }
-                RecordOutcome::Quarantined(_) => {
+                RecordOutcome::Quarantined(_) if opts.table.is_none() => {
                     report.still_failing += 1;
                     // The id the handler gave it: from the record's own eventID, as stored.
-                    let record: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
-                    let name = record["eventID"]
+                    let name = p.record["eventID"]
                         .as_str()
-                        .or(record["dynamodb"]["SequenceNumber"].as_str());
-                    let id = entry_id(name, text);
-                    if id != hit.id {
+                        .or(p.record["dynamodb"]["SequenceNumber"].as_str());
+                    let id = entry_id(name, &p.text);
+                    if id != p.hit.id {
                         rewritten.insert(id);
-                        done.push(hit);
+                        done.push(p.hit);
                     }
+                }
+                // Read from the table, the item is quarantined again as it is now, in an entry
+                // of its own (written after this run started, so not read again by it): that
+                // entry replaces this one.
+                RecordOutcome::Quarantined(_) => {
+                    report.still_failing += 1;
+                    done.push(p.hit);
                 }
                 RecordOutcome::Reported(_) => report.retry_later += 1,
             }
@@ -298,6 +396,196 @@ pub async fn replay(indexer: &Indexer, dry_run: bool) -> Result<ReplayReport, Re
                 }
             }
         }
+    }
+}
+
+/// `{"Records":[…]}` of record texts.
+fn batch_of<'t>(records: impl Iterator<Item = &'t str>) -> String {
+    format!(
+        "{{\"Records\":[{}]}}",
+        records.collect::<Vec<_>>().join(",")
+    )
+}
+
+/// The table a record is of, from its `eventSourceARN`.
+fn record_table(record: &serde_json::Value) -> Option<&str> {
+    record["eventSourceARN"]
+        .as_str()
+        .and_then(crate::pipeline::routing::table_of)
+}
+
+/// Whether every index the record can go to still remembers any delete made after the record's
+/// change (`index.gc_deletes` longer than the change's age). A record without a time, or of a
+/// table its index name cannot be built for, is not.
+async fn remembered(
+    indexer: &Indexer,
+    record: &serde_json::Value,
+    table: Option<&str>,
+    windows: &mut HashMap<Arc<str>, Duration>,
+) -> Result<bool, ReplayError> {
+    let Some(at) = record["dynamodb"]["ApproximateCreationDateTime"]
+        .as_f64()
+        .filter(|t| t.is_finite() && *t >= 0.0)
+    else {
+        return Ok(false);
+    };
+    let age = SystemTime::now()
+        .duration_since(UNIX_EPOCH + Duration::from_secs_f64(at))
+        .unwrap_or_default();
+    let indexes = indexer.config.router.every_index(table);
+    if indexes.is_empty() {
+        return Ok(false);
+    }
+    for index in indexes {
+        let window = match windows.get(&index) {
+            Some(w) => *w,
+            None => {
+                let w = gc_deletes_window(indexer, &index)
+                    .await
+                    .map_err(|e| ReplayError::Response(e.to_string()))?;
+                windows.insert(index.clone(), w);
+                w
+            }
+        };
+        if age >= window {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The entries' items as the table holds them now, written with read-time versions (the repair
+/// rule): a present item is indexed as it is, an absent one deleted from every index it could
+/// be in. One outcome per entry; `None` for a record whose `Keys` are not a key of the table
+/// (nothing was read or written for it).
+async fn from_table(
+    indexer: &Indexer,
+    t: &TableAccess<'_>,
+    pending: &[Pending<'_>],
+    deadline: Instant,
+) -> Result<Vec<Option<RecordOutcome>>, ReplayError> {
+    let mut outcomes: Vec<Option<RecordOutcome>> = vec![None; pending.len()];
+    let mut keys: Vec<(usize, Item)> = Vec::new();
+    for (i, p) in pending.iter().enumerate() {
+        match serde_json::from_value::<HashMap<String, serde_dynamo::AttributeValue>>(
+            p.record["dynamodb"]["Keys"].clone(),
+        ) {
+            Ok(k)
+                if t.key_names.iter().all(|n| k.contains_key(n))
+                    && k.len() == t.key_names.len() =>
+            {
+                keys.push((i, k.into_iter().map(|(n, v)| (n, v.into())).collect()));
+            }
+            // Not a key of this table: nothing to read, the entry stays.
+            _ => {}
+        }
+    }
+    let read_at = SystemTime::now();
+    let reader = table::Reader {
+        ddb: t.ddb,
+        table: t.table,
+        key_names: t.key_names,
+        units: None,
+    };
+    let items = reader
+        .get(&keys.iter().map(|(_, k)| k.clone()).collect::<Vec<_>>())
+        .await
+        .map_err(|e| ReplayError::Table(e.to_string()))?;
+    let attribute = indexer.config.version_attribute.as_deref();
+    let (versions, approximate_secs) = backfill::read_versions(read_at, t.clock_skew, attribute);
+    let mut batch = SyntheticBatch::new(t.table, approximate_secs);
+    let mut present = Vec::new();
+    let mut deletes: Vec<Change> = Vec::new();
+    let mut delete_of: Vec<usize> = Vec::new();
+    let (mut keys_json, mut item_json) = (String::new(), String::new());
+    for ((i, key), item) in keys.iter().zip(items) {
+        keys_json.clear();
+        ddb_json::table::write_item(&mut keys_json, key);
+        match item {
+            Some(item) => {
+                item_json.clear();
+                ddb_json::table::write_item(&mut item_json, &item);
+                batch.push(&keys_json, &item_json);
+                present.push(*i);
+            }
+            None => {
+                let id = docid::doc_id(&keys_json)
+                    .map_err(|e| ReplayError::Table(format!("Keys: {e}")))?
+                    .id;
+                for index in indexer.config.router.every_index(Some(t.table)) {
+                    let version = match versions {
+                        VersionSource::Fixed(v) => Some(v),
+                        // A counter: one above the document's own, if there is one.
+                        _ => document_version(indexer, &index, &id)
+                            .await?
+                            .map(|v| v.saturating_add(1)),
+                    };
+                    if let Some(v) = version {
+                        deletes.push(Change::delete(
+                            index,
+                            id.clone(),
+                            v,
+                            versions.version_type(),
+                            deletes.len(),
+                        ));
+                        delete_of.push(*i);
+                    }
+                }
+                outcomes[*i] = Some(RecordOutcome::Deleted);
+            }
+        }
+    }
+    if !present.is_empty() {
+        let handled = indexer
+            .handle_versioned(&batch.finish(), deadline, &versions)
+            .await
+            .map_err(|e| ReplayError::Table(e.to_string()))?;
+        for (i, o) in present.into_iter().zip(handled.outcomes) {
+            outcomes[i] = Some(o);
+        }
+    }
+    if !deletes.is_empty() {
+        for (i, o) in delete_of
+            .into_iter()
+            .zip(indexer.apply(&deletes, deadline).await)
+        {
+            let worse = match o {
+                ItemOutcome::Retry(r) => Some(RecordOutcome::Reported(r)),
+                ItemOutcome::Permanent(r) => Some(RecordOutcome::Quarantined(r)),
+                _ => None,
+            };
+            if let Some(w) = worse
+                && !matches!(outcomes[i], Some(RecordOutcome::Quarantined(_)))
+            {
+                outcomes[i] = Some(w);
+            }
+        }
+    }
+    Ok(outcomes)
+}
+
+/// The version of document `id` in `index`, if it is there.
+async fn document_version(
+    indexer: &Indexer,
+    index: &str,
+    id: &str,
+) -> Result<Option<u64>, ReplayError> {
+    #[derive(Deserialize)]
+    struct Doc {
+        #[serde(rename = "_version")]
+        version: Option<u64>,
+    }
+    let path = format!("/{index}/_doc/{}?_source=false", urlencode(id));
+    match indexer
+        .opensearch
+        .request(Method::Get, &path, None, Duration::from_secs(60))
+        .await
+    {
+        Ok((_, body)) => Ok(serde_json::from_slice::<Doc>(&body)
+            .map_err(|e| ReplayError::Response(e.to_string()))?
+            .version),
+        Err(e) if e.status == Some(404) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -65,7 +65,10 @@ impl Reader<'_> {
         Ok(keys
             .iter()
             .map(|k| {
-                let at = distinct.iter().position(|d| *d == k).expect("every key is kept");
+                let at = distinct
+                    .iter()
+                    .position(|d| *d == k)
+                    .expect("every key is kept");
                 found[at].clone()
             })
             .collect())

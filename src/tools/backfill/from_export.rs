@@ -424,7 +424,7 @@ async fn check_deletes_remembered(
 
 /// `index.gc_deletes` now (OpenSearch's default, 60 s, when unset). An index that does not exist
 /// yet has recorded no delete at all, so its window is zero.
-async fn gc_deletes_window(indexer: &Indexer, index: &str) -> Result<Duration, BackfillError> {
+pub async fn gc_deletes_window(indexer: &Indexer, index: &str) -> Result<Duration, BackfillError> {
     let setting = match super::gc_deletes(indexer, index).await {
         Ok(setting) => setting,
         Err(e) if e.status == Some(404) => return Ok(Duration::ZERO),

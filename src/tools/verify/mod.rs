@@ -26,8 +26,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::sink::transport::Method;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, ConsumedCapacity, ReturnConsumedCapacity,
-    ScalarAttributeType, TableDescription,
+    AttributeValue, ConsumedCapacity, ReturnConsumedCapacity, ScalarAttributeType, TableDescription,
 };
 use rand::SeedableRng as _;
 use serde::{Deserialize, Serialize};
