@@ -139,15 +139,48 @@ impl Reader<'_> {
         Ok(answers)
     }
 
-    /// Which asked-for key `item` (an item, or a key) has, exactly; an item with any other key
-    /// is an error.
     fn position_of(&self, item: &Item, keys: &[&Item]) -> Result<usize, ReadError> {
-        let key: Option<Item> = self
-            .key_names
-            .iter()
-            .map(|n| item.get(n).map(|v| (n.clone(), v.clone())))
-            .collect();
-        key.and_then(|key| keys.iter().position(|k| **k == key))
+        key_position(item, self.key_names, keys)
             .ok_or_else(|| self.fail("the answer holds an item whose key was not asked for"))
+    }
+}
+
+/// Which of `keys` `item` (an item, or a key) has, exactly: its `key_names` attributes, every
+/// one present, equal to one requested key.
+fn key_position(item: &Item, key_names: &[String], keys: &[&Item]) -> Option<usize> {
+    let key: Item = key_names
+        .iter()
+        .map(|n| item.get(n).map(|v| (n.clone(), v.clone())))
+        .collect::<Option<Item>>()?;
+    keys.iter().position(|k| **k == key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_is_tied_to_a_requested_key_exactly_or_not_at_all() {
+        let names = ["pk".to_string(), "sk".to_string()];
+        let key = |pk: &str, sk: &str| -> Item {
+            HashMap::from([
+                ("pk".to_string(), AttributeValue::S(pk.into())),
+                ("sk".to_string(), AttributeValue::N(sk.into())),
+            ])
+        };
+        let (a, b) = (key("a", "1"), key("b", "1"));
+        let asked = [&a, &b];
+        let mut item = key("b", "1");
+        item.insert("v".into(), AttributeValue::S("x".into()));
+        assert_eq!(key_position(&item, &names, &asked), Some(1));
+        // Another spelling of a number, another key, a missing key attribute: no key of ours.
+        assert_eq!(key_position(&key("a", "1.0"), &names, &asked), None);
+        assert_eq!(key_position(&key("c", "1"), &names, &asked), None);
+        let mut partial = key("a", "1");
+        partial.remove("sk");
+        assert_eq!(key_position(&partial, &names, &asked), None);
+        let mut typed = key("a", "1");
+        typed.insert("sk".into(), AttributeValue::S("1".into()));
+        assert_eq!(key_position(&typed, &names, &asked), None);
     }
 }

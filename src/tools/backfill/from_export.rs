@@ -462,6 +462,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_export_time_ahead_of_the_clock_is_refused_past_the_streams_limit() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let at = |ahead: i64| {
+            check_export_time(
+                UNIX_EPOCH + Duration::from_secs((1_800_000_000 + ahead) as u64),
+                now,
+            )
+        };
+        assert!(at(-86_400).is_ok());
+        assert!(at(0).is_ok());
+        assert!(at(300).is_ok());
+        let e = at(301).unwrap_err();
+        assert_eq!(e.kind(), "ExportData");
+        assert!(e.to_string().contains("301 s ahead"), "{e}");
+        assert!(at(3 * 365 * 86_400).is_err());
+    }
+
+    #[test]
     fn time_values_as_opensearch_writes_them() {
         assert_eq!(parse_time_value("60s"), Some(Duration::from_secs(60)));
         assert_eq!(parse_time_value("12h"), Some(Duration::from_secs(43_200)));
