@@ -75,7 +75,8 @@ async fn main() -> anyhow::Result<()> {
     // The ceiling: the same documents, bodies built beforehand, posted with the same concurrency.
     let ceiling_index = format!("bench-ceiling-{stamp}");
     let ceiling = Indexer::new(config_for(&ceiling_index)?).await?;
-    template::apply(&ceiling.opensearch, "bench", "bench-*").await?;
+    // No record: each bench index is written under its own name, and records it on its first load.
+    template::apply(&ceiling.opensearch, "bench", "bench-*", None).await?;
     let keys = vec!["pk".to_string()];
     let mut bodies = Vec::new();
     for page in items.chunks(1000) {

@@ -252,9 +252,7 @@ async fn a_rebuild_switches_the_read_alias_and_keeps_the_old_index_for_rollback(
 
     let mut built = Vec::new();
     for _ in 0..2 {
-        let index = rebuild::start(&os, &name, "1h", &Default::default())
-            .await
-            .unwrap();
+        let index = rebuild::start(&os, &name, "1h", None).await.unwrap();
         assert_eq!(
             rebuild::alias_targets(&os, &rebuild::write_alias(&name))
                 .await

@@ -43,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
                 pattern.replace('*', "").trim_end_matches(['-', '_', '.'])
             );
             let write = &indexer.config.write;
-            template::apply(&indexer.opensearch, &name, pattern, write).await?;
+            template::apply(&indexer.opensearch, &name, pattern, Some(write)).await?;
             if !pattern.contains('*') {
                 template::create_index(&indexer.opensearch, pattern).await?;
                 // An index that existed before must already be written this way.

@@ -74,7 +74,7 @@ async fn main() -> anyhow::Result<()> {
         &indexer.opensearch,
         &format!("{index}-template"),
         &index,
-        &indexer.config.write,
+        Some(&indexer.config.write),
     )
     .await?;
     template::create_index(&indexer.opensearch, &index).await?;

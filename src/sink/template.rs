@@ -31,12 +31,14 @@ pub const META_KEY: &str = "stream_indexer_write";
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The template body for indices matching `pattern` (e.g. `items` or `items-*`), recording
-/// `write` in the mapping's `_meta`.
-pub fn template_for(pattern: &str, write: &WriteSettings) -> String {
+/// `write` in the mapping's `_meta` (`None`: no record; the first writer records).
+pub fn template_for(pattern: &str, write: Option<&WriteSettings>) -> String {
     let mut template: serde_json::Value =
         serde_json::from_str(&INDEX_TEMPLATE.replace("INDEX_PATTERN", pattern))
             .expect("the embedded template is JSON");
-    template["template"]["mappings"]["_meta"] = serde_json::json!({ META_KEY: write });
+    if let Some(write) = write {
+        template["template"]["mappings"]["_meta"] = serde_json::json!({ META_KEY: write });
+    }
     template.to_string()
 }
 
@@ -45,7 +47,7 @@ pub async fn apply(
     os: &OpenSearch,
     name: &str,
     pattern: &str,
-    write: &WriteSettings,
+    write: Option<&WriteSettings>,
 ) -> Result<(), RequestError> {
     let path = format!("/_index_template/{name}");
     os.request(
@@ -215,11 +217,14 @@ mod tests {
             index: Some("items".into()),
             ..WriteSettings::default()
         };
-        let t: serde_json::Value = serde_json::from_str(&template_for("items-*", &write)).unwrap();
+        let t: serde_json::Value =
+            serde_json::from_str(&template_for("items-*", Some(&write))).unwrap();
         assert_eq!(t["index_patterns"], serde_json::json!(["items-*"]));
         let recorded: WriteSettings =
             serde_json::from_value(t["template"]["mappings"]["_meta"][META_KEY].clone()).unwrap();
         assert_eq!(recorded, write);
+        let bare: serde_json::Value = serde_json::from_str(&template_for("items-*", None)).unwrap();
+        assert!(bare["template"]["mappings"].get("_meta").is_none());
         // The rest of the template is the file's.
         assert_eq!(
             t["template"]["mappings"]["dynamic_templates"],

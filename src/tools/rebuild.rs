@@ -122,7 +122,7 @@ pub async fn start(
     os: &OpenSearch,
     name: &str,
     gc_deletes: &str,
-    settings: &WriteSettings,
+    settings: Option<&WriteSettings>,
 ) -> Result<String, RebuildError> {
     let write = write_alias(name);
     for alias in [name, write.as_str()] {

@@ -150,7 +150,7 @@ async fn main() -> anyhow::Result<()> {
             &indexer.opensearch,
             name,
             &args.gc_deletes,
-            &indexer.config.write,
+            Some(&indexer.config.write),
         )
         .await?;
         println!(
