@@ -77,6 +77,7 @@ pub struct Config {
 pub struct WriteSettings {
     #[serde(rename = "VERSION_ATTRIBUTE")]
     pub version_attribute: Option<String>,
+    /// With `ROUTES` only: where items no rule matches go.
     #[serde(rename = "OPENSEARCH_INDEX")]
     pub index: Option<String>,
     #[serde(rename = "ROUTES")]
@@ -142,9 +143,22 @@ impl WriteSettings {
                 &self.version_attribute,
             )],
         );
+        // Without ROUTES on either side, each writes the one index that holds the record.
+        let same_routes = match (&self.routes, &recorded.routes) {
+            (None, None) => true,
+            (Some(_), Some(_)) => {
+                Router::parse(self.index.as_deref(), self.routes.as_deref())?
+                    == Router::parse(recorded.index.as_deref(), recorded.routes.as_deref())?
+            }
+            // Different, but a record that does not parse is refused as such.
+            (None, Some(routes)) => {
+                Router::parse(recorded.index.as_deref(), Some(routes))?;
+                false
+            }
+            (Some(_), None) => false,
+        };
         group(
-            Router::parse(self.index.as_deref(), self.routes.as_deref())?
-                == Router::parse(recorded.index.as_deref(), recorded.routes.as_deref())?,
+            same_routes,
             &[
                 ("OPENSEARCH_INDEX", &recorded.index, &self.index),
                 ("ROUTES", &recorded.routes, &self.routes),
@@ -282,16 +296,19 @@ impl Config {
             ));
         }
         let index = get("OPENSEARCH_INDEX").map(|i| i.trim().to_string());
+        let routes = get("ROUTES");
         let write = WriteSettings {
             version_attribute: get("VERSION_ATTRIBUTE").map(|s| s.trim().to_string()),
-            index: index.clone(),
-            routes: get("ROUTES"),
+            // Without ROUTES the record sits on the one index written, whatever name (an alias,
+            // the concrete index of a rebuild) a writer calls it by.
+            index: routes.as_ref().and(index.clone()),
+            routes,
             exclude_attributes: get("EXCLUDE_ATTRIBUTES"),
             include_attributes: get("INCLUDE_ATTRIBUTES"),
             metadata_fields: get("METADATA_FIELDS"),
             metadata_prefix: get("METADATA_PREFIX"),
         };
-        let router = Router::parse(write.index.as_deref(), write.routes.as_deref())?;
+        let router = Router::parse(index.as_deref(), write.routes.as_deref())?;
         let projection = Projection::parse(
             write.exclude_attributes.as_deref(),
             write.include_attributes.as_deref(),
@@ -543,7 +560,17 @@ mod tests {
             .differences(&of(&[("METADATA_FIELDS", "table")]))
             .unwrap();
         let names: Vec<_> = d.iter().map(|d| d.variable).collect();
-        assert_eq!(names, ["ROUTES", "METADATA_FIELDS"]);
+        assert_eq!(names, ["OPENSEARCH_INDEX", "ROUTES", "METADATA_FIELDS"]);
+        // Without ROUTES the index name is not recorded: an alias and its index are one index.
+        let by_alias = config(&[
+            ("OPENSEARCH_URL", "http://localhost:9200"),
+            ("OPENSEARCH_INDEX", "items-write"),
+        ])
+        .unwrap()
+        .write;
+        assert_eq!(by_alias.index, None);
+        assert_eq!(by_alias.differences(&plain).unwrap(), vec![]);
+        assert_eq!(routed.index.as_deref(), Some("items"));
         // A record that does not parse cannot be agreed with.
         let broken = WriteSettings {
             routes: Some("[{".into()),
