@@ -6,7 +6,10 @@ table's stream).
 
 Also checks the export-load state machine, which `sam validate --lint` does not look into:
 every transition names a state that exists, every state type is one Step Functions knows, and
-every payload sent to the export loader is a step it accepts with the fields it needs.
+every payload sent to the export loader is a step it accepts with the fields it needs. And that
+no failure goes unnoticed and no export leaves the account: the quarantine is on with the
+default parameters, alarms watch ReportedPermanent and the failure bucket, the export task
+names the bucket's owner and every export read is bound to this account (s3:ResourceAccount).
 
     python infra/check-template.py [template.yaml]
 
@@ -92,6 +95,82 @@ def check_machine(machine, where):
     return findings
 
 
+def evaluate(node, parameters, conditions):
+    """A node's value for these parameter values: Ref, Fn::If, Fn::Equals, Fn::Not and Fn::Sub
+    (a string, or a string with its own variables) evaluated; anything else left as it is."""
+    ev = lambda n: evaluate(n, parameters, conditions)
+    if isinstance(node, dict) and len(node) == 1:
+        (fn, arg), = node.items()
+        if fn == "Ref" and arg in parameters:
+            return parameters[arg]
+        if fn == "Fn::If":
+            name, yes, no = arg
+            return ev(yes) if ev(conditions[name]) else ev(no)
+        if fn == "Fn::Equals":
+            return ev(arg[0]) == ev(arg[1])
+        if fn == "Fn::Not":
+            return not ev(arg[0])
+        if fn == "Fn::Sub":
+            text, variables = (arg, {}) if isinstance(arg, str) else arg
+            values = {**parameters, **{k: ev(v) for k, v in variables.items()}}
+            for name, value in values.items():
+                if isinstance(value, str):
+                    text = text.replace("${" + name + "}", value)
+            return text
+    return node
+
+
+def check_safety(template, parameters):
+    """What the deployment must do so that no failure goes unnoticed and no export leaves the
+    account: the quarantine on by default, alarms on permanent failures and on the failure
+    bucket, the export task and its readers bound to this account."""
+    findings = []
+    resources = template["Resources"]
+    values = {
+        name: p.get("Default")
+        for name, p in template["Parameters"].items()
+    }
+    values.update(parameters)
+    conditions = {name: c for name, c in template["Conditions"].items()}
+    env = resources["StreamIndexerFunction"]["Properties"]["Environment"]["Variables"]
+    quarantine = evaluate(env.get("QUARANTINE_INDEX", ""), values, conditions)
+    if not quarantine:
+        findings.append("the quarantine is off with the default parameters")
+    alarms = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::CloudWatch::Alarm"]
+    if not any(a.get("MetricName") == "ReportedPermanent" for a in alarms):
+        findings.append("no alarm on ReportedPermanent")
+    rules = {
+        name
+        for name, r in resources.items()
+        if r["Type"] == "AWS::Events::Rule"
+        and r["Properties"]["EventPattern"].get("detail", {}).get("bucket", {}).get("name")
+        == [{"Ref": "FailedBatchesBucket"}]
+    }
+    watched = {
+        d.get("Value", {}).get("Ref")
+        for a in alarms
+        if a.get("MetricName") == "MatchedEvents"
+        for d in a.get("Dimensions", [])
+    }
+    if not rules & watched:
+        findings.append("no alarm on batches written to the failure bucket")
+    bridge = resources["FailedBatchesBucket"]["Properties"].get("NotificationConfiguration", {})
+    if not bridge.get("EventBridgeConfiguration", {}).get("EventBridgeEnabled"):
+        findings.append("the failure bucket does not send its events to EventBridge")
+    machine = resources["ExportLoadStateMachine"]["Properties"]
+    export = machine["Definition"]["States"]["Export"]["Parameters"]
+    if "S3BucketOwner" not in export:
+        findings.append("the export task has no S3BucketOwner")
+    for role in ("ExportLoaderRole", "ExportLoadRole"):
+        for policy in resources[role]["Properties"]["Policies"]:
+            for statement in statements(policy["PolicyDocument"]):
+                reads = [a for a in as_list(statement.get("Action", [])) if a == "s3:GetObject"]
+                account = statement.get("Condition", {}).get("StringEquals", {})
+                if reads and "s3:ResourceAccount" not in account:
+                    findings.append(f"{role}: s3:GetObject without an s3:ResourceAccount condition")
+    return findings
+
+
 def check_step(payload, at):
     """A payload for the export loader: a known step with the fields it requires."""
     step = payload.get("step")
@@ -147,13 +226,16 @@ def main():
         findings.append(f"IAM roles {sorted(roles)}; expected only {sorted(ROLES)}")
     machine = template["Resources"]["ExportLoadStateMachine"]["Properties"]["Definition"]
     findings.extend(check_machine(machine, "ExportLoadStateMachine"))
+    findings.extend(check_safety(template, parameters))
     for finding in findings:
         print(f"template check: {finding}", file=sys.stderr)
     if findings:
         sys.exit(1)
     print(
         f"{path}: every dynamodb/es/aoss/logs/s3/lambda/states grant is scoped to a resource; "
-        f"roles {sorted(ROLES)} only; the export-load state machine is well formed"
+        f"roles {sorted(ROLES)} only; the export-load state machine is well formed; the "
+        f"quarantine is on by default, permanent failures and failed batches raise alarms, "
+        f"exports stay in this account"
     )
 
 
