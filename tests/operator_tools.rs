@@ -358,3 +358,86 @@ async fn a_replay_after_the_delete_is_forgotten_keeps_the_deleted_item_deleted()
     assert_eq!(s.indexed, 1, "{s:?}");
     assert!(source_text(&index, "gone|1").await.is_some());
 }
+
+async fn put_document(index: &str, id: &str, body: Value) {
+    let res = http()
+        .put(format!(
+            "{}/{index}/_doc/{}?refresh=true",
+            opensearch_url(),
+            urlencode(id)
+        ))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+}
+
+/// Issue item 5: a repair deletes at most `max_deletes` documents (the rest counted as
+/// withheld, left in place), and documents whose id is no key of this table (another table's,
+/// sharing the index) are reported as foreign and deleted only when asked.
+#[tokio::test]
+async fn a_repair_deletes_within_its_bound_and_leaves_foreign_documents_unless_asked() {
+    let (ddb, _) = dynamo_clients().await;
+    let table = unique_index("bound");
+    let arn = create_table(&ddb, &table).await;
+    let index = unique_index("bound-idx");
+    create_index(&index).await;
+    let function = indexer(&opensearch_url(), &index, &[]).await;
+    put_items(&ddb, &table, vec![item("a", &[("v", A::S("one".into()))])]).await;
+    function
+        .handle(
+            &batch(&[change(
+                1,
+                "INSERT",
+                &arn,
+                "a",
+                Some(json!({"v": {"S": "one"}})),
+            )]),
+            far_deadline(),
+        )
+        .await
+        .unwrap();
+    // Three documents of keys this table does not hold, two of no key of this table at all.
+    for id in ["x|1", "y|1", "z|1"] {
+        put_document(&index, id, json!({"v": "stale"})).await;
+    }
+    for id in ["no key of ours", "another|table|id"] {
+        put_document(&index, id, json!({"v": "theirs"})).await;
+    }
+
+    let opts = Options {
+        repair: true,
+        max_deletes: 2,
+        ..Options::new(&table)
+    };
+    let report = verify::run(&function, &ddb, &opts, &AtomicU64::new(0))
+        .await
+        .unwrap();
+    assert_eq!((report.extra, report.foreign), (3, 2), "{report:?}");
+    let repair = report.repair.clone().unwrap();
+    assert_eq!((repair.deleted, repair.withheld), (2, 1), "{report:?}");
+    assert!(
+        report.summary_line().ends_with("extra 3 foreign 2"),
+        "{}",
+        report.summary_line()
+    );
+    let left = all_ids(&index).await;
+    assert_eq!(
+        left.len(),
+        1 + 1 + 2,
+        "one item, one withheld, two foreign: {left:?}"
+    );
+
+    let opts = Options {
+        repair: true,
+        delete_foreign: true,
+        ..Options::new(&table)
+    };
+    let report = verify::run(&function, &ddb, &opts, &AtomicU64::new(0))
+        .await
+        .unwrap();
+    assert_eq!((report.extra, report.foreign), (1, 2), "{report:?}");
+    assert_eq!(report.repair.as_ref().unwrap().deleted, 3, "{report:?}");
+    assert_eq!(all_ids(&index).await, ["a|1"]);
+}

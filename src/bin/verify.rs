@@ -53,6 +53,14 @@ struct Args {
     /// Do not walk the index for extra documents (when other tables write to the same index).
     #[arg(long)]
     skip_extra: bool,
+    /// Most documents one repair deletes; extra documents past it are counted as withheld and
+    /// left, and the run says how many it would have deleted.
+    #[arg(long, default_value_t = verify::DEFAULT_MAX_DELETES)]
+    max_deletes: u64,
+    /// With --repair, also delete documents whose id is no key of this table (by default they
+    /// are reported as foreign: another table may share the index).
+    #[arg(long, requires = "repair")]
+    delete_foreign: bool,
     /// How far this machine's clock may be ahead of DynamoDB's, in seconds (repair versions).
     #[arg(long, default_value_t = 5)]
     clock_skew: u64,
@@ -99,6 +107,8 @@ async fn verify_table(args: &Args) -> anyhow::Result<Report> {
         seed: args.seed.unwrap_or_else(rand::random),
         repair: args.repair,
         extra: !args.skip_extra,
+        max_deletes: args.max_deletes,
+        delete_foreign: args.delete_foreign,
         clock_skew: Duration::from_secs(args.clock_skew),
         ..Options::new(&args.table)
     };
@@ -149,10 +159,23 @@ fn print(r: &Report, json: bool) {
             s.estimated_drift_rate * 100.0
         );
     }
+    if r.foreign > 0 {
+        println!(
+            "  {} document(s) whose id is no key of this table (another table's, if the index is shared); --repair --delete-foreign deletes them",
+            r.foreign
+        );
+    }
     if let Some(d) = &r.repair {
         println!(
             "repaired: indexed {} deleted {} superseded {} quarantined {} failed {}",
             d.indexed, d.deleted, d.superseded, d.quarantined, d.failed
         );
+        if d.withheld > 0 {
+            println!(
+                "  {} more document(s) would have been deleted, past --max-deletes; check the examples above, then run again with --max-deletes {}",
+                d.withheld,
+                d.deleted + d.superseded + d.failed + d.withheld
+            );
+        }
     }
 }

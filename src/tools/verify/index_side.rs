@@ -229,12 +229,14 @@ impl Verifier<'_> {
     ) -> Result<(), VerifyError> {
         let mut candidates = Vec::new();
         let mut lookups = Vec::new();
+        let mut foreign = Vec::new();
         for (i, h) in hits.iter().enumerate() {
             let raw = h.source.as_ref().and_then(|s| s.raw.as_deref());
             match self.key_of_id(&h.id, raw) {
                 Some(key) => lookups.push((i, key)),
-                // No key gives this id: no item can back it.
-                None => candidates.push(i),
+                // No key of this table gives this id: another table's document (an index
+                // shared), or one written by hand. Not this table's drift.
+                None => foreign.push(i),
             }
         }
         let read_at = SystemTime::now();
@@ -261,18 +263,33 @@ impl Verifier<'_> {
             .zip(still)
             .filter_map(|(i, doc)| doc.map(|_| i))
             .collect();
+        let mut deletable: Vec<&IdHit> = extra.iter().map(|&i| &hits[i]).collect();
         {
             let mut r = self.report.lock().expect("not poisoned");
             r.documents += hits.len() as u64;
+            r.foreign += foreign.len() as u64;
             for &i in &extra {
                 r.count(Drift::Extra, index, &hits[i].id, self.opts.examples);
             }
         }
+        if self.opts.delete_foreign {
+            deletable.extend(foreign.iter().map(|&i| &hits[i]));
+        }
         self.progress
             .fetch_add(hits.len() as u64, Ordering::Relaxed);
-        if self.opts.repair && !extra.is_empty() {
-            let docs: Vec<&IdHit> = extra.iter().map(|&i| &hits[i]).collect();
-            self.delete_documents(index, &docs, read_at).await;
+        if self.opts.repair && !deletable.is_empty() {
+            // Within the run's bound: past it, counted as withheld, never deleted.
+            let n = deletable.len() as u64;
+            let before = self.deletes_asked.fetch_add(n, Ordering::SeqCst);
+            let allowed = self.opts.max_deletes.saturating_sub(before).min(n);
+            if allowed < n {
+                let mut r = self.report.lock().expect("not poisoned");
+                r.repair.get_or_insert_default().withheld += n - allowed;
+            }
+            deletable.truncate(allowed as usize);
+            if !deletable.is_empty() {
+                self.delete_documents(index, &deletable, read_at).await;
+            }
         }
         Ok(())
     }

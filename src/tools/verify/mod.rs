@@ -97,6 +97,11 @@ pub struct Options {
     pub repair: bool,
     /// Walk the index for documents no item backs (off when other tables share the index).
     pub extra: bool,
+    /// Most documents one repair deletes; past it, extra documents are counted as withheld.
+    pub max_deletes: u64,
+    /// Also delete documents whose id is no key of this table (another table's, sharing the
+    /// index); by default they are only counted as foreign.
+    pub delete_foreign: bool,
     /// How far this machine's clock may be ahead of DynamoDB's (read-time versions).
     pub clock_skew: Duration,
     /// Most example ids kept per kind of drift.
@@ -117,12 +122,18 @@ impl Options {
             seed: 0,
             repair: false,
             extra: true,
+            max_deletes: DEFAULT_MAX_DELETES,
+            delete_foreign: false,
             clock_skew: Duration::from_secs(5),
             examples: 10,
             timeout: Duration::from_secs(120),
         }
     }
 }
+
+/// The most documents a repair deletes unless told otherwise: enough for everyday drift, few
+/// enough that a wrong configuration cannot empty an index.
+pub const DEFAULT_MAX_DELETES: u64 = 1000;
 
 /// A kind of drift.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -166,6 +177,9 @@ pub struct Report {
     pub extra: u64,
     /// Items routed to no index (`ROUTES`).
     pub skipped: u64,
+    /// Documents whose id is no key of this table (another table's, sharing the index): not
+    /// drift of this table, deleted only with `delete_foreign`.
+    pub foreign: u64,
     /// Of `missing`: items the function cannot index as they are (it quarantines them).
     pub unindexable: u64,
     /// Up to `Options::examples` of each kind.
@@ -202,6 +216,8 @@ pub struct RepairReport {
     pub skipped: u64,
     /// Not confirmed in time; run again.
     pub failed: u64,
+    /// Extra documents not deleted: the run reached `max_deletes`.
+    pub withheld: u64,
 }
 
 impl Report {
@@ -209,12 +225,17 @@ impl Report {
         self.missing + self.different + self.extra == 0
     }
 
-    /// `items N documents N missing N different N extra N`.
+    /// `items N documents N missing N different N extra N`, and `foreign N` when there are
+    /// documents of no key of this table.
     pub fn summary_line(&self) -> String {
-        format!(
+        let mut line = format!(
             "items {} documents {} missing {} different {} extra {}",
             self.items, self.documents, self.missing, self.different, self.extra
-        )
+        );
+        if self.foreign > 0 {
+            line.push_str(&format!(" foreign {}", self.foreign));
+        }
+        line
     }
 
     fn count(&mut self, kind: Drift, index: &str, id: &str, examples: usize) {
@@ -292,6 +313,7 @@ pub async fn run(
         units: opts
             .max_read_units_per_second
             .map(backfill::RateLimiter::new),
+        deletes_asked: AtomicU64::new(0),
         report: std::sync::Mutex::new(Report {
             repair: opts.repair.then(RepairReport::default),
             ..Report::default()
@@ -387,6 +409,8 @@ struct Verifier<'a> {
     units: Option<backfill::RateLimiter>,
     report: std::sync::Mutex<Report>,
     progress: &'a AtomicU64,
+    /// Deletes a repair has asked for, against `Options::max_deletes`.
+    deletes_asked: AtomicU64,
 }
 
 impl Verifier<'_> {
