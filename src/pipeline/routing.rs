@@ -347,7 +347,10 @@ impl Router {
     }
 }
 
-/// The table name in a stream ARN (`arn:aws:dynamodb:REGION:ACCOUNT:table/NAME/stream/TIME`).
+/// The table name in a stream ARN (`arn:aws:dynamodb:REGION:ACCOUNT:table/NAME/stream/TIME`),
+/// if it is one DynamoDB allows (`A-Z a-z 0-9 _ - .`, at most 255): the name goes into index
+/// names and request paths, so a forged ARN (a replayed entry) must not bring `?`, `#`, `%` or
+/// a space into them.
 pub fn table_of(event_source_arn: &str) -> Option<&str> {
     // The first `:table/`, by a plain loop: a substring searcher (or memchr) set up for every
     // record of a batch cost more than the rest of reading its envelope.
@@ -355,7 +358,8 @@ pub fn table_of(event_source_arn: &str) -> Option<&str> {
     let at = (0..b.len()).find(|&i| b[i] == b':' && b[i..].starts_with(b":table/"))?;
     let rest = &event_source_arn[at + ":table/".len()..];
     let name = rest.split('/').next()?;
-    (!name.is_empty()).then_some(name)
+    let allowed = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.');
+    (!name.is_empty() && name.len() <= 255 && name.bytes().all(allowed)).then_some(name)
 }
 
 #[cfg(test)]
@@ -481,6 +485,19 @@ mod tests {
         assert_eq!(table_of("arn:x:table:tablex/:table/T/stream"), Some("T"));
         assert_eq!(
             table_of("arn:aws:dynamodb:eu-west-1:1:table//stream/x"),
+            None
+        );
+        assert_eq!(
+            table_of("arn:aws:dynamodb:eu-west-1:1:table/My_Table-2.v1/stream/x"),
+            Some("My_Table-2.v1")
+        );
+        // Not a DynamoDB table name: nothing to build an index name or a path from.
+        for forged in ["a?b", "a#b", "a%2Fb", "a b", "a,b", "a*", "é", "a\\b"] {
+            let arn = format!("arn:aws:dynamodb:eu-west-1:1:table/{forged}/stream/x");
+            assert_eq!(table_of(&arn), None, "{forged}");
+        }
+        assert_eq!(
+            table_of(&format!("arn:a:table/{}/stream", "t".repeat(256))),
             None
         );
     }
