@@ -407,6 +407,86 @@ async fn broken_exports_are_named_precisely() {
         e.contains("file0.json.gz: the manifest lists 6 items but the file holds 5"),
         "{e}"
     );
+
+    // A manifest that promises fewer items than the file holds: refused at the first line
+    // past the count, before that line is indexed.
+    let long =
+        write_fixture_export(&s3, &bucket, &table, &lines[..5], 2, &now, "DYNAMODB_JSON").await;
+    let manifest = format!(
+        "{{\"itemCount\":3,\"dataFileS3Key\":\"{}/data/file0.json.gz\"}}\n",
+        long.dir
+    );
+    put(
+        &s3,
+        &bucket,
+        &format!("{}/manifest-files.json", long.dir),
+        manifest,
+    )
+    .await;
+    let e = load(long).await.unwrap_err().to_string();
+    assert!(
+        e.contains("file0.json.gz line 4: the manifest lists 3 items for this file"),
+        "{e}"
+    );
+
+    // A manifest key outside the export's data directory: refused before anything is read.
+    let outside =
+        write_fixture_export(&s3, &bucket, &table, &lines[..5], 2, &now, "DYNAMODB_JSON").await;
+    let manifest = format!(
+        "{{\"itemCount\":5,\"dataFileS3Key\":\"{}/data/file0.json.gz\"}}\n",
+        bad.dir
+    );
+    put(
+        &s3,
+        &bucket,
+        &format!("{}/manifest-files.json", outside.dir),
+        manifest,
+    )
+    .await;
+    let e = load(outside).await.unwrap_err().to_string();
+    assert!(e.contains("is not in the export's data directory"), "{e}");
+
+    // One endless line (a small gzip expands to it): refused at the cap, naming file and line.
+    let mut endless = lines[..3].to_vec();
+    endless[1] = format!(
+        "{{\"Item\":{{\"pk\":{{\"S\":\"{}\"}}}}}}",
+        "x".repeat(from_export::MAX_LINE_BYTES)
+    );
+    let endless =
+        write_fixture_export(&s3, &bucket, &table, &endless, 2, &now, "DYNAMODB_JSON").await;
+    let e = load(endless).await.unwrap_err().to_string();
+    assert!(
+        e.contains(&format!(
+            "file0.json.gz line 2: longer than {} bytes",
+            from_export::MAX_LINE_BYTES
+        )),
+        "{e}"
+    );
+
+    // An export time ahead of the clock: its copies would outrank real changes until then.
+    let ahead = rfc3339(SystemTime::now() + Duration::from_secs(3600));
+    let future = write_fixture_export(
+        &s3,
+        &bucket,
+        &table,
+        &lines[..5],
+        2,
+        &ahead,
+        "DYNAMODB_JSON",
+    )
+    .await;
+    let e = load(future).await.unwrap_err().to_string();
+    assert!(e.contains("s ahead of this machine's clock"), "{e}");
+}
+
+async fn put(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, body: String) {
+    s3.put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(body.into_bytes().into())
+        .send()
+        .await
+        .unwrap();
 }
 
 /// An export older than the index's delete memory is refused before anything is written:

@@ -97,6 +97,29 @@ impl Location {
     }
 }
 
+impl Location {
+    /// A data file's key from a manifest (or a loader's payload), [resolved](Location::resolve)
+    /// and confined to this export's `data/` directory: a manifest must not send the loader to
+    /// another export, another table's data or anything else the role may read.
+    pub fn data_key(&self, key: &str) -> Result<String, String> {
+        let resolved = self.resolve(key);
+        let inside = resolved
+            .strip_prefix(&self.dir)
+            .and_then(|rest| rest.strip_prefix("/data/"))
+            .is_some_and(|name| {
+                !name.is_empty() && !name.split('/').any(|s| s == ".." || s.is_empty())
+            });
+        if inside {
+            Ok(resolved)
+        } else {
+            Err(format!(
+                "data file key {key:?} is not in the export's data directory {}/data/",
+                self.dir
+            ))
+        }
+    }
+}
+
 /// One data file of an export.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataFile {
@@ -177,7 +200,9 @@ pub fn parse_manifest_files(text: &str, location: &Location) -> Result<Vec<DataF
         let f: ManifestFile =
             serde_json::from_str(line).map_err(|e| format!("line {}: {e}", n + 1))?;
         files.push(DataFile {
-            key: location.resolve(&f.data_file_s3_key),
+            key: location
+                .data_key(&f.data_file_s3_key)
+                .map_err(|e| format!("line {}: {e}", n + 1))?,
             item_count: f.item_count,
             bytes: None,
         });
@@ -681,6 +706,21 @@ mod tests {
         );
         let e = parse_manifest_files("{\"itemCount\":1}\n", &l).unwrap_err();
         assert!(e.starts_with("line 1:"), "{e}");
+        // Keys outside the export's data directory are refused, naming the line.
+        for key in [
+            "2020-Nov/AWSDynamoDB/01234567890123-zzzzzzzz/data/other.json.gz",
+            "2020-Nov/AWSDynamoDB/01234567890123-a1b2c3d4/manifest-summary.json",
+            "2020-Nov/AWSDynamoDB/01234567890123-a1b2c3d4/data/../../x/data/f.json.gz",
+            "2020-Nov/AWSDynamoDB/01234567890123-a1b2c3d4/data/",
+            "secrets/key.json.gz",
+        ] {
+            let line = format!("{{\"itemCount\":1,\"dataFileS3Key\":{key:?}}}\n");
+            let e = parse_manifest_files(&format!("\n{line}"), &l).unwrap_err();
+            assert!(
+                e.starts_with("line 2:") && e.contains("data directory"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use tokio::io::AsyncBufReadExt as _;
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -235,6 +235,10 @@ pub async fn load_file(
     Ok(summary)
 }
 
+/// The longest export line read: an item is at most 400 KB, and its DynamoDB JSON at most about
+/// six times that (every byte of a string escaped as `\u00XX`), in one `{"Item":…}` line.
+pub const MAX_LINE_BYTES: usize = 4 << 20;
+
 /// Refuses an export time ahead of `now` by more than the stream allows a record's time
 /// ([`MAX_CLOCK_AHEAD_SECS`]): the copies' versions come from it, and copies versioned in the
 /// future would outrank every real change of their items until that time.
@@ -323,13 +327,28 @@ impl<'a> Loader<'a> {
                 return Ok(());
             }
             line.clear();
-            let read = reader
+            // At most one byte past the cap: a small gzip can expand to one endless line.
+            let read = (&mut reader)
+                .take(MAX_LINE_BYTES as u64 + 1)
                 .read_until(b'\n', &mut line)
                 .await
                 .map_err(|e| BackfillError::ExportData(format!("{name}: reading: {e}")))?;
             let end = read == 0;
+            if line.len() > MAX_LINE_BYTES {
+                return Err(BackfillError::ExportData(format!(
+                    "{name} line {}: longer than {MAX_LINE_BYTES} bytes, which no item of at most 400 KB makes",
+                    number + 1
+                )));
+            }
             if !end && !line.iter().all(u8::is_ascii_whitespace) {
                 number += 1;
+                if let Some(expected) = file.item_count
+                    && number > expected
+                {
+                    return Err(BackfillError::ExportData(format!(
+                        "{name} line {number}: the manifest lists {expected} items for this file; the file may have been replaced"
+                    )));
+                }
                 if number > from_line {
                     let item = std::str::from_utf8(&line)
                         .map_err(|_| "the line is not UTF-8 text".to_string())

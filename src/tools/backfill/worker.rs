@@ -148,7 +148,9 @@ impl Worker {
             } => {
                 let location = Location { bucket, dir };
                 let file = DataFile {
-                    key: location.resolve(&file.data_file_s3_key),
+                    key: location
+                        .data_key(&file.data_file_s3_key)
+                        .map_err(BackfillError::ExportData)?,
                     item_count: file.item_count,
                     bytes: None,
                 };
