@@ -10,6 +10,18 @@
 //! [long] to [float]`, `introduction of [a] within [_doc]`). After any other bracket the rest
 //! of that reason part is dropped, since a value may itself hold brackets or quotes.
 //!
+//! Two more rules fail closed:
+//! - **Ambiguous quoting.** OpenSearch and Java do not escape quotes inside the values they
+//!   quote (`For input string: "1" SSN 123-45-6789"`). A quotation whose closing quote is
+//!   followed by a letter or digit, or after which the rest of the part holds an odd number of
+//!   that quote (apostrophes inside words not counted), may have ended early: the rest of that
+//!   part is dropped.
+//! - **Nested map keys.** In many schemas a map's keys are data (emails, user ids). An attribute
+//!   path (`NewImage: m.user@example.com[1]: ...`) and a bracketed field name
+//!   (`object field [m.user@example.com]`) keep their top-level name, which is schema, and show
+//!   the rest as a short digest (`m.#1a2b3c4d`), the same for the same path, so that log lines
+//!   can still be grouped and matched to the quarantine entry's full reason.
+//!
 //! This is for display only: no decision reads a reason's text.
 
 /// What replaces a redacted value.
@@ -26,8 +38,66 @@ pub fn reason(text: &str) -> String {
         .join(PART_SEPARATOR)
 }
 
-/// One part of a reason.
+/// Where our own reasons name an attribute path: `NewImage: <path>: reason`.
+const PATH_PREFIXES: [&str; 2] = ["NewImage: ", "OldImage: "];
+
+/// One part of a reason: attribute paths first, then quotations and brackets.
 fn part(text: &str) -> String {
+    let mut shown = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some((at, prefix)) = PATH_PREFIXES
+        .iter()
+        .filter_map(|p| rest.find(p).map(|at| (at, *p)))
+        .min()
+    {
+        let path_start = at + prefix.len();
+        let Some(len) = rest[path_start..].find(": ") else {
+            break;
+        };
+        shown.push_str(&quoted(&rest[..path_start]));
+        shown.push_str(&nested(&rest[path_start..path_start + len]));
+        rest = &rest[path_start + len..];
+    }
+    shown.push_str(&quoted(rest));
+    shown
+}
+
+/// An attribute path with everything below its top-level name as a short digest.
+fn nested(path: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let top = path.find(['.', '[']).unwrap_or(path.len());
+    if top == path.len() {
+        return path.to_string();
+    }
+    let digest = Sha256::digest(path[top..].as_bytes());
+    let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}.#{hex}", &path[..top])
+}
+
+/// Whether the quotation that ended at `inner[end]` may have ended early (module docs).
+fn ambiguous(inner: &str, end: usize, quote: u8) -> bool {
+    let bytes = inner.as_bytes();
+    if bytes
+        .get(end + 1)
+        .is_some_and(|b| b.is_ascii_alphanumeric())
+    {
+        return true;
+    }
+    let counted = (end + 1..bytes.len())
+        .filter(|&i| bytes[i] == quote)
+        .filter(|&i| {
+            // An apostrophe inside a word ("field's") is not a quote.
+            quote != b'\''
+                || !(i > 0
+                    && bytes[i - 1].is_ascii_alphanumeric()
+                    && bytes.get(i + 1).is_some_and(|b| b.is_ascii_alphanumeric()))
+        })
+        .count();
+    counted % 2 == 1
+}
+
+/// Quotations and brackets of one part.
+fn quoted(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find(['"', '\'', '`', '[']) {
@@ -39,7 +109,7 @@ fn part(text: &str) -> String {
             b'[' => match kept_bracket(&out, inner) {
                 Some(len) => {
                     out.push('[');
-                    out.push_str(&inner[..len]);
+                    out.push_str(&nested(&inner[..len]));
                     out.push(']');
                     rest = &inner[len + 1..];
                 }
@@ -66,6 +136,7 @@ fn part(text: &str) -> String {
                 }
             }
             quote => match closing_quote(inner, quote) {
+                Some(end) if ambiguous(inner, end, quote) => return hidden_to_end(out, quote),
                 Some(end) => {
                     out.push(quote as char);
                     out.push_str(HIDDEN);
@@ -195,7 +266,10 @@ mod tests {
             ),
             (
                 "NewImage: m.list[1]: invalid number text \"12secret\"",
-                "NewImage: m.list[1]: invalid number text \"…\"",
+                &format!(
+                    "NewImage: m.#{}: invalid number text \"…\"",
+                    digest(".list[1]")
+                ),
             ),
             (
                 "409 version_conflict_engine_exception: [USER#secret]: version conflict, current version [9]",
@@ -215,7 +289,10 @@ mod tests {
             ),
             (
                 "400 mapper_parsing_exception: failed to parse; caused by illegal_argument_exception: Limit of mapping depth [20] has been exceeded due to object field [a.a.a]",
-                "400 mapper_parsing_exception: failed to parse; caused by illegal_argument_exception: Limit of mapping depth [20] has been exceeded due to object field [a.a.a]",
+                &format!(
+                    "400 mapper_parsing_exception: failed to parse; caused by illegal_argument_exception: Limit of mapping depth [20] has been exceeded due to object field [a.#{}]",
+                    digest(".a.a")
+                ),
             ),
             (
                 "record is not a stream record: missing field `SequenceNumber`",
@@ -231,6 +308,72 @@ mod tests {
             assert_eq!(got, expected, "{input}");
             assert!(!got.to_lowercase().contains("secret"), "{got}");
         }
+    }
+
+    fn digest(text: &str) -> String {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(text.as_bytes())[..4]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Quotes inside an unescaped quoted value: the rest of the part is dropped, never shown.
+    #[test]
+    fn ambiguous_quoting_drops_the_rest_of_the_part() {
+        let cases = [
+            (
+                "400 mapper_parsing_exception: failed to parse; caused by number_format_exception: For input string: \"1\" SSN 123-45-6789\"",
+                "400 mapper_parsing_exception: failed to parse; caused by number_format_exception: For input string: \"…",
+            ),
+            ("For input string: \"1\"6789 x\"", "For input string: \"…"),
+            ("value '1' SSN 123-45-6789' here", "value '…"),
+            // The next part is still shown.
+            (
+                "a: \"x\" 6789\"; caused by illegal_argument_exception: mapper [n] cannot be changed from type [long] to [text]",
+                "a: \"…; caused by illegal_argument_exception: mapper [n] cannot be changed from type [long] to [text]",
+            ),
+        ];
+        for (input, expected) in cases {
+            let got = reason(input);
+            assert_eq!(got, expected, "{input}");
+            assert!(!got.contains("6789"), "{got}");
+        }
+        // Two well-formed quotations and an apostrophe stay as they were.
+        assert_eq!(
+            reason("expected \"a\" or \"b\", the field's value 'c'"),
+            "expected \"…\" or \"…\", the field's value '…'"
+        );
+    }
+
+    /// Map keys below the top level are data in many schemas: a digest, the same for the same
+    /// path, stands for them.
+    #[test]
+    fn nested_map_keys_become_a_digest() {
+        let got = reason(
+            "NewImage: contacts.jane@example.com[2]: number of magnitude 1E400 is outside DynamoDB's range",
+        );
+        assert_eq!(
+            got,
+            format!(
+                "NewImage: contacts.#{}: number of magnitude 1E400 is outside DynamoDB's range",
+                digest(".jane@example.com[2]")
+            )
+        );
+        assert!(!got.contains("jane"), "{got}");
+        assert_eq!(
+            got,
+            reason(
+                "NewImage: contacts.jane@example.com[2]: number of magnitude 1E400 is outside DynamoDB's range"
+            )
+        );
+        let got = reason("OldImage: m.user-42.x: invalid; caused by x: object field [m.user-42]");
+        assert!(!got.contains("user-42"), "{got}");
+        // A top-level name is schema, and stays.
+        assert_eq!(
+            reason("NewImage: price: invalid number"),
+            "NewImage: price: invalid number"
+        );
     }
 
     #[test]

@@ -29,6 +29,10 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 
+/// The `errorMessage` of an invocation whose handler panicked.
+pub const PANIC_MESSAGE: &str =
+    "the handler panicked (a bug); the message is withheld, as it may quote the payload";
+
 use bytes::Bytes;
 use futures::FutureExt;
 use serde::Serialize;
@@ -452,14 +456,11 @@ where
             .catch_unwind()
             .instrument(span.clone())
             .await;
-        let outcome = handled.unwrap_or_else(|panic| {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "the handler panicked".into());
-            span.in_scope(|| tracing::error!(panic = %message, "the handler panicked"));
-            Err(Failure::new("Runtime.Panic", message))
+        // The panic's message may quote the payload: neither the log nor the answer carries
+        // it (the panic hook logs where it happened).
+        let outcome = handled.unwrap_or_else(|_| {
+            span.in_scope(|| tracing::error!("the handler panicked"));
+            Err(Failure::new("Runtime.Panic", PANIC_MESSAGE))
         });
         let answer = outcome.and_then(|answer| {
             serde_json::to_vec(&answer)

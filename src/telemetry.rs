@@ -13,6 +13,26 @@ use crate::json_log::JsonLine;
 /// Installs the global subscriber; `RUST_LOG` overrides the default `info` level.
 pub fn init() {
     init_with_default("info");
+    if std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some() {
+        withhold_panic_messages();
+    }
+}
+
+/// In Lambda a panic's message would go to stderr (and so to the log) as Rust's default hook
+/// writes it, and a message may quote the payload (an `expect` on a value, an index out of
+/// bounds with the data around it). This hook logs a fixed line with the place in the code,
+/// inside the invocation's span (its `requestId`), and never the message.
+pub fn withhold_panic_messages() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(
+            %location,
+            "panic (a bug): its message is withheld, as it may quote the payload; the invocation fails and Lambda retries the batch"
+        );
+    }));
 }
 
 /// For the operator tools (backfill, replay), which print their own progress and summary: the
