@@ -30,10 +30,10 @@ STATE_TYPES = {"Task", "Pass", "Choice", "Wait", "Succeed", "Fail", "Parallel", 
 
 # What `backfill::worker::Step` (src/tools/backfill/worker.rs) requires of each step.
 LOADER_STEPS = {
-    "prepare": {"table"},
+    "prepare": {"table", "run"},
     "open": {"bucket", "manifest"},
     "load": {"bucket", "dir", "file", "exportTime", "table", "keys"},
-    "finish": {"previous"},
+    "finish": {"previous", "run"},
 }
 
 

@@ -69,7 +69,7 @@ fn nested(path: &str) -> String {
     if top == path.len() {
         return path.to_string();
     }
-    let digest = Sha256::digest(path[top..].as_bytes());
+    let digest = Sha256::digest(&path.as_bytes()[top..]);
     let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
     format!("{}.#{hex}", &path[..top])
 }

@@ -854,3 +854,64 @@ async fn the_export_loader_function_loads_one_file_per_invocation() {
     let settings = index_settings(&index).await;
     assert!(!settings.contains("gc_deletes"), "restored: {settings}");
 }
+
+/// Issue item 6: two export loads of one index overlapping. The second `prepare` is refused
+/// while the first holds the index; a retried `prepare` of the first keeps the value it found
+/// first; a `finish` of another load does not lower `index.gc_deletes`; the first load's finish
+/// puts back what it found, and then another load may start.
+#[tokio::test]
+async fn overlapping_loads_of_one_index_are_refused_and_each_finish_restores_only_its_own() {
+    use stream_indexer::tools::backfill::worker::{Step, Worker};
+    let (ddb, s3) = moto_clients().await;
+    let table = unique_index("lease");
+    create_table(&ddb, &table).await;
+    let index = unique_index("lease-idx");
+    create_index(&index).await;
+    let worker = Worker {
+        indexer: indexer(&opensearch_url(), &index, &[]).await,
+        ddb,
+        s3,
+        clock_skew: Duration::from_secs(5),
+        page_timeout: Duration::from_secs(60),
+    };
+    let prepare = |run: &str| Step::Prepare {
+        table: table.clone(),
+        gc_deletes: Some("2h".into()),
+        run: Some(run.into()),
+    };
+    let gc = || async { index_settings(&index).await };
+    let first = worker.run(prepare("run-a")).await.unwrap();
+    assert_eq!(first["previous"], serde_json::json!([[index, null]]));
+    assert!(
+        gc().await.contains(r#""gc_deletes":"2h""#),
+        "{}",
+        gc().await
+    );
+
+    let e = worker.run(prepare("run-b")).await.unwrap_err();
+    assert_eq!(e.kind(), "LoadInProgress");
+    assert!(e.to_string().contains("run-a"), "{e}");
+    // A retried prepare of the same load: still the value found before the load.
+    let again = worker.run(prepare("run-a")).await.unwrap();
+    assert_eq!(again["previous"], first["previous"]);
+
+    let finish = |run: &str| Step::Finish {
+        previous: vec![(index.clone(), None)],
+        run: Some(run.into()),
+    };
+    worker.run(finish("run-b")).await.unwrap();
+    assert!(
+        gc().await.contains(r#""gc_deletes":"2h""#),
+        "another load's finish keeps it"
+    );
+    worker.run(finish("run-a")).await.unwrap();
+    assert!(
+        !gc().await.contains("gc_deletes"),
+        "put back: {}",
+        gc().await
+    );
+    // The index is free again.
+    worker.run(prepare("run-b")).await.unwrap();
+    worker.run(finish("run-b")).await.unwrap();
+    assert!(!gc().await.contains("gc_deletes"), "{}", gc().await);
+}

@@ -14,6 +14,7 @@
 //! Changing a recorded setting means a new index: `rebuild` creates one under a template that
 //! records the new settings, fills it and moves the alias.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -128,8 +129,57 @@ struct IndexMapping {
 #[derive(Deserialize, Default)]
 struct Mappings {
     #[serde(rename = "_meta", default)]
-    meta: serde_json::Map<String, serde_json::Value>,
+    meta: Meta,
 }
+
+/// Each index's mapping `_meta` behind `index` (an index, or an alias: every index behind it),
+/// by concrete index name; `None` when there is no such index.
+pub async fn mapping_meta(
+    os: &OpenSearch,
+    index: &str,
+) -> Result<Option<BTreeMap<String, Meta>>, WriteSettingsError> {
+    let body = match os
+        .request(Method::Get, &format!("/{index}/_mapping"), None, TIMEOUT)
+        .await
+    {
+        Ok((_, body)) => body,
+        Err(e) if e.status == Some(404) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let indexes: BTreeMap<String, IndexMapping> =
+        serde_json::from_slice(&body).map_err(|e| WriteSettingsError::Unreadable {
+            index: index.to_string(),
+            reason: e.to_string(),
+        })?;
+    Ok(Some(
+        indexes
+            .into_iter()
+            .map(|(name, m)| (name, m.mappings.meta))
+            .collect(),
+    ))
+}
+
+/// Replaces the mapping `_meta` of the concrete index `name` (OpenSearch replaces it whole).
+pub async fn put_mapping_meta(
+    os: &OpenSearch,
+    name: &str,
+    meta: &Meta,
+) -> Result<(), RequestError> {
+    let body = serde_json::json!({ "_meta": meta })
+        .to_string()
+        .into_bytes();
+    os.request(
+        Method::Put,
+        &format!("/{name}/_mapping"),
+        Some(body),
+        TIMEOUT,
+    )
+    .await
+    .map(|_| ())
+}
+
+/// A mapping's `_meta`.
+pub type Meta = serde_json::Map<String, serde_json::Value>;
 
 /// Checks `index` (an index or an alias: every index behind it) against `write`; where an
 /// index has no record yet and `record` is set, records `write` in it (the rest of its `_meta`
@@ -141,24 +191,17 @@ pub async fn record_or_check(
     write: &WriteSettings,
     record: bool,
 ) -> Result<Recorded, WriteSettingsError> {
-    let body = match os
-        .request(Method::Get, &format!("/{index}/_mapping"), None, TIMEOUT)
-        .await
-    {
-        Ok((_, body)) => body,
-        Err(e) if e.status == Some(404) => return Ok(Recorded::NoIndex),
-        Err(e) => return Err(e.into()),
+    let Some(indexes) = mapping_meta(os, index).await? else {
+        return Ok(Recorded::NoIndex);
     };
     let unreadable = |reason: String| WriteSettingsError::Unreadable {
         index: index.to_string(),
         reason,
     };
-    let indexes: std::collections::BTreeMap<String, IndexMapping> =
-        serde_json::from_slice(&body).map_err(|e| unreadable(e.to_string()))?;
     let mut unrecorded = Vec::new();
-    for (name, mapping) in &indexes {
-        let Some(recorded) = mapping.mappings.meta.get(META_KEY) else {
-            unrecorded.push((name, &mapping.mappings.meta));
+    for (name, meta) in &indexes {
+        let Some(recorded) = meta.get(META_KEY) else {
+            unrecorded.push((name, meta));
             continue;
         };
         let recorded: WriteSettings = serde_json::from_value(recorded.clone())
@@ -179,16 +222,7 @@ pub async fn record_or_check(
     for (name, meta) in unrecorded {
         let mut meta = meta.clone();
         meta.insert(META_KEY.into(), serde_json::json!(write));
-        let body = serde_json::json!({ "_meta": meta })
-            .to_string()
-            .into_bytes();
-        os.request(
-            Method::Put,
-            &format!("/{name}/_mapping"),
-            Some(body),
-            TIMEOUT,
-        )
-        .await?;
+        put_mapping_meta(os, name, &meta).await?;
     }
     Ok(Recorded::Now)
 }

@@ -106,6 +106,9 @@ pub enum BackfillError {
     /// An export too old for the index's delete memory (`from_export` module docs).
     #[error("{0}")]
     StaleExport(String),
+    /// Another export load holds the index (`worker::Lease`).
+    #[error("{0}")]
+    LoadInProgress(String),
     /// The index is written with other settings (`sink::template`).
     #[error(transparent)]
     WriteSettings(#[from] crate::sink::template::WriteSettingsError),
@@ -124,6 +127,7 @@ impl BackfillError {
             BackfillError::ExportData(_) => "ExportData",
             BackfillError::StaleExport(_) => "StaleExport",
             BackfillError::WriteSettings(_) => "WriteSettings",
+            BackfillError::LoadInProgress(_) => "LoadInProgress",
         }
     }
 }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::from_export::{self, Options};
 use super::{BackfillError, Summary};
 use crate::handler::Indexer;
+use crate::sink::template::{self, Meta};
 use crate::tools::export::{self, DataFile, Location, Share};
 
 /// One invocation's input: `{"step": "prepare" | "open" | "load" | "finish", ...}`.
@@ -25,6 +26,9 @@ pub enum Step {
         table: String,
         /// Default: 12h.
         gc_deletes: Option<String>,
+        /// The load's id (the state machine's execution): with it, each index is leased to
+        /// this load until `finish` (see [`Lease`]).
+        run: Option<String>,
     },
     /// Reads a finished export's summary manifest (DescribeExport's `ExportManifest`); answers
     /// [`Opened`].
@@ -46,7 +50,28 @@ pub enum Step {
     #[serde(rename_all = "camelCase")]
     Finish {
         previous: Vec<(String, Option<String>)>,
+        /// The load's id given to `prepare`: only its own leases are ended, and only then is
+        /// `index.gc_deletes` put back (from the lease).
+        run: Option<String>,
     },
+}
+
+/// The key of a load's lease in an index's mapping `_meta`.
+pub const LEASE_KEY: &str = "stream_indexer_load";
+
+/// An index leased to one export load, from `prepare` to `finish`. Two loads of one index
+/// overlapping would break the delete memory: the second `prepare` would find `gc_deletes`
+/// already raised and keep that as the value to restore, and the first `finish` would lower it
+/// while the second still loads. So a second load is refused while the lease is held, a
+/// retried `prepare` of the same load keeps the value found first, and a `finish` puts back
+/// only what its own lease recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub run: String,
+    /// When the lease was taken, epoch ms.
+    pub since_ms: u64,
+    /// `index.gc_deletes` as the load found it (`None`: the default).
+    pub previous: Option<String>,
 }
 
 /// A line of `manifest-files.json`.
@@ -101,11 +126,23 @@ impl Worker {
     /// Runs one step; the answer is the step's output as JSON.
     pub async fn run(&self, step: Step) -> Result<serde_json::Value, BackfillError> {
         let answer = match step {
-            Step::Prepare { table, gc_deletes } => {
+            Step::Prepare {
+                table,
+                gc_deletes,
+                run,
+            } => {
                 let keys = crate::tools::verify::key_names(&self.ddb, &table).await?;
                 let indexes = super::every_index(&self.indexer, &table);
                 let gc = gc_deletes.unwrap_or_else(|| "12h".into());
-                let previous = super::prepare_indexes(&self.indexer, &indexes, Some(&gc)).await?;
+                let mut leased = Vec::new();
+                if let Some(run) = &run {
+                    for index in &indexes {
+                        template::create_index(&self.indexer.opensearch, index).await?;
+                        leased.push((index.clone(), self.take_lease(index, run).await?));
+                    }
+                }
+                let found = super::prepare_indexes(&self.indexer, &indexes, Some(&gc)).await?;
+                let previous = if run.is_some() { leased } else { found };
                 serde_json::to_value(Prepared {
                     table,
                     keys,
@@ -192,12 +229,114 @@ impl Worker {
                     quarantined: s.quarantined,
                 })
             }
-            Step::Finish { previous } => {
+            Step::Finish {
+                previous,
+                run: None,
+            } => {
                 super::restore_gc_deletes(&self.indexer, previous).await?;
+                Ok(serde_json::json!({}))
+            }
+            Step::Finish {
+                previous,
+                run: Some(run),
+            } => {
+                for (index, _) in previous {
+                    self.end_lease(&index, &run).await?;
+                }
                 Ok(serde_json::json!({}))
             }
         };
         Ok(answer.expect("step outputs serialize"))
+    }
+}
+
+impl Worker {
+    fn lease_error(&self, index: &str, reason: String) -> BackfillError {
+        BackfillError::LoadInProgress(format!("index {index}: {reason}"))
+    }
+
+    /// The leases of the indexes behind `index`, by concrete name, with each one's `_meta`.
+    async fn leases(
+        &self,
+        index: &str,
+    ) -> Result<Vec<(String, Meta, Option<Lease>)>, BackfillError> {
+        let metas = template::mapping_meta(&self.indexer.opensearch, index)
+            .await?
+            .unwrap_or_default();
+        metas
+            .into_iter()
+            .map(|(name, meta)| {
+                let lease = match meta.get(LEASE_KEY) {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(v) => Some(serde_json::from_value::<Lease>(v.clone()).map_err(|e| {
+                        self.lease_error(&name, format!("unreadable _meta.{LEASE_KEY}: {e}"))
+                    })?),
+                };
+                Ok((name, meta, lease))
+            })
+            .collect()
+    }
+
+    /// Takes `index` for load `run` (again, for a retried prepare); returns the
+    /// `index.gc_deletes` found before the load. Refused while another load holds it.
+    async fn take_lease(&self, index: &str, run: &str) -> Result<Option<String>, BackfillError> {
+        let leases = self.leases(index).await?;
+        if let Some((name, _, Some(held))) = leases.iter().find(|(_, _, l)| l.is_some()) {
+            if held.run != run {
+                return Err(self.lease_error(
+                    name,
+                    format!(
+                        "another export load ({}) holds it since epoch ms {}; wait for it to finish, or, if it has ended without finishing, put index.gc_deletes back and remove _meta.{LEASE_KEY}",
+                        held.run, held.since_ms
+                    ),
+                ));
+            }
+            return Ok(held.previous.clone());
+        }
+        let previous = super::gc_deletes(&self.indexer, index).await?.set;
+        let lease = Lease {
+            run: run.to_string(),
+            since_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            previous: previous.clone(),
+        };
+        for (name, mut meta, _) in leases {
+            meta.insert(LEASE_KEY.into(), serde_json::json!(lease));
+            template::put_mapping_meta(&self.indexer.opensearch, &name, &meta).await?;
+        }
+        // Two loads taking the lease at once: the later write stands, the other load stops.
+        for (name, _, now) in self.leases(index).await? {
+            if now.as_ref().map(|l| l.run.as_str()) != Some(run) {
+                return Err(self.lease_error(
+                    &name,
+                    "another export load took it at the same moment".into(),
+                ));
+            }
+        }
+        Ok(previous)
+    }
+
+    /// Ends `run`'s lease on `index` and puts `index.gc_deletes` back as the lease found it. An
+    /// index another load holds keeps its raised value (that load still needs it), and one no
+    /// load holds is left as it is (a repeated finish).
+    async fn end_lease(&self, index: &str, run: &str) -> Result<(), BackfillError> {
+        for (name, mut meta, lease) in self.leases(index).await? {
+            match lease {
+                Some(l) if l.run == run => {
+                    super::set_gc_deletes(&self.indexer, &name, l.previous.as_deref()).await?;
+                    meta.remove(LEASE_KEY);
+                    template::put_mapping_meta(&self.indexer.opensearch, &name, &meta).await?;
+                }
+                Some(other) => tracing::warn!(
+                    index = %name,
+                    holder = %other.run,
+                    "another export load holds the index: its index.gc_deletes stays raised"
+                ),
+                None => {}
+            }
+        }
+        Ok(())
     }
 }
 
@@ -223,7 +362,7 @@ mod tests {
             serde_json::from_str(r#"{"step":"finish","previous":[["items",null],["b","1h"]]}"#)
                 .unwrap();
         assert!(
-            matches!(finish, Step::Finish { previous } if previous == [("items".to_string(), None), ("b".to_string(), Some("1h".to_string()))])
+            matches!(finish, Step::Finish { previous, run: None } if previous == [("items".to_string(), None), ("b".to_string(), Some("1h".to_string()))])
         );
         assert!(serde_json::from_str::<Step>(r#"{"step":"unload"}"#).is_err());
     }
