@@ -171,6 +171,32 @@ def check_safety(template, parameters):
     return findings
 
 
+def check_loader_scope(template):
+    """The export loader's OpenSearch grants: with Routes (index names IAM cannot know) only HEAD
+    and PUT (creating an index) may reach any path of the domain, and paths starting with `_`
+    (the cluster's: settings, templates, snapshots, a _bulk to any index) are denied."""
+    findings = []
+    wide = "${OpenSearchResourceArn}/*"
+    allowed_wide, denied = set(), False
+    for policy in template["Resources"]["ExportLoaderRole"]["Properties"]["Policies"]:
+        for statement in statements(policy["PolicyDocument"]):
+            resources = [
+                r.get("Fn::Sub") if isinstance(r, dict) else r
+                for item in as_list(statement.get("Resource", []))
+                for r in branches(item)
+            ]
+            if statement["Effect"] == "Deny" and "${OpenSearchResourceArn}/_*" in resources:
+                denied = True
+            if statement["Effect"] == "Allow" and wide in resources:
+                allowed_wide |= set(as_list(statement.get("Action", [])))
+    extra = allowed_wide - {"es:ESHttpHead", "es:ESHttpPut"}
+    if extra:
+        findings.append(f"ExportLoaderRole: {sorted(extra)} on every path of the domain")
+    if not denied:
+        findings.append("ExportLoaderRole: the domain's _ paths (the cluster's) are not denied")
+    return findings
+
+
 def check_step(payload, at):
     """A payload for the export loader: a known step with the fields it requires."""
     step = payload.get("step")
@@ -227,6 +253,7 @@ def main():
     machine = template["Resources"]["ExportLoadStateMachine"]["Properties"]["Definition"]
     findings.extend(check_machine(machine, "ExportLoadStateMachine"))
     findings.extend(check_safety(template, parameters))
+    findings.extend(check_loader_scope(template))
     for finding in findings:
         print(f"template check: {finding}", file=sys.stderr)
     if findings:
