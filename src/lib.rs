@@ -12,10 +12,12 @@
 //!   [`roots`](sink::roots), SigV4 by [`sigv4`](sink::sigv4)),
 //!   [`dispatch`](sink::dispatch) (bodies in flight, retried until the deadline),
 //!   [`backoff`](sink::backoff) (the only sleep), [`quarantine`](sink::quarantine),
-//!   [`template`](sink::template).
+//!   [`template`](sink::template) (the index template, and the write settings each index
+//!   records in its mapping `_meta`, which the function and every tool must agree with).
 //! - [`handler`]: one invocation end to end (plan → deliver → quarantine → account),
 //!   `batchItemFailures` and the accounting log line.
-//! - [`config`]: environment configuration, validated once at cold start.
+//! - [`config`]: environment configuration, validated once at cold start; the write settings
+//!   (`WriteSettings`) and how two of them differ.
 //! - [`metrics`]: one CloudWatch EMF document per invocation (counts, bulk latency, lag).
 //! - [`redact`]: failure reasons without item values, for logs.
 //! - [`runtime_api`]: the Lambda Runtime API client both functions run on (one kept-alive
@@ -26,8 +28,9 @@
 //! - [`tools`]: the operator tools: [`backfill`](tools::backfill) (scan, or a DynamoDB export
 //!   through [`export`](tools::export); the export-loader function's steps),
 //!   [`verify`](tools::verify) (table versus index, repair), [`rebuild`](tools::rebuild),
-//!   [`replay`](tools::replay), [`runner`](tools::runner) (a stream driven locally),
-//!   [`aws`](tools::aws), [`ddb_json`](tools::ddb_json).
+//!   [`replay`](tools::replay) (entries re-read from the table before they are written),
+//!   [`runner`](tools::runner) (a stream driven locally), [`table`](tools::table) (items read
+//!   back by key, fail-closed), [`aws`](tools::aws), [`ddb_json`](tools::ddb_json).
 pub mod config;
 pub mod handler;
 pub mod json_log;
