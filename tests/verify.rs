@@ -219,17 +219,19 @@ async fn verify_reports_exactly_the_drift_injected_and_repair_makes_the_index_eq
         ids(&found, Drift::Different),
         set(&[id(20), id(21), id(22), id(30), id(31), id(32)])
     );
+    // The id no key of this table gives is another table's, if anyone's: foreign, not extra.
     assert_eq!(
         ids(&found, Drift::Extra),
-        set(&[id(40), id(41), "p99999|1".into(), "not a key".into()])
+        set(&[id(40), id(41), "p99999|1".into()])
     );
+    assert_eq!(found.foreign, 1, "{found:?}");
 
     // The command: the summary line, example ids, the exit status.
     let (code, out, err) = verify_command(&index, &table, &[]);
     assert_eq!(code, 1, "{out}{err}");
     let first = out.lines().next().unwrap();
     assert_eq!(
-        first, "items 198 documents 199 missing 3 different 6 extra 4",
+        first, "items 198 documents 199 missing 3 different 6 extra 3 foreign 1",
         "{out}"
     );
     assert!(
@@ -244,16 +246,31 @@ async fn verify_reports_exactly_the_drift_injected_and_repair_makes_the_index_eq
     assert_eq!(code, 1);
     let json: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(
-        (&json["missing"], &json["different"], &json["extra"]),
-        (&3.into(), &6.into(), &4.into())
+        (
+            &json["missing"],
+            &json["different"],
+            &json["extra"],
+            &json["foreign"]
+        ),
+        (&3.into(), &6.into(), &3.into(), &1.into())
     );
 
     let (code, out, err) = verify_command(&index, &table, &["--repair"]);
     assert_eq!(code, 1, "drift was found: {out}{err}");
     assert!(
-        out.contains("repaired: indexed 9 deleted 4 superseded 0 quarantined 0 failed 0"),
+        out.contains("repaired: indexed 9 deleted 3 superseded 0 quarantined 0 failed 0"),
         "{out}"
     );
+    // The foreign document is left, and is no drift of this table.
+    let (code, out, err) = verify_command(&index, &table, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out.lines().next().unwrap(),
+        "items 198 documents 199 missing 0 different 0 extra 0 foreign 1"
+    );
+    let (code, out, err) = verify_command(&index, &table, &["--repair", "--delete-foreign"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("repaired: indexed 0 deleted 1"), "{out}");
     let (code, out, err) = verify_command(&index, &table, &[]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(
