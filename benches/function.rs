@@ -4,8 +4,8 @@
 //! 6 MB batches; beside it, in the same blocks, a Python function doing the same everyday job
 //! (`infra/reference/function.py`), the reference. The functions run in an environment like
 //! Lambda's (only the variables Lambda sets, none of this machine's), because some of them
-//! change what the function does at start: the TLS client loads the CA certificates of the
-//! bundle file that `SSL_CERT_FILE` or the system's default places name. Needs the local server
+//! change what the function does at start: the TLS client reads the bundle file that
+//! `SSL_CERT_FILE` names instead of using the roots compiled in. Needs the local server
 //! (and, once, PyPI for the reference's venv):
 //!
 //! ```sh
@@ -180,14 +180,12 @@ async fn cold_start(url: &str, extra: &[(&str, &str)]) -> f64 {
 #[tokio::main]
 async fn main() {
     let url = std::env::var("OPENSEARCH_URL").unwrap_or_else(|_| "http://127.0.0.1:9200".into());
-    // The client's TLS setup reads the CA store's bundle file at start, and its directories
-    // only when a server's chain needs them, so the cold start depends on the store's layout:
-    // with no `SSL_CERT_*` set (as on Lambda) the default places are found, here a bundle file
-    // and, if the distribution keeps one, a directory with a file per certificate (Debian's
-    // /etc/ssl/certs). The second line sets the bundle alone, as `SSL_CERT_FILE`.
+    // With no `SSL_CERT_*` set (as on Lambda) the client trusts the roots compiled in and
+    // reads no file; with `SSL_CERT_FILE` (a private CA) it reads that bundle at start. The
+    // second line measures the system's bundle given that way.
     let bundle = ca_bundle().map(|b| [("SSL_CERT_FILE", b)]);
     let stores = [
-        ("CA store as the system keeps it", Some(&[][..])),
+        ("roots compiled in", Some(&[][..])),
         (
             "CA store as one bundle file",
             bundle.as_ref().map(|b| &b[..]),

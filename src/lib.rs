@@ -8,8 +8,8 @@
 //!   where they can be; responses → outcomes),
 //!   [`routing`](pipeline::routing), [`projection`](pipeline::projection),
 //!   [`metadata`](pipeline::metadata).
-//! - [`sink`]: OpenSearch: [`transport`](sink::transport) (the only HTTP; TLS roots from
-//!   [`roots`](sink::roots), SigV4 by [`sigv4`](sink::sigv4)),
+//! - [`sink`]: OpenSearch: [`transport`](sink::transport) (the only HTTP; TLS roots compiled
+//!   in, or the store `SSL_CERT_*` names; SigV4 by [`sigv4`](sink::sigv4)),
 //!   [`dispatch`](sink::dispatch) (bodies in flight, retried until the deadline),
 //!   [`backoff`](sink::backoff) (the only sleep), [`quarantine`](sink::quarantine),
 //!   [`template`](sink::template) (the index template, and the write settings each index

@@ -1,8 +1,8 @@
-//! TLS: the client trusts the CA store it is given (here `SSL_CERT_FILE`, and `SSL_CERT_DIR`
-//! beside it, as a user with a private CA would set them) and nothing else. Three servers
-//! answer on `localhost`: one with a certificate from the trusted CA, one from another CA, and
-//! one from the trusted CA but for another name. Only the first is answered; the others fail
-//! on their certificate.
+//! TLS: the client trusts Mozilla's roots compiled in, or, when `SSL_CERT_FILE` or
+//! `SSL_CERT_DIR` is set (a private CA), the store they name and nothing else. Three servers
+//! answer on `localhost`: one with a certificate from the test CA, one from another CA, and one
+//! from the test CA but for another name. With the test CA in the named store only the first is
+//! answered; without a store named, none is (no public CA signed them).
 //!
 //! The store's place is in environment variables read when the client is built, so this binary
 //! holds one test, which sets them.
@@ -21,6 +21,17 @@ use tokio_rustls::TlsAcceptor;
 mod ca;
 use ca::{authority, leaf};
 
+/// Where the test CA is put.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Store {
+    /// Nowhere: the compiled-in roots.
+    Compiled,
+    /// In a bundle file (`SSL_CERT_FILE`).
+    File,
+    /// In a directory (`SSL_CERT_DIR`) beside a bundle that does not hold it.
+    Directory,
+}
+
 #[tokio::test]
 async fn only_certificates_from_the_trusted_store_and_for_the_host_are_accepted() {
     let trusted = authority("trusted test CA");
@@ -30,22 +41,23 @@ async fn only_certificates_from_the_trusted_store_and_for_the_host_are_accepted(
     let (bundle, dir) = (root.join("ca.pem"), root.join("certs"));
     std::fs::create_dir_all(&dir).unwrap();
 
-    // The trusted CA in a bundle file alone, then in a directory beside a bundle that does not
-    // hold it. The directory is read when a chain first needs it: the CA is put there only
-    // once the first client has been made.
-    for in_directory in [false, true] {
-        if in_directory {
-            std::fs::write(&bundle, unused.pem()).unwrap();
-        } else {
-            std::fs::write(&bundle, trusted.pem()).unwrap();
-        }
+    for store in [Store::File, Store::Directory, Store::Compiled] {
         // SAFETY: the only test in this binary, and nothing else runs while it sets them.
         unsafe {
-            std::env::set_var("SSL_CERT_FILE", &bundle);
-            if in_directory {
-                std::env::set_var("SSL_CERT_DIR", &dir);
-            } else {
-                std::env::remove_var("SSL_CERT_DIR");
+            std::env::remove_var("SSL_CERT_FILE");
+            std::env::remove_var("SSL_CERT_DIR");
+            match store {
+                Store::Compiled => {}
+                Store::File => {
+                    std::fs::write(&bundle, trusted.pem()).unwrap();
+                    std::env::set_var("SSL_CERT_FILE", &bundle);
+                }
+                Store::Directory => {
+                    std::fs::write(&bundle, unused.pem()).unwrap();
+                    std::fs::write(dir.join("trusted.pem"), trusted.pem()).unwrap();
+                    std::env::set_var("SSL_CERT_FILE", &bundle);
+                    std::env::set_var("SSL_CERT_DIR", &dir);
+                }
             }
         }
         let cases = [
@@ -54,6 +66,11 @@ async fn only_certificates_from_the_trusted_store_and_for_the_host_are_accepted(
             ("elsewhere.example", &trusted, Some("not valid for name")),
         ];
         for (name, issuer, refusal) in cases {
+            // No public CA signed the test CA: with the compiled-in roots, nothing is trusted.
+            let refusal = match store {
+                Store::Compiled => Some("UnknownIssuer"),
+                _ => refusal,
+            };
             let port = serve(leaf(name, issuer)).await;
             let config = Config::from_lookup(|var| match var {
                 "OPENSEARCH_URL" => Some(format!("https://localhost:{port}")),
@@ -62,13 +79,10 @@ async fn only_certificates_from_the_trusted_store_and_for_the_host_are_accepted(
             })
             .unwrap();
             let os = OpenSearch::connect(&config).await.unwrap();
-            if in_directory {
-                std::fs::write(dir.join("trusted.pem"), trusted.pem()).unwrap();
-            }
             let answer = os
                 .request(Method::Get, "/", None, Duration::from_secs(10))
                 .await;
-            let case = format!("{name} (in a directory: {in_directory})");
+            let case = format!("{name} ({store:?})");
             match (refusal, answer) {
                 (None, Ok((status, body))) => {
                     assert_eq!((status, &body[..]), (200, &b"{}"[..]), "{case}")
@@ -78,6 +92,25 @@ async fn only_certificates_from_the_trusted_store_and_for_the_host_are_accepted(
             }
         }
     }
+    // A named store with no certificate in it is a start error naming the variables.
+    std::fs::write(&bundle, "not a certificate").unwrap();
+    // SAFETY: as above.
+    unsafe {
+        std::env::set_var("SSL_CERT_FILE", &bundle);
+        std::env::remove_var("SSL_CERT_DIR");
+    }
+    let config = Config::from_lookup(|var| match var {
+        "OPENSEARCH_URL" => Some("https://localhost:9".into()),
+        "OPENSEARCH_INDEX" => Some("items".into()),
+        _ => None,
+    })
+    .unwrap();
+    let e = OpenSearch::connect(&config)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("SSL_CERT_FILE"), "{e}");
     std::fs::remove_dir_all(&root).unwrap();
 }
 

@@ -1,8 +1,6 @@
 //! The sink: everything that talks to OpenSearch.
 //!
 //! - [`transport`]: the only HTTP to OpenSearch.
-//! - [`roots`]: the CA store TLS connections are verified against: its bundle file read at cold
-//!   start, its directories when a chain needs them.
 //! - [`sigv4`]: signing requests for Amazon OpenSearch Service.
 //! - [`dispatch`]: bodies in flight under adaptive concurrency, retried until the deadline.
 //! - [`backoff`]: exponential backoff with full jitter; the only sleep.
@@ -11,7 +9,6 @@
 pub mod backoff;
 pub mod dispatch;
 pub mod quarantine;
-pub mod roots;
 pub mod sigv4;
 pub mod template;
 pub mod transport;

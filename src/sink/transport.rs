@@ -1,11 +1,10 @@
 //! The one place that talks HTTP to OpenSearch.
 //!
 //! On reqwest directly rather than through the `opensearch` crate's transport, which builds its
-//! HTTP client with the platform verifier and no way to pass the CA roots in: that verifier
-//! reads the system's store with a constant-time PEM decoder, and doing so was 85% of a cold
-//! start's instructions (see [`roots`](super::roots)). Here the roots are read by
-//! [`roots`](super::roots) and given to rustls, and requests are signed by
-//! [`sigv4`](super::sigv4) with `aws-sigv4`, as that crate signed them.
+//! HTTP client with the platform verifier and no way to pass the CA roots in. Here rustls gets
+//! the roots of [`root_store`] (Mozilla's, compiled in, or the store `SSL_CERT_FILE` /
+//! `SSL_CERT_DIR` name), and requests are signed by [`sigv4`](super::sigv4) with `aws-sigv4`,
+//! as that crate signed them.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -14,7 +13,6 @@ use bytes::Bytes;
 use reqwest::header::{ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use url::Url;
 
-use super::roots;
 use super::sigv4::{SignError, Signer};
 use crate::config::{Auth, Config};
 use crate::pipeline::bulk::{self, ItemOutcome};
@@ -117,6 +115,36 @@ pub enum RequestFailure {
     Connection,
 }
 
+/// The CA certificates TLS connections are verified against: Mozilla's, compiled in
+/// (`webpki-roots`: no file is read at start, and a Lambda image's store does not matter), or,
+/// when `SSL_CERT_FILE` or `SSL_CERT_DIR` is set (a private CA), only the certificates found
+/// there (`rustls-native-certs`, as OpenSSL reads those variables). A store that yields no
+/// certificate is an error naming the variables and what could not be read.
+pub fn root_store() -> Result<rustls::RootCertStore, ClientError> {
+    let mut store = rustls::RootCertStore::empty();
+    let named = ["SSL_CERT_FILE", "SSL_CERT_DIR"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|p| !p.is_empty()));
+    if !named {
+        store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        return Ok(store);
+    }
+    let found = rustls_native_certs::load_native_certs();
+    let (added, _unusable) = store.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let problems: Vec<String> = found.errors.iter().map(|e| e.to_string()).collect();
+        return Err(ClientError(format!(
+            "no usable CA certificate in SSL_CERT_FILE / SSL_CERT_DIR{}",
+            if problems.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", problems.join("; "))
+            }
+        )));
+    }
+    Ok(store)
+}
+
 /// The client could not be built.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot build the OpenSearch client: {0}")]
@@ -164,15 +192,12 @@ impl OpenSearch {
                 })
             }
         };
-        // Read whatever the scheme, so that a local start costs what a deployed one does.
+        // Built whatever the scheme, so that a local start costs what a deployed one does.
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let verifier =
-            roots::system_verifier(provider.clone()).map_err(|e| ClientError(e.to_string()))?;
         let mut tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| ClientError(format!("TLS: {e}")))?
-            .dangerous() // rustls' name for any verifier but its own: this one is webpki's, twice
-            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_root_certificates(root_store()?)
             .with_no_client_auth();
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let http = reqwest::Client::builder()
