@@ -11,3 +11,6 @@ if [ ! -d target/debug/deps ]; then
   echo "building the tests (the first build compiles a few hundred crates and takes several minutes)" >&2
 fi
 cargo test "$@"
+# The string scan's portable path (eight bytes at a time: arm64's, the architecture the template
+# deploys) under the conversion's property and fidelity tests; x86_64 otherwise runs SSE2.
+cargo test "$@" --lib --features portable-scan pipeline::

@@ -64,10 +64,11 @@ fn equal(x: u64, c: u8) -> u64 {
 /// tag or a number often ends within the first 16 bytes), so the first block decides most
 /// searches: sixteen bytes at a time with SSE2 on x86_64 (part of its baseline, so no runtime
 /// detection), then eight at a time (SWAR: the bit tricks serde_json's own string scan uses),
-/// which is also the whole scan on other targets.
+/// which is also the whole scan on other targets (the arm64 build the template deploys). The
+/// `portable-scan` feature selects that path on x86_64 too, so that CI tests it.
 #[inline]
 fn find_special<const STRICT: bool>(b: &[u8], mut i: usize) -> Option<usize> {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", not(feature = "portable-scan")))]
     while let Some(block) = b.get(i..i + sse2::BLOCK) {
         let hits = sse2::special::<STRICT>(block.try_into().expect("a block"));
         if hits != 0 {
@@ -94,7 +95,7 @@ fn find_special<const STRICT: bool>(b: &[u8], mut i: usize) -> Option<usize> {
 
 /// [`find_special`]'s sixteen-byte step. Hand-written because no crate offers this search:
 /// `memchr` finds two or three bytes but not a range (the control characters).
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(feature = "portable-scan")))]
 mod sse2 {
     use std::arch::x86_64::{
         _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
