@@ -1,106 +1,56 @@
 //! AWS SDK attribute values → DynamoDB JSON text, the wire form Lambda delivers, so items read
 //! with the SDK (the event-source runner's GetRecords, the backfill's Scan) go through the same
-//! conversion as stream records. By hand because the SDK types do not implement serde.
+//! conversion as stream records. `serde_dynamo` converts the SDK's types (numbers stay text,
+//! binaries bytes, written as base64); the text goes through `serde_json::Value`, whose maps are
+//! ordered, so the same item always gives the same text and document, names sorted at every
+//! level.
 
 use std::collections::HashMap;
 
-use base64::Engine as _;
-
-use crate::pipeline::convert::write_json_str;
-
 macro_rules! writer {
     ($name:ident, $item:ident, $av:ty, $m:path) => {
-        /// Writes one attribute value as DynamoDB JSON (`{"S":"x"}`, `{"N":"1"}`, …).
+        /// Writes one attribute value as DynamoDB JSON (`{"S":"x"}`, `{"N":"1"}`, …). A value
+        /// holding a type this SDK version does not know (where `serde_dynamo` would panic) is
+        /// written as `{"UNKNOWN":null}`, which the converter refuses with a reason naming the
+        /// attribute.
         pub fn $name(out: &mut String, value: &$av) {
             use $m as A;
-            let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-            let mut buf = Vec::new();
-            let mut s = |out: &mut String, text: &str| {
-                buf.clear();
-                write_json_str(&mut buf, text);
-                out.push_str(std::str::from_utf8(&buf).expect("escaped JSON is UTF-8"));
-            };
-            match value {
-                A::S(v) => {
-                    out.push_str("{\"S\":");
-                    s(out, v);
+            fn known(value: &$av) -> bool {
+                match value {
+                    A::M(m) => m.values().all(known),
+                    A::L(l) => l.iter().all(known),
+                    A::S(_)
+                    | A::N(_)
+                    | A::B(_)
+                    | A::Bool(_)
+                    | A::Null(_)
+                    | A::Ss(_)
+                    | A::Ns(_)
+                    | A::Bs(_) => true,
+                    _ => false,
                 }
-                A::N(v) => {
-                    out.push_str("{\"N\":");
-                    s(out, v);
-                }
-                A::B(v) => {
-                    out.push_str("{\"B\":\"");
-                    out.push_str(&b64(v.as_ref()));
-                    out.push('"');
-                }
-                A::Bool(v) => out.push_str(if *v {
-                    "{\"BOOL\":true"
-                } else {
-                    "{\"BOOL\":false"
-                }),
-                A::Null(_) => out.push_str("{\"NULL\":true"),
-                A::M(m) => {
-                    out.push_str("{\"M\":");
-                    $item(out, m);
-                }
-                A::L(l) => {
-                    out.push_str("{\"L\":[");
-                    for (i, v) in l.iter().enumerate() {
-                        if i > 0 {
-                            out.push(',');
-                        }
-                        $name(out, v);
-                    }
-                    out.push(']');
-                }
-                A::Ss(l) | A::Ns(l) => {
-                    out.push_str(if matches!(value, A::Ss(_)) {
-                        "{\"SS\":["
-                    } else {
-                        "{\"NS\":["
-                    });
-                    for (i, v) in l.iter().enumerate() {
-                        if i > 0 {
-                            out.push(',');
-                        }
-                        s(out, v);
-                    }
-                    out.push(']');
-                }
-                A::Bs(l) => {
-                    out.push_str("{\"BS\":[");
-                    for (i, v) in l.iter().enumerate() {
-                        if i > 0 {
-                            out.push(',');
-                        }
-                        out.push('"');
-                        out.push_str(&b64(v.as_ref()));
-                        out.push('"');
-                    }
-                    out.push(']');
-                }
-                // A type this SDK version does not know: written as an unknown type, which the
-                // converter refuses with a reason naming the attribute.
-                _ => out.push_str("{\"UNKNOWN\":null"),
             }
-            out.push('}');
+            if !known(value) {
+                out.push_str("{\"UNKNOWN\":null}");
+                return;
+            }
+            let value = serde_dynamo::AttributeValue::from(value.clone());
+            let text = serde_json::to_value(&value)
+                .and_then(|v| serde_json::to_string(&v))
+                .expect("an attribute value serializes");
+            out.push_str(&text);
         }
 
-        /// Writes an item (attribute name → value) as a DynamoDB JSON object.
+        /// Writes an item (attribute name → value) as a DynamoDB JSON object, names sorted.
         pub fn $item(out: &mut String, item: &HashMap<String, $av>) {
             out.push('{');
-            // Sorted, so the same item always gives the same text and document.
             let mut names: Vec<&String> = item.keys().collect();
             names.sort();
-            let mut buf = Vec::new();
             for (i, name) in names.into_iter().enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
-                buf.clear();
-                write_json_str(&mut buf, name);
-                out.push_str(std::str::from_utf8(&buf).expect("escaped JSON is UTF-8"));
+                out.push_str(&serde_json::to_string(name).expect("a string serializes"));
                 out.push(':');
                 $name(out, &item[name]);
             }
