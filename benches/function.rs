@@ -93,6 +93,9 @@ fn function(
         .env("AWS_LAMBDA_FUNCTION_NAME", "stream-indexer")
         .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
         .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        // The template's LoggingConfig (JSON lines, INFO).
+        .env("AWS_LAMBDA_LOG_FORMAT", "JSON")
+        .env("AWS_LAMBDA_LOG_LEVEL", "INFO")
         .env("OPENSEARCH_URL", url)
         .env("OPENSEARCH_INDEX", index)
         .envs(extra.iter().copied())

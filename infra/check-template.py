@@ -154,6 +154,11 @@ def check_safety(template, parameters):
     }
     if not rules & watched:
         findings.append("no alarm on batches written to the failure bucket")
+    for name, r in resources.items():
+        if r["Type"] == "AWS::Serverless::Function":
+            logging = r["Properties"].get("LoggingConfig", {})
+            if logging.get("LogFormat") != "JSON":
+                findings.append(f"{name}: LoggingConfig.LogFormat is not JSON (its log lines and level)")
     bridge = resources["FailedBatchesBucket"]["Properties"].get("NotificationConfiguration", {})
     if not bridge.get("EventBridgeConfiguration", {}).get("EventBridgeEnabled"):
         findings.append("the failure bucket does not send its events to EventBridge")

@@ -20,11 +20,11 @@
 //!   (`WriteSettings`) and how two of them differ.
 //! - [`metrics`]: one CloudWatch EMF document per invocation (counts, bulk latency, lag).
 //! - [`redact`]: failure reasons without item values, for logs.
-//! - [`runtime_api`]: the Lambda Runtime API client both functions run on (one kept-alive
-//!   connection; the payload handed over unparsed).
-//! - [`telemetry`]: logging setup, and in Lambda each invocation's summary line written with its
-//!   metrics line; errors with their source chains; the tools' progress bar.
-//! - [`json_log`]: the JSON log line in Lambda (tracing-subscriber's format, written directly).
+//! - [`lambda`]: what both functions add to `lambda_runtime`: the stream function's invocation
+//!   (deadline, summary and metrics lines), panics without their message, init errors reported.
+//! - [`telemetry`]: logging setup (in Lambda as its advanced logging controls say), each
+//!   invocation's summary line written with its metrics line; errors with their source chains;
+//!   the tools' progress bar.
 //! - [`tools`]: the operator tools: [`backfill`](tools::backfill) (scan, or a DynamoDB export
 //!   through [`export`](tools::export); the export-loader function's steps),
 //!   [`verify`](tools::verify) (table versus index, repair), [`rebuild`](tools::rebuild),
@@ -33,11 +33,10 @@
 //!   back by key, fail-closed), [`aws`](tools::aws), [`ddb_json`](tools::ddb_json).
 pub mod config;
 pub mod handler;
-pub mod json_log;
+pub mod lambda;
 pub mod metrics;
 pub mod pipeline;
 pub mod redact;
-pub mod runtime_api;
 pub mod sink;
 pub mod telemetry;
 pub mod tools;

@@ -1,21 +1,67 @@
-//! Logging setup: JSON lines in Lambda (CloudWatch parses them), readable text in a terminal;
-//! the operator tools' progress bar.
+//! Logging setup: in Lambda as its advanced logging controls say (JSON lines or text, the
+//! level), readable text in a terminal; the operator tools' progress bar.
 
 use std::io::Write;
 use std::sync::{Mutex, MutexGuard};
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::fmt::format::JsonFields;
 
-use crate::json_log::JsonLine;
-
-/// Installs the global subscriber; `RUST_LOG` overrides the default `info` level.
+/// Installs the global subscriber for a terminal; `RUST_LOG` overrides the default `info`
+/// level.
 pub fn init() {
     init_with_default("info");
-    if std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some() {
-        withhold_panic_messages();
-    }
+}
+
+/// For the operator tools (backfill, replay), which print their own progress and summary: the
+/// handler's accounting line per page would scroll under the progress bar, so the default is
+/// `warn` (`RUST_LOG=info` shows it again).
+pub fn init_for_tool() {
+    init_with_default("warn");
+}
+
+fn init_with_default(level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // A second init (tests) keeps the first subscriber.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
+}
+
+/// The functions' logging in Lambda, as its advanced logging controls set it (the template's
+/// `LoggingConfig`), read as `lambda_runtime`'s own setup reads them: `AWS_LAMBDA_LOG_FORMAT`
+/// `JSON` gives tracing-subscriber's JSON lines, the event's fields at the top level and the
+/// invocation's span (`requestId`, `xrayTraceId`) once, anything else its text lines; the
+/// level is `AWS_LAMBDA_LOG_LEVEL`, else `RUST_LOG`, else `INFO`. No time (Lambda adds it), and
+/// lines go to stdout through [`STDOUT_LINES`]. A panic's message is never logged.
+pub fn init_lambda() {
+    let level = std::env::var("AWS_LAMBDA_LOG_LEVEL")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "INFO".into());
+    // `FATAL` (a Lambda level) is ERROR here; a level this filter cannot read, INFO.
+    let level = match level.trim().to_ascii_uppercase().as_str() {
+        "FATAL" => "error".to_string(),
+        _ => level,
+    };
+    let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .without_time()
+        .with_writer(&STDOUT_LINES);
+    let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let _ = if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init()
+    } else {
+        builder.try_init()
+    };
+    withhold_panic_messages();
 }
 
 /// In Lambda a panic's message would go to stderr (and so to the log) as Rust's default hook
@@ -33,35 +79,6 @@ pub fn withhold_panic_messages() {
             "panic (a bug): its message is withheld, as it may quote the payload; the invocation fails and Lambda retries the batch"
         );
     }));
-}
-
-/// For the operator tools (backfill, replay), which print their own progress and summary: the
-/// handler's accounting line per page would scroll under the progress bar, so the default is
-/// `warn` (`RUST_LOG=info` shows it again).
-pub fn init_for_tool() {
-    init_with_default("warn");
-}
-
-fn init_with_default(level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let in_lambda = std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
-    let result = if in_lambda {
-        // tracing-subscriber's JSON line with the event's fields at the top level and the
-        // invocation's span (`requestId`, `xrayTraceId`) once, without the time Lambda adds,
-        // written by `JsonLine`.
-        builder
-            .fmt_fields(JsonFields::new())
-            .event_format(JsonLine)
-            .with_writer(&STDOUT_LINES)
-            .try_init()
-    } else {
-        builder.try_init()
-    };
-    // A second init (tests) keeps the first subscriber.
-    let _ = result;
 }
 
 /// The function's log lines on their way to stdout (Lambda's log agent reads it through a pipe).
@@ -325,8 +342,11 @@ mod tests {
         let writes = Writes::default();
         let lines: &'static Lines<Writes> = Box::leak(Box::new(Lines::new(writes.clone())));
         let subscriber = tracing_subscriber::fmt()
-            .fmt_fields(JsonFields::new())
-            .event_format(JsonLine)
+            .json()
+            .flatten_event(true)
+            .with_span_list(false)
+            .without_time()
+            .with_target(false)
             .with_max_level(tracing::Level::DEBUG)
             .with_writer(lines)
             .finish();

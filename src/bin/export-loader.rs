@@ -2,11 +2,13 @@
 //! one data file, finish), run by the Step Functions state machine in template.yaml. See
 //! `backfill::worker`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use lambda_runtime::{Error, LambdaEvent, service_fn};
 use stream_indexer::config::Config;
 use stream_indexer::handler::Indexer;
-use stream_indexer::runtime_api::{self, Failure, Invocation, RuntimeApi};
+use stream_indexer::lambda::{self, failure};
 use stream_indexer::tools::backfill::worker::{Step, Worker};
 use stream_indexer::{telemetry, tools::aws};
 
@@ -18,34 +20,40 @@ const CLOCK_SKEW: Duration = Duration::from_secs(5);
 /// timeout bounds the whole file.
 const PAGE_TIMEOUT: Duration = Duration::from_secs(300);
 
-fn main() -> anyhow::Result<()> {
+fn main() -> Result<(), Error> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
         .block_on(serve())
 }
 
-async fn serve() -> anyhow::Result<()> {
-    telemetry::init();
-    let mut api = RuntimeApi::from_env()?;
-    let worker = api.started(start().await).await?;
-    let worker = &worker;
-    runtime_api::serve(&mut api, move |invocation: Invocation| async move {
-        let step: Step = serde_json::from_slice(&invocation.payload).map_err(|e| {
-            tracing::error!(error = %e, "the event is not a step");
-            Failure::new(
-                "NotAStep",
-                format!("the event is not an export-load step: {e}"),
-            )
-        })?;
-        let output = worker.run(step).await.map_err(|e| {
-            tracing::error!(error = %e, "step failed");
-            Failure::new(e.kind(), e.to_string())
-        })?;
-        Ok::<_, Failure>(output)
-    })
-    .await?;
-    Ok(())
+async fn serve() -> Result<(), Error> {
+    telemetry::init_lambda();
+    let worker = match start().await {
+        Ok(worker) => Arc::new(worker),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "the export loader cannot start");
+            lambda::report_init_error(e.as_ref()).await;
+            return Err(e.into());
+        }
+    };
+    lambda_runtime::run_concurrent(service_fn(move |event: LambdaEvent<serde_json::Value>| {
+        let worker = worker.clone();
+        lambda::guarded(async move {
+            let step: Step = serde_json::from_value(event.payload).map_err(|e| {
+                tracing::error!(error = %e, "the event is not a step");
+                failure(
+                    "NotAStep",
+                    format!("the event is not an export-load step: {e}"),
+                )
+            })?;
+            worker.run(step).await.map_err(|e| {
+                tracing::error!(error = %e, "step failed");
+                failure(e.kind(), &e)
+            })
+        })
+    }))
+    .await
 }
 
 async fn start() -> anyhow::Result<Worker> {

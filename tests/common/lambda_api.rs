@@ -38,6 +38,9 @@ struct State {
     connections: AtomicU64,
     /// What the function reported to `/init/error`.
     init_errors: std::sync::Mutex<Vec<Value>>,
+    /// Invocations handed to the function and not answered yet, and the most at once.
+    in_flight: AtomicU64,
+    most_in_flight: AtomicU64,
 }
 
 pub struct LambdaApi {
@@ -60,6 +63,8 @@ impl LambdaApi {
             invoke_deadline,
             connections: AtomicU64::new(0),
             init_errors: std::sync::Mutex::new(Vec::new()),
+            in_flight: AtomicU64::new(0),
+            most_in_flight: AtomicU64::new(0),
         });
         let s = state.clone();
         tokio::spawn(async move {
@@ -82,6 +87,12 @@ impl LambdaApi {
     /// How many connections the function has opened to this API.
     pub fn connections(&self) -> u64 {
         self.state.connections.load(Ordering::Relaxed)
+    }
+
+    /// The most invocations the function has held at once (handed out by `/next`, not yet
+    /// answered).
+    pub fn most_in_flight(&self) -> u64 {
+        self.state.most_in_flight.load(Ordering::Relaxed)
     }
 
     /// The error documents the function posted to `/init/error`.
@@ -167,6 +178,8 @@ async fn serve(conn: TcpStream, state: Arc<State>) -> std::io::Result<()> {
             if method == "GET" && path == "/2018-06-01/runtime/invocation/next" {
                 let next = state.next.lock().await.recv().await;
                 let Some(inv) = next else { return Ok(()) };
+                let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                state.most_in_flight.fetch_max(now, Ordering::SeqCst);
                 let headers = vec![
                     ("Lambda-Runtime-Aws-Request-Id".into(), inv.id),
                     (
@@ -192,6 +205,7 @@ async fn serve(conn: TcpStream, state: Arc<State>) -> std::io::Result<()> {
                     _ => Answer::Error(value),
                 };
                 if let Some(tx) = state.waiting.lock().await.remove(id) {
+                    state.in_flight.fetch_sub(1, Ordering::SeqCst);
                     let _ = tx.send(answer);
                 }
                 // Lambda's reply, a StatusResponse (the Runtime API's OpenAPI specification).
