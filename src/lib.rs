@@ -30,7 +30,8 @@
 //!   [`verify`](tools::verify) (table versus index, repair), [`rebuild`](tools::rebuild),
 //!   [`replay`](tools::replay) (entries re-read from the table before they are written),
 //!   [`runner`](tools::runner) (a stream driven locally), [`table`](tools::table) (items read
-//!   back by key, fail-closed), [`aws`](tools::aws), [`ddb_json`](tools::ddb_json).
+//!   back by key, fail-closed), [`rate`](tools::rate) (read rates), [`aws`](tools::aws),
+//!   [`ddb_json`](tools::ddb_json).
 pub mod config;
 pub mod handler;
 pub mod lambda;

@@ -11,11 +11,13 @@
 //! - [`replay`]: re-drives quarantined records.
 //! - [`runner`]: polls a stream and invokes the function as Lambda's event source mapping does.
 //! - [`table`]: items read back by key (consistent, fail-closed), for verify and replay.
+//! - [`rate`]: the read rates the tools keep to (a token bucket).
 //! - [`aws`], [`ddb_json`]: AWS SDK configuration; SDK attribute values → DynamoDB JSON.
 pub mod aws;
 pub mod backfill;
 pub mod ddb_json;
 pub mod export;
+pub mod rate;
 pub mod rebuild;
 pub mod replay;
 pub mod runner;

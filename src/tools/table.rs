@@ -9,7 +9,7 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, ReturnConsumedCapacity};
 
 use crate::sink::backoff::Backoff;
-use crate::tools::backfill::RateLimiter;
+use crate::tools::rate::RateLimiter;
 
 /// An item, or a key, as the SDK holds it.
 pub type Item = HashMap<String, AttributeValue>;

@@ -35,6 +35,7 @@ use crate::handler::{Indexer, RecordOutcome};
 use crate::pipeline::change::VersionSource;
 use crate::sink::transport::RequestError;
 use crate::tools::ddb_json;
+use crate::tools::rate::RateLimiter;
 use crate::tools::verify;
 
 pub mod from_export;
@@ -195,33 +196,6 @@ pub fn default_segments(table_size_bytes: i64, bulk_concurrency: usize) -> u32 {
     let floor = (2 * bulk_concurrency as u32).clamp(1, 256);
     let by_size = (table_size_bytes.max(0) / per).min(255) as u32 + 1;
     by_size.clamp(floor, 256)
-}
-
-/// A token bucket shared by all segments: `acquire(n)` waits until `n` more units fit the rate.
-pub struct RateLimiter {
-    per_second: f64,
-    next_free: Mutex<Instant>,
-}
-
-impl RateLimiter {
-    pub fn new(per_second: f64) -> RateLimiter {
-        RateLimiter {
-            per_second,
-            next_free: Mutex::new(Instant::now()),
-        }
-    }
-
-    /// Books `units` and waits until the booking starts.
-    pub async fn acquire(&self, units: f64) {
-        let start = {
-            let mut next = self.next_free.lock().await;
-            let now = Instant::now();
-            let start = (*next).max(now);
-            *next = start + Duration::from_secs_f64(units / self.per_second);
-            start
-        };
-        tokio::time::sleep_until(start).await;
-    }
 }
 
 struct Shared<'a> {

@@ -312,7 +312,7 @@ pub async fn run(
             .collect(),
         units: opts
             .max_read_units_per_second
-            .map(backfill::RateLimiter::new),
+            .map(crate::tools::rate::RateLimiter::new),
         deletes_asked: AtomicU64::new(0),
         report: std::sync::Mutex::new(Report {
             repair: opts.repair.then(RepairReport::default),
@@ -406,7 +406,7 @@ struct Verifier<'a> {
     key_names: Vec<String>,
     /// `METADATA_FIELDS` names: they describe a write, not the item, so they are not compared.
     metadata: Vec<String>,
-    units: Option<backfill::RateLimiter>,
+    units: Option<crate::tools::rate::RateLimiter>,
     report: std::sync::Mutex<Report>,
     progress: &'a AtomicU64,
     /// Deletes a repair has asked for, against `Options::max_deletes`.
