@@ -63,19 +63,6 @@ fn item(pk: &str, attributes: &[(&str, A)]) -> HashMap<String, A> {
     item
 }
 
-async fn delete_document(index: &str, id: &str) {
-    let res = http()
-        .delete(format!(
-            "{}/{index}/_doc/{}?refresh=true",
-            opensearch_url(),
-            urlencode(id)
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert!(res.status().is_success(), "{}", res.text().await.unwrap());
-}
-
 async fn verify_run(
     indexer: &Indexer,
     ddb: &aws_sdk_dynamodb::Client,
@@ -139,7 +126,7 @@ async fn a_repair_with_another_version_scheme_is_refused_and_the_tables_next_cha
         .await
         .unwrap();
     assert!(res.status().is_success(), "{}", res.text().await.unwrap());
-    delete_document(&index, "a|1").await;
+    delete_doc(&index, "a|1").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     // The operator's shell has no VERSION_ATTRIBUTE.
@@ -359,20 +346,6 @@ async fn a_replay_after_the_delete_is_forgotten_keeps_the_deleted_item_deleted()
     assert!(source_text(&index, "gone|1").await.is_some());
 }
 
-async fn put_document(index: &str, id: &str, body: Value) {
-    let res = http()
-        .put(format!(
-            "{}/{index}/_doc/{}?refresh=true",
-            opensearch_url(),
-            urlencode(id)
-        ))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(res.status().is_success(), "{}", res.text().await.unwrap());
-}
-
 /// Issue item 5: a repair deletes at most `max_deletes` documents (the rest counted as
 /// withheld, left in place), and documents whose id is no key of this table (another table's,
 /// sharing the index) are reported as foreign and deleted only when asked.
@@ -400,10 +373,10 @@ async fn a_repair_deletes_within_its_bound_and_leaves_foreign_documents_unless_a
         .unwrap();
     // Three documents of keys this table does not hold, two of no key of this table at all.
     for id in ["x|1", "y|1", "z|1"] {
-        put_document(&index, id, json!({"v": "stale"})).await;
+        put_doc(&index, id, r#"{"v":"stale"}"#).await;
     }
     for id in ["no key of ours", "another|table|id"] {
-        put_document(&index, id, json!({"v": "theirs"})).await;
+        put_doc(&index, id, r#"{"v":"theirs"}"#).await;
     }
 
     let opts = Options {

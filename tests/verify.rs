@@ -85,24 +85,6 @@ async fn fixture_with(name: &str, items: &[Item]) -> Fixture {
     }
 }
 
-async fn put_doc(index: &str, id: &str, body: &str) {
-    let url = format!("{}/{index}/_doc/{}", opensearch_url(), urlencode(id));
-    let res = http()
-        .put(url)
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert!(res.status().is_success(), "{}", res.text().await.unwrap());
-}
-
-async fn delete_doc(index: &str, id: &str) {
-    let url = format!("{}/{index}/_doc/{}", opensearch_url(), urlencode(id));
-    let res = http().delete(url).send().await.unwrap();
-    assert!(res.status().is_success(), "{}", res.text().await.unwrap());
-}
-
 fn ids(report: &Report, kind: Drift) -> BTreeSet<String> {
     report
         .examples

@@ -228,6 +228,26 @@ pub async fn all_ids(index: &str) -> Vec<String> {
         .collect()
 }
 
+/// Writes `body` as document `id` of `index`, behind the function's back.
+pub async fn put_doc(index: &str, id: &str, body: &str) {
+    let url = format!("{}/{index}/_doc/{}", opensearch_url(), urlencode(id));
+    let res = http()
+        .put(url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+}
+
+/// Deletes document `id` of `index`, behind the function's back.
+pub async fn delete_doc(index: &str, id: &str) {
+    let url = format!("{}/{index}/_doc/{}", opensearch_url(), urlencode(id));
+    let res = http().delete(url).send().await.unwrap();
+    assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+}
+
 /// `events/mixed.json` was applied: the last change per key.
 pub async fn expect_mixed_landed(index: &str) {
     assert_eq!(
