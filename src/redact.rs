@@ -69,9 +69,8 @@ fn nested(path: &str) -> String {
     if top == path.len() {
         return path.to_string();
     }
-    let digest = Sha256::digest(&path.as_bytes()[top..]);
-    let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}.#{hex}", &path[..top])
+    let hex = format!("{:x}", Sha256::digest(&path.as_bytes()[top..]));
+    format!("{}.#{}", &path[..top], &hex[..8])
 }
 
 /// Whether the quotation that ended at `inner[end]` may have ended early (module docs).
@@ -312,10 +311,7 @@ mod tests {
 
     fn digest(text: &str) -> String {
         use sha2::{Digest, Sha256};
-        Sha256::digest(text.as_bytes())[..4]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        format!("{:x}", Sha256::digest(text.as_bytes()))[..8].to_string()
     }
 
     /// Quotes inside an unescaped quoted value: the rest of the part is dropped, never shown.
