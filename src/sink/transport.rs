@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::header::{ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use url::Url;
 
@@ -28,8 +29,8 @@ use crate::telemetry::error_chain;
 /// and status, for its reason. The rest (`_index`, `_id`, `_version`, `result`, `_shards`,
 /// `_seq_no`, `_primary_term` per item) was about 150 of the 180 bytes an item took, read and
 /// parsed only to be skipped.
-/// Written as a query string, its commas escaped.
-const BULK_FILTER: &str = "filter_path=items.*.status%2Citems.*.error%2Cerror%2Cstatus";
+/// Written as a query string encoded as it is signed.
+const BULK_FILTER: &str = "filter_path=items.%2A.status%2Citems.%2A.error%2Cerror%2Cstatus";
 
 /// An HTTP method of a request to OpenSearch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,11 +226,15 @@ impl OpenSearch {
         })
     }
 
-    /// `path` (with any query string) joined to the cluster's URL.
+    /// `path` (with any query string) joined to the cluster's URL, its query encoded as SigV4's
+    /// canonical request has it.
     fn url(&self, path: &str) -> Result<Url, SendError> {
-        self.base
+        let mut url = self
+            .base
             .join(path.trim_start_matches('/'))
-            .map_err(|e| SendError::Path(path.to_string(), e))
+            .map_err(|e| SendError::Path(path.to_string(), e))?;
+        sign_ready_query(&mut url);
+        Ok(url)
     }
 
     /// `index`'s `_bulk` URL, with the response filter.
@@ -392,6 +397,33 @@ impl OpenSearch {
             })
         }
     }
+}
+
+/// What SigV4 leaves unencoded in a query: letters, digits and `-._~` (RFC 3986's unreserved).
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Rewrites `url`'s query the way the signer reads it (each name and value decoded, then every
+/// byte but the unreserved ones encoded), keeping the order. Amazon's endpoints re-encode a query
+/// before they check its signature, so a raw `*` or `,` is accepted there; a proxy or a signer
+/// that takes the query as received is not, and sees exactly what was signed only this way.
+fn sign_ready_query(url: &mut Url) {
+    let Some(query) = url.query().filter(|q| !q.is_empty()) else {
+        return;
+    };
+    let mut encoded = String::with_capacity(query.len() + 16);
+    for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        if !encoded.is_empty() {
+            encoded.push('&');
+        }
+        encoded.extend(utf8_percent_encode(&name, QUERY_VALUE));
+        encoded.push('=');
+        encoded.extend(utf8_percent_encode(&value, QUERY_VALUE));
+    }
+    url.set_query(Some(&encoded));
 }
 
 /// The start of a response body, for error messages (never item contents: bulk responses
