@@ -76,7 +76,14 @@ async fn main() -> anyhow::Result<()> {
     let ceiling_index = format!("bench-ceiling-{stamp}");
     let ceiling = Indexer::new(config_for(&ceiling_index)?).await?;
     // No record: each bench index is written under its own name, and records it on its first load.
-    template::apply(&ceiling.opensearch, "bench", "bench-*", None).await?;
+    template::apply(
+        &ceiling.opensearch,
+        template::IndexTemplate::default(),
+        "bench",
+        "bench-*",
+        None,
+    )
+    .await?;
     let keys = vec!["pk".to_string()];
     let mut bodies = Vec::new();
     for page in items.chunks(1000) {

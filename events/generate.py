@@ -83,3 +83,23 @@ mixed = [
     record("MODIFY", keys("order#1", 1), item("order#1", 1, total={"N": "21.49"}, status={"S": "shipped"}), t=1763800004),
 ]
 write("mixed.json", mixed)
+
+# Type drift, as schemaless tables have it: `price` a number, a string, a boolean and NULL in
+# different items; `tags` lists mixing strings, numbers and booleans, a list of lists, a string
+# set and a number set; `dims` a map whose inner attribute drifts too.
+seq[0] = 100000000000000000200
+drift = [
+    record("INSERT", keys("drift#1", 1), item("drift#1", 1, price={"N": "3.5"}, tags={"L": [{"S": "red"}, {"N": "1"}, {"BOOL": True}]},
+                                               dims={"M": {"size": {"N": "10"}}}, note={"S": "first pot of coffee"})),
+    record("INSERT", keys("drift#2", 1), item("drift#2", 1, price={"S": "cheap"}, tags={"L": [{"N": "2.5"}, {"S": "blue"}]},
+                                               dims={"M": {"size": {"S": "XL"}}}, note={"N": "7"})),
+    record("INSERT", keys("drift#3", 1), item("drift#3", 1, price={"N": "12"}, tags={"L": [{"L": [{"S": "x"}, {"N": "3"}]}, {"BOOL": False}]},
+                                               dims={"M": {"size": {"BOOL": True}}})),
+    record("INSERT", keys("drift#4", 1), item("drift#4", 1, price={"BOOL": True}, tags={"SS": ["green", "red"]},
+                                               note={"BOOL": False})),
+    record("INSERT", keys("drift#5", 1), item("drift#5", 1, price={"NULL": True}, tags={"NS": ["4", "1E+125"]},
+                                               note={"S": "coffee beans"})),
+    record("INSERT", keys("drift#6", 1), item("drift#6", 1, price={"N": "-0.000000000000000000000000000000000000012345678901234567890123456789012345678"},
+                                               tags={"BS": [base64.b64encode(b"\x00\x01").decode()]})),
+]
+write("drift.json", drift)

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue as A;
 use common::*;
+use stream_indexer::sink::template::IndexTemplate;
 use stream_indexer::tools::backfill::{self, Checkpoint, Options};
 use stream_indexer::tools::runner::{self, InProcess};
 use stream_indexer::tools::{rebuild, verify};
@@ -252,7 +253,9 @@ async fn a_rebuild_switches_the_read_alias_and_keeps_the_old_index_for_rollback(
 
     let mut built = Vec::new();
     for _ in 0..2 {
-        let index = rebuild::start(&os, &name, "1h", None).await.unwrap();
+        let index = rebuild::start(&os, IndexTemplate::default(), &name, "1h", None)
+            .await
+            .unwrap();
         assert_eq!(
             rebuild::alias_targets(&os, &rebuild::write_alias(&name))
                 .await

@@ -8,7 +8,8 @@ use anyhow::Context as _;
 use clap::Parser;
 use stream_indexer::config::Config;
 use stream_indexer::handler::Indexer;
-use stream_indexer::{sink::template, telemetry, tools::verify};
+use stream_indexer::sink::template::{self, IndexTemplate};
+use stream_indexer::{telemetry, tools::verify};
 
 /// Deliver DynamoDB Streams event files (e.g. events/*.json) to the handler, in order.
 #[derive(Parser)]
@@ -20,6 +21,10 @@ struct Args {
     /// Install the index template for OPENSEARCH_INDEX and create the index first.
     #[arg(long)]
     apply_template: bool,
+    /// Which template --apply-template installs: `schemaless` (any attribute may change type
+    /// between items) or `typed` (numbers as numbers; one type per name).
+    #[arg(long, env = "INDEX_TEMPLATE", value_enum, default_value_t = IndexTemplate::Schemaless)]
+    template: IndexTemplate,
     /// Print the index's documents after the last event.
     #[arg(long)]
     show: bool,
@@ -43,7 +48,14 @@ async fn main() -> anyhow::Result<()> {
                 pattern.replace('*', "").trim_end_matches(['-', '_', '.'])
             );
             let write = &indexer.config.write;
-            template::apply(&indexer.opensearch, &name, pattern, Some(write)).await?;
+            template::apply(
+                &indexer.opensearch,
+                args.template,
+                &name,
+                pattern,
+                Some(write),
+            )
+            .await?;
             if !pattern.contains('*') {
                 template::create_index(&indexer.opensearch, pattern).await?;
                 // An index that existed before must already be written this way.

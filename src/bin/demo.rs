@@ -72,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
         .await;
     template::apply(
         &indexer.opensearch,
+        template::IndexTemplate::default(),
         &format!("{index}-template"),
         &index,
         Some(&indexer.config.write),

@@ -1,5 +1,20 @@
-//! The index template (`infra/index-template.json`), embedded so every binary applies the same,
-//! and the write settings each index records in its mapping's `_meta`.
+//! The index templates (`infra/index-template.json`, `infra/index-template-typed.json`),
+//! embedded so every binary applies the same, and the write settings each index records in its
+//! mapping's `_meta`.
+//!
+//! # Which template
+//! DynamoDB is schemaless: one attribute name holds a number in one item and a string or a
+//! boolean in the next, and a list mixes types. OpenSearch maps a field once, from the first
+//! value it sees, and refuses a later document whose value does not fit. So the default
+//! ([`IndexTemplate::Schemaless`]) gives every scalar the same mapping whatever its JSON type: a
+//! `keyword` (exact match, aggregations; a number or boolean by its text), a `text` sub-field
+//! (full text) and a `double` sub-field with `ignore_malformed` (range queries on the values that
+//! are numbers; a value that is not is left out of that sub-field and named in the document's
+//! `_ignored`). No value can disagree with such a mapping, so type drift indexes; `_source`
+//! keeps each value as converted. A field that is an object in one item and a scalar in
+//! another still conflicts (OpenSearch cannot map one name both ways).
+//! [`IndexTemplate::Typed`] maps numbers as `double` and strings as `text` with a `keyword`
+//! sub-field: `price` itself is a number field, for tables whose attributes keep one type.
 //!
 //! # The record
 //! An index says how it is written: `_meta.stream_indexer_write` holds the [`WriteSettings`]
@@ -22,8 +37,25 @@ use serde::Deserialize;
 use crate::config::{Difference, WriteSettings};
 use crate::sink::transport::{Method, OpenSearch, RequestError};
 
-/// The composable index template, with `INDEX_PATTERN` where the index pattern goes.
-pub const INDEX_TEMPLATE: &str = include_str!("../../infra/index-template.json");
+/// Which index template to apply (`INDEX_TEMPLATE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum IndexTemplate {
+    /// Every scalar as `keyword` with `.text` and `.number` sub-fields: type drift indexes.
+    #[default]
+    Schemaless,
+    /// Numbers as `double`, strings as `text` with a `.keyword` sub-field: one type per name.
+    Typed,
+}
+
+impl IndexTemplate {
+    /// The composable index template, with `INDEX_PATTERN` where the index pattern goes.
+    pub fn body(self) -> &'static str {
+        match self {
+            IndexTemplate::Schemaless => include_str!("../../infra/index-template.json"),
+            IndexTemplate::Typed => include_str!("../../infra/index-template-typed.json"),
+        }
+    }
+}
 
 /// The key of the write settings in an index's mapping `_meta`.
 pub const META_KEY: &str = "stream_indexer_write";
@@ -33,9 +65,9 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The template body for indices matching `pattern` (e.g. `items` or `items-*`), recording
 /// `write` in the mapping's `_meta` (`None`: no record; the first writer records).
-pub fn template_for(pattern: &str, write: Option<&WriteSettings>) -> String {
+pub fn template_for(kind: IndexTemplate, pattern: &str, write: Option<&WriteSettings>) -> String {
     let mut template: serde_json::Value =
-        serde_json::from_str(&INDEX_TEMPLATE.replace("INDEX_PATTERN", pattern))
+        serde_json::from_str(&kind.body().replace("INDEX_PATTERN", pattern))
             .expect("the embedded template is JSON");
     if let Some(write) = write {
         template["template"]["mappings"]["_meta"] = serde_json::json!({ META_KEY: write });
@@ -46,6 +78,7 @@ pub fn template_for(pattern: &str, write: Option<&WriteSettings>) -> String {
 /// Installs the template as `_index_template/{name}` for `pattern`, recording `write`.
 pub async fn apply(
     os: &OpenSearch,
+    kind: IndexTemplate,
     name: &str,
     pattern: &str,
     write: Option<&WriteSettings>,
@@ -54,7 +87,7 @@ pub async fn apply(
     os.request(
         Method::Put,
         &path,
-        Some(template_for(pattern, write).into_bytes()),
+        Some(template_for(kind, pattern, write).into_bytes()),
         TIMEOUT,
     )
     .await
@@ -251,19 +284,48 @@ mod tests {
             index: Some("items".into()),
             ..WriteSettings::default()
         };
-        let t: serde_json::Value =
-            serde_json::from_str(&template_for("items-*", Some(&write))).unwrap();
-        assert_eq!(t["index_patterns"], serde_json::json!(["items-*"]));
-        let recorded: WriteSettings =
-            serde_json::from_value(t["template"]["mappings"]["_meta"][META_KEY].clone()).unwrap();
-        assert_eq!(recorded, write);
-        let bare: serde_json::Value = serde_json::from_str(&template_for("items-*", None)).unwrap();
-        assert!(bare["template"]["mappings"].get("_meta").is_none());
-        // The rest of the template is the file's.
-        assert_eq!(
-            t["template"]["mappings"]["dynamic_templates"],
-            serde_json::from_str::<serde_json::Value>(INDEX_TEMPLATE).unwrap()["template"]["mappings"]
-                ["dynamic_templates"]
-        );
+        for kind in [IndexTemplate::Schemaless, IndexTemplate::Typed] {
+            let t: serde_json::Value =
+                serde_json::from_str(&template_for(kind, "items-*", Some(&write))).unwrap();
+            assert_eq!(t["index_patterns"], serde_json::json!(["items-*"]));
+            let recorded: WriteSettings =
+                serde_json::from_value(t["template"]["mappings"]["_meta"][META_KEY].clone())
+                    .unwrap();
+            assert_eq!(recorded, write);
+            let bare: serde_json::Value =
+                serde_json::from_str(&template_for(kind, "items-*", None)).unwrap();
+            assert!(bare["template"]["mappings"].get("_meta").is_none());
+            // The rest of the template is the file's.
+            assert_eq!(
+                t["template"]["mappings"]["dynamic_templates"],
+                serde_json::from_str::<serde_json::Value>(kind.body()).unwrap()["template"]["mappings"]
+                    ["dynamic_templates"]
+            );
+        }
+    }
+
+    /// The schemaless template maps every JSON scalar type the conversion writes (integers,
+    /// decimals, strings, booleans) to one and the same mapping, so no value of one type can
+    /// conflict with a field first seen with another.
+    #[test]
+    fn the_schemaless_template_maps_every_scalar_type_alike() {
+        let t: serde_json::Value = serde_json::from_str(IndexTemplate::Schemaless.body()).unwrap();
+        let templates = t["template"]["mappings"]["dynamic_templates"]
+            .as_array()
+            .unwrap();
+        let mut types: Vec<&str> = Vec::new();
+        let mut mappings = Vec::new();
+        for entry in templates {
+            let (_, rule) = entry.as_object().unwrap().iter().next().unwrap();
+            types.push(rule["match_mapping_type"].as_str().unwrap());
+            mappings.push(&rule["mapping"]);
+        }
+        types.sort_unstable();
+        assert_eq!(types, ["boolean", "double", "long", "string"]);
+        assert!(mappings.windows(2).all(|w| w[0] == w[1]), "{mappings:?}");
+        assert_eq!(mappings[0]["type"], "keyword");
+        assert_eq!(mappings[0]["fields"]["number"]["type"], "double");
+        assert_eq!(mappings[0]["fields"]["number"]["ignore_malformed"], true);
+        assert_eq!(mappings[0]["fields"]["text"]["type"], "text");
     }
 }

@@ -9,7 +9,7 @@ use crate::sink::transport::Method;
 use serde_json::json;
 
 use crate::config::WriteSettings;
-use crate::sink::template;
+use crate::sink::template::{self, IndexTemplate};
 use crate::sink::transport::{OpenSearch, RequestError};
 
 const T: Duration = Duration::from_secs(60);
@@ -120,6 +120,7 @@ pub enum RebuildError {
 /// moves the write alias to it. Returns the new index's name.
 pub async fn start(
     os: &OpenSearch,
+    kind: IndexTemplate,
     name: &str,
     gc_deletes: &str,
     settings: Option<&WriteSettings>,
@@ -134,6 +135,7 @@ pub async fn start(
     // The new index records the settings it is built with: a rebuild is how they change.
     template::apply(
         os,
+        kind,
         &format!("{name}-rebuild"),
         &format!("{name}-*"),
         settings,

@@ -11,6 +11,7 @@ use clap::Parser;
 mod export;
 use stream_indexer::config::Config;
 use stream_indexer::handler::Indexer;
+use stream_indexer::sink::template::IndexTemplate;
 use stream_indexer::tools::backfill::{self, Options};
 use stream_indexer::{
     telemetry,
@@ -73,6 +74,10 @@ struct Args {
     /// the read alias NAME to it atomically. The old index is kept for --rollback.
     #[arg(long, value_name = "NAME", conflicts_with_all = ["resume", "dry_run"])]
     rebuild: Option<String>,
+    /// The index template --rebuild creates the index from: `schemaless` (any attribute may
+    /// change type between items) or `typed` (numbers as numbers; one type per name).
+    #[arg(long, env = "INDEX_TEMPLATE", value_enum, default_value_t = IndexTemplate::Schemaless)]
+    template: IndexTemplate,
     /// Point the aliases NAME and NAME-write back at the index before the current one.
     #[arg(long, value_name = "NAME", conflicts_with_all = ["rebuild", "resume", "dry_run"])]
     rollback: Option<String>,
@@ -148,6 +153,7 @@ async fn main() -> anyhow::Result<()> {
         let indexer = Indexer::new(config.clone()).await?;
         let index = rebuild::start(
             &indexer.opensearch,
+            args.template,
             name,
             &args.gc_deletes,
             Some(&indexer.config.write),

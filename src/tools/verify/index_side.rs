@@ -63,6 +63,37 @@ impl Verifier<'_> {
         Ok(())
     }
 
+    /// How many documents of `indexes` have a value left out of a field's index (`_ignored`);
+    /// an index that does not exist has none.
+    pub(super) async fn ignored(&self, indexes: &[Arc<str>]) -> Result<u64, VerifyError> {
+        let query = serde_json::json!({"query": {"exists": {"field": "_ignored"}}});
+        let mut total = 0;
+        for index in indexes {
+            let answer = self
+                .os()
+                .request(
+                    Method::Post,
+                    &format!("/{index}/_count"),
+                    Some(query.to_string().into_bytes()),
+                    self.opts.timeout,
+                )
+                .await;
+            let body = match answer {
+                Ok((_, body)) => body,
+                Err(e) if e.status == Some(404) => continue,
+                Err(e) => return Err(self.fail(&format!("count ignored in {index}"), e)),
+            };
+            #[derive(Deserialize)]
+            struct Count {
+                count: u64,
+            }
+            let count: Count = serde_json::from_slice(&body)
+                .map_err(|e| self.fail(&format!("count ignored in {index}"), e))?;
+            total += count.count;
+        }
+        Ok(total)
+    }
+
     /// Makes every write so far visible to search; false if the index does not exist.
     pub(super) async fn refresh(&self, index: &str) -> Result<bool, VerifyError> {
         match self

@@ -182,6 +182,11 @@ pub struct Report {
     pub foreign: u64,
     /// Of `missing`: items the function cannot index as they are (it quarantines them).
     pub unindexable: u64,
+    /// Documents with a value a field's index left out (named in their `_ignored`: under the
+    /// schemaless template, a value that is not a number in a `.number` sub-field). Their
+    /// `_source` is whole, so this is no drift; it says which documents a query on such a
+    /// field does not find by that value.
+    pub ignored: u64,
     /// Up to `Options::examples` of each kind.
     pub examples: Vec<Example>,
     pub sample: Option<SampleReport>,
@@ -225,8 +230,9 @@ impl Report {
         self.missing + self.different + self.extra == 0
     }
 
-    /// `items N documents N missing N different N extra N`, and `foreign N` when there are
-    /// documents of no key of this table.
+    /// `items N documents N missing N different N extra N`, then `foreign N` when there are
+    /// documents of no key of this table and `ignored N` when documents have values left out
+    /// of a field's index.
     pub fn summary_line(&self) -> String {
         let mut line = format!(
             "items {} documents {} missing {} different {} extra {}",
@@ -234,6 +240,9 @@ impl Report {
         );
         if self.foreign > 0 {
             line.push_str(&format!(" foreign {}", self.foreign));
+        }
+        if self.ignored > 0 {
+            line.push_str(&format!(" ignored {}", self.ignored));
         }
         line
     }
@@ -323,7 +332,9 @@ pub async fn run(
     let (table, index) = tokio::join!(v.table_side(), v.index_side());
     table?;
     index?;
+    let ignored = v.ignored(&indexes).await?;
     let mut report = v.report.into_inner().expect("no panic while counting");
+    report.ignored = ignored;
     if let Some(s) = &mut report.sample {
         let rate = |n: u64, of: u64| if of == 0 { 0.0 } else { n as f64 / of as f64 };
         s.table_drift_rate = rate(report.missing + report.different, report.items);
