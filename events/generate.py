@@ -101,5 +101,6 @@ drift = [
                                                note={"S": "coffee beans"})),
     record("INSERT", keys("drift#6", 1), item("drift#6", 1, price={"N": "-0.000000000000000000000000000000000000012345678901234567890123456789012345678"},
                                                tags={"BS": [base64.b64encode(b"\x00\x01").decode()]})),
+    record("INSERT", keys("drift#7", 1), item("drift#7", 1, price={"N": "99"}, tags={"NS": ["5"]}, dims={"M": {"size": {"N": "2"}}})),
 ]
 write("drift.json", drift)

@@ -63,35 +63,93 @@ impl Verifier<'_> {
         Ok(())
     }
 
-    /// How many documents of `indexes` have a value left out of a field's index (`_ignored`);
-    /// an index that does not exist has none.
+    /// How many documents of `indexes` hold a value a numeric query on its field cannot find:
+    /// under the schemaless template, a string or boolean in a field whose `.number` sub-field
+    /// holds numbers in other documents (the document's `_ignored` names `<field>.number`).
+    /// Fields that never hold a number are left out of the count: their values are strings,
+    /// not drift. An index that does not exist has none.
     pub(super) async fn ignored(&self, indexes: &[Arc<str>]) -> Result<u64, VerifyError> {
-        let query = serde_json::json!({"query": {"exists": {"field": "_ignored"}}});
         let mut total = 0;
         for index in indexes {
-            let answer = self
-                .os()
-                .request(
-                    Method::Post,
-                    &format!("/{index}/_count"),
-                    Some(query.to_string().into_bytes()),
-                    self.opts.timeout,
-                )
-                .await;
-            let body = match answer {
-                Ok((_, body)) => body,
-                Err(e) if e.status == Some(404) => continue,
-                Err(e) => return Err(self.fail(&format!("count ignored in {index}"), e)),
+            let what = format!("count ignored values in {index}");
+            let Some(mapping) = self.get_json(&format!("/{index}/_mapping"), &what).await? else {
+                continue;
             };
-            #[derive(Deserialize)]
-            struct Count {
-                count: u64,
+            let mut fields = Vec::new();
+            for m in mapping.as_object().into_iter().flat_map(|m| m.values()) {
+                numeric_subfields(&m["mappings"]["properties"], "", &mut fields);
             }
-            let count: Count = serde_json::from_slice(&body)
-                .map_err(|e| self.fail(&format!("count ignored in {index}"), e))?;
-            total += count.count;
+            fields.sort();
+            fields.dedup();
+            if fields.is_empty() {
+                continue;
+            }
+            // Which of them hold a number anywhere: one search, a filter per field.
+            let aggs: serde_json::Map<String, serde_json::Value> = fields
+                .iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    let filter = serde_json::json!({"filter": {"exists": {"field": f}}});
+                    (i.to_string(), filter)
+                })
+                .collect();
+            let q = serde_json::json!({"size": 0, "track_total_hits": false, "aggs": aggs});
+            let found = self.post_json(&format!("/{index}/_search"), &q, &what).await?;
+            let mixed: Vec<&String> = fields
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| found["aggregations"][i.to_string()]["doc_count"].as_u64() > Some(0))
+                .map(|(_, f)| f)
+                .collect();
+            if mixed.is_empty() {
+                continue;
+            }
+            let q = serde_json::json!({"query": {"terms": {"_ignored": mixed}}});
+            let counted = self.post_json(&format!("/{index}/_count"), &q, &what).await?;
+            total += counted["count"]
+                .as_u64()
+                .ok_or_else(|| VerifyError(format!("{what}: the count has no number")))?;
         }
         Ok(total)
+    }
+
+    /// A JSON answer to GET `path`; `None` for 404.
+    async fn get_json(
+        &self,
+        path: &str,
+        what: &str,
+    ) -> Result<Option<serde_json::Value>, VerifyError> {
+        match self
+            .os()
+            .request(Method::Get, path, None, self.opts.timeout)
+            .await
+        {
+            Ok((_, body)) => serde_json::from_slice(&body)
+                .map(Some)
+                .map_err(|e| self.fail(what, e)),
+            Err(e) if e.status == Some(404) => Ok(None),
+            Err(e) => Err(self.fail(what, e)),
+        }
+    }
+
+    /// A JSON answer to POST `path` with `body`.
+    async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        what: &str,
+    ) -> Result<serde_json::Value, VerifyError> {
+        let (_, answer) = self
+            .os()
+            .request(
+                Method::Post,
+                path,
+                Some(body.to_string().into_bytes()),
+                self.opts.timeout,
+            )
+            .await
+            .map_err(|e| self.fail(what, e))?;
+        serde_json::from_slice(&answer).map_err(|e| self.fail(what, e))
     }
 
     /// Makes every write so far visible to search; false if the index does not exist.
@@ -402,5 +460,17 @@ impl Verifier<'_> {
             .await
             .map_err(|e| VerifyError(e.to_string()))?;
         Ok(found.into_iter().flatten().collect())
+    }
+}
+
+/// The `<path>.number` sub-fields (the schemaless template's numeric index of a field) under
+/// `properties`, as full dotted names.
+fn numeric_subfields(properties: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+    for (name, field) in properties.as_object().into_iter().flatten() {
+        let path = format!("{prefix}{name}");
+        if field["fields"]["number"].is_object() {
+            out.push(format!("{path}.number"));
+        }
+        numeric_subfields(&field["properties"], &format!("{path}."), out);
     }
 }

@@ -182,10 +182,9 @@ pub struct Report {
     pub foreign: u64,
     /// Of `missing`: items the function cannot index as they are (it quarantines them).
     pub unindexable: u64,
-    /// Documents with a value a field's index left out (named in their `_ignored`: under the
-    /// schemaless template, a value that is not a number in a `.number` sub-field). Their
-    /// `_source` is whole, so this is no drift; it says which documents a query on such a
-    /// field does not find by that value.
+    /// Documents with a value a numeric query on its field cannot find: under the schemaless
+    /// template, a string or boolean in a field that holds numbers in other documents (their
+    /// `_ignored` names `<field>.number`). Their `_source` is whole, so this is no drift.
     pub ignored: u64,
     /// Up to `Options::examples` of each kind.
     pub examples: Vec<Example>,
@@ -231,8 +230,8 @@ impl Report {
     }
 
     /// `items N documents N missing N different N extra N`, then `foreign N` when there are
-    /// documents of no key of this table and `ignored N` when documents have values left out
-    /// of a field's index.
+    /// documents of no key of this table and `ignored N` when documents have values a numeric
+    /// query on their field cannot find.
     pub fn summary_line(&self) -> String {
         let mut line = format!(
             "items {} documents {} missing {} different {} extra {}",
