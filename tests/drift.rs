@@ -90,9 +90,7 @@ fn attribute(value: &Value) -> A {
     use base64::Engine as _;
     let bytes = |s: &str| {
         aws_sdk_dynamodb::primitives::Blob::new(
-            base64::engine::general_purpose::STANDARD
-                .decode(s)
-                .unwrap(),
+            base64::engine::general_purpose::STANDARD.decode(s).unwrap(),
         )
     };
     match kind.as_str() {
@@ -186,7 +184,7 @@ async fn the_aws_sample_event_and_a_drift_batch_land_exactly_and_stay_searchable
         matching(&index, numeric).await,
         set(&["drift#1|1", "drift#3|1", "drift#7|1"])
     );
-    let in_list = json!({"range": {"List.number": {"gt": 3.14, "lt": 3.15}}});
+    let in_list = json!({"range": {"List.number": {"gt": 3.1, "lt": 3.2}}});
     assert_eq!(matching(&index, in_list).await, set(&["binary|data"]));
     // Full text under `<field>.text`, exact values (any type, by their text) on the field.
     let text = json!({"match": {"note.text": "coffee"}});
@@ -210,9 +208,7 @@ async fn the_aws_sample_event_and_a_drift_batch_land_exactly_and_stay_searchable
 
     // The typed template, for contrast: the same batch is refused where types disagree.
     let typed = unique_index("drift-typed");
-    let body = IndexTemplate::Typed
-        .body()
-        .replace("INDEX_PATTERN", &typed);
+    let body = IndexTemplate::Typed.body().replace("INDEX_PATTERN", &typed);
     let res = http()
         .put(format!("{}/_index_template/tpl-{typed}", opensearch_url()))
         .header("content-type", "application/json")
@@ -323,18 +319,25 @@ async fn a_drifting_table_backfills_by_scan_and_by_export_and_verifies_equal() {
     let ckpt = std::env::temp_dir().join(format!("{}.json", unique_index("ckpt")));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_backfill"));
     // moto needs a prefix (it fails on an export request without `S3Prefix`).
-    cmd.args(["--export", "--table", &table, "--s3-bucket", &bucket, "--quiet"])
-        .args(["--s3-prefix", "nightly"])
-        .arg("--checkpoint")
-        .arg(&ckpt)
-        .env("OPENSEARCH_URL", opensearch_url())
-        .env("OPENSEARCH_INDEX", &exported)
-        .env("AWS_ENDPOINT_URL", moto_url())
-        .env("RUST_LOG", "warn")
-        .env_remove("DYNAMODB_ENDPOINT")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_REGION");
+    cmd.args([
+        "--export",
+        "--table",
+        &table,
+        "--s3-bucket",
+        &bucket,
+        "--quiet",
+    ])
+    .args(["--s3-prefix", "nightly"])
+    .arg("--checkpoint")
+    .arg(&ckpt)
+    .env("OPENSEARCH_URL", opensearch_url())
+    .env("OPENSEARCH_INDEX", &exported)
+    .env("AWS_ENDPOINT_URL", moto_url())
+    .env("RUST_LOG", "warn")
+    .env_remove("DYNAMODB_ENDPOINT")
+    .env_remove("AWS_PROFILE")
+    .env_remove("AWS_ACCESS_KEY_ID")
+    .env_remove("AWS_REGION");
     let (ok, stdout, stderr) = run_binary(cmd);
     assert!(ok, "{stdout}\n{stderr}");
     assert!(

@@ -82,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
 
     let (puts, updates, deletes) = write_changes(&ddb, &args.table, args.items).await?;
     println!(
-        "2. wrote {puts} items, updated {updates}, deleted {deletes} (every attribute type, two items near 400 KB)"
+        "2. wrote {puts} items, updated {updates}, deleted {deletes} (every attribute type, type drift, two items near 400 KB)"
     );
     if args.write_only {
         println!(
@@ -200,8 +200,20 @@ async fn write_changes(
             "name".into(),
             A::S(format!("Prodüct {i} «{}»", colors[(r % 4) as usize])),
         );
-        m.insert("price".into(), A::N(format!("{}.{:02}", r % 1000, r % 100)));
-        m.insert("stock".into(), A::N(format!("{}", (r % 5000) as i64 - 100)));
+        // Type drift, as schemaless tables have it: some prices are text, some stock counts
+        // booleans, and the history list mixes strings, numbers and booleans.
+        let price = if i % 9 == 4 {
+            A::S("on request".into())
+        } else {
+            A::N(format!("{}.{:02}", r % 1000, r % 100))
+        };
+        m.insert("price".into(), price);
+        let stock = if i % 13 == 5 {
+            A::Bool(false)
+        } else {
+            A::N(format!("{}", (r % 5000) as i64 - 100))
+        };
+        m.insert("stock".into(), stock);
         m.insert(
             "precise".into(),
             A::N(format!("1234567890123456789012345678901234567{}", r % 10)),
@@ -234,7 +246,11 @@ async fn write_changes(
         );
         m.insert(
             "history".into(),
-            A::L(vec![A::S(format!("v{version}")), A::S("created".into())]),
+            A::L(vec![
+                A::S(format!("v{version}")),
+                A::N(version.to_string()),
+                A::Bool(version == 1),
+            ]),
         );
         m.insert(
             "dimensions".into(),

@@ -94,18 +94,24 @@ impl Verifier<'_> {
                 })
                 .collect();
             let q = serde_json::json!({"size": 0, "track_total_hits": false, "aggs": aggs});
-            let found = self.post_json(&format!("/{index}/_search"), &q, &what).await?;
+            let found = self
+                .post_json(&format!("/{index}/_search"), &q, &what)
+                .await?;
             let mixed: Vec<&String> = fields
                 .iter()
                 .enumerate()
-                .filter(|(i, _)| found["aggregations"][i.to_string()]["doc_count"].as_u64() > Some(0))
+                .filter(|(i, _)| {
+                    found["aggregations"][i.to_string()]["doc_count"].as_u64() > Some(0)
+                })
                 .map(|(_, f)| f)
                 .collect();
             if mixed.is_empty() {
                 continue;
             }
             let q = serde_json::json!({"query": {"terms": {"_ignored": mixed}}});
-            let counted = self.post_json(&format!("/{index}/_count"), &q, &what).await?;
+            let counted = self
+                .post_json(&format!("/{index}/_count"), &q, &what)
+                .await?;
             total += counted["count"]
                 .as_u64()
                 .ok_or_else(|| VerifyError(format!("{what}: the count has no number")))?;
