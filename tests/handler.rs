@@ -246,7 +246,8 @@ async fn a_document_over_the_byte_limit_is_a_permanent_failure_of_its_record_onl
 async fn returns_exactly_the_refused_records_and_indexes_the_rest() {
     let index = unique_index("refused");
     create_index(&index).await;
-    // Map `total` as a number first, so a string total is a mapping error.
+    // Map `visits` as a scalar first, so a map there is a mapping error (under any template:
+    // one name cannot be both).
     let seed = indexer(&opensearch_url(), &index, &[]).await;
     seed.handle(&fixture("insert.json"), far_deadline())
         .await
@@ -271,7 +272,7 @@ async fn returns_exactly_the_refused_records_and_indexes_the_rest() {
     .await;
     let mut batch: serde_json::Value = serde_json::from_str(&fixture("mixed.json")).unwrap();
     batch["Records"][5]["dynamodb"]["NewImage"]["visits"] =
-        serde_json::json!({"S": "not a number"});
+        serde_json::json!({"M": {"count": {"S": "not a number"}}});
     let bad_seq = sequence_number(&batch["Records"][5]);
     let throttled_seq = sequence_number(&batch["Records"][3]);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
