@@ -206,6 +206,34 @@ async fn the_aws_sample_event_and_a_drift_batch_land_exactly_and_stay_searchable
         set(&["drift#2|1", "drift#4|1"])
     );
 
+    // A map where other items hold scalars (and a scalar where they hold a map) cannot be
+    // mapped under any template: quarantined, the reason naming the attribute.
+    let mut batch: Value = serde_json::from_str(&fixture("drift.json")).unwrap();
+    let records = batch["Records"].as_array_mut().unwrap();
+    records.truncate(2);
+    for (r, pk) in records.iter_mut().zip(["drift#8", "drift#9"]) {
+        r["dynamodb"]["Keys"]["pk"] = json!({"S": pk});
+        r["dynamodb"]["NewImage"]["pk"] = json!({"S": pk});
+    }
+    records[0]["dynamodb"]["NewImage"]["price"] = json!({"M": {"amount": {"N": "3"}}});
+    records[1]["dynamodb"]["NewImage"]["dims"] = json!({"S": "XL"});
+    let (_, summary) = function
+        .handle(&batch.to_string(), far_deadline())
+        .await
+        .unwrap();
+    assert_eq!(summary.quarantined, 2, "{summary:?}");
+    let reasons: Vec<String> = all_sources(&quarantine)
+        .await
+        .iter()
+        .map(|(_, e)| serde_json::from_str::<Value>(e).unwrap()["reason"].to_string())
+        .collect();
+    for name in ["[price]", "[dims]"] {
+        assert!(
+            reasons.iter().any(|r| r.contains(name)),
+            "no reason names {name}: {reasons:?}"
+        );
+    }
+
     // The typed template, for contrast: the same batch is refused where types disagree.
     let typed = unique_index("drift-typed");
     let body = IndexTemplate::Typed.body().replace("INDEX_PATTERN", &typed);
@@ -217,11 +245,11 @@ async fn the_aws_sample_event_and_a_drift_batch_land_exactly_and_stay_searchable
         .await
         .unwrap();
     assert!(res.status().is_success(), "{}", res.text().await.unwrap());
-    let quarantine = format!("{typed}-quarantine");
+    let typed_quarantine = format!("{typed}-quarantine");
     let typed_indexer = indexer(
         &opensearch_url(),
         &typed,
-        &[("QUARANTINE_INDEX", quarantine.as_str())],
+        &[("QUARANTINE_INDEX", typed_quarantine.as_str())],
     )
     .await;
     let (_, summary) = typed_indexer
