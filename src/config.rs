@@ -251,6 +251,12 @@ impl ConfigError {
     }
 }
 
+impl From<crate::pipeline::SettingError> for ConfigError {
+    fn from(e: crate::pipeline::SettingError) -> ConfigError {
+        err(e.variable, e.reason)
+    }
+}
+
 fn err(variable: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError {
         variable,
@@ -382,7 +388,7 @@ impl Config {
 
         let quarantine_index = get("QUARANTINE_INDEX").map(|s| s.trim().to_string());
         if let Some(q) = &quarantine_index {
-            validate_index_name("QUARANTINE_INDEX", q)?;
+            crate::pipeline::routing::validate_index_name("QUARANTINE_INDEX", q)?;
             if index.as_deref() == Some(q.as_str()) {
                 return Err(err("QUARANTINE_INDEX", "must differ from OPENSEARCH_INDEX"));
             }
@@ -434,25 +440,6 @@ pub(crate) fn is_loopback(url: &Url) -> bool {
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
         None => false,
     }
-}
-
-/// OpenSearch index names: lowercase, no `\ / * ? " < > | space , #`, not starting with `-_+`.
-pub(crate) fn validate_index_name(variable: &'static str, name: &str) -> Result<(), ConfigError> {
-    let bad = name.is_empty()
-        || name.len() > 255
-        || name.starts_with(['-', '_', '+'])
-        || name == "."
-        || name == ".."
-        || name
-            .chars()
-            .any(|c| c.is_uppercase() || "\\/*?\"<>| ,#:".contains(c));
-    if bad {
-        return Err(err(
-            variable,
-            format!("{name:?} is not a valid index or alias name"),
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! `stream_time` (the change's `ApproximateCreationDateTime` in epoch milliseconds),
 //! `sequence_number`, `event_id`, each under `METADATA_PREFIX` (default `ddb_`).
 
-use crate::config::ConfigError;
+use crate::pipeline::SettingError;
 use crate::pipeline::convert::{write_json_str, write_member_name};
 
 /// The configured fields; [`Metadata::default`] writes none.
@@ -41,13 +41,13 @@ pub struct RecordFacts<'a> {
 
 impl Metadata {
     /// From `METADATA_FIELDS` (comma-separated) and `METADATA_PREFIX`.
-    pub fn parse(fields: Option<&str>, prefix: Option<&str>) -> Result<Metadata, ConfigError> {
+    pub fn parse(fields: Option<&str>, prefix: Option<&str>) -> Result<Metadata, SettingError> {
         let prefix = prefix.unwrap_or("ddb_");
         let Some(list) = fields else {
             return Ok(Metadata::default());
         };
         if prefix.is_empty() || prefix.starts_with('_') || prefix.contains('.') {
-            return Err(ConfigError::new(
+            return Err(SettingError::new(
                 "METADATA_PREFIX",
                 "must be non-empty, not start with _ and hold no dot",
             ));
@@ -55,7 +55,7 @@ impl Metadata {
         let mut out = Vec::new();
         for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             let Some((_, field)) = FIELDS.iter().find(|(n, _)| *n == name) else {
-                return Err(ConfigError::new(
+                return Err(SettingError::new(
                     "METADATA_FIELDS",
                     format!(
                         "{name:?} is not one of table, event_name, stream_time, sequence_number, event_id"

@@ -13,6 +13,9 @@
 //! - [`metadata`]: stream metadata fields in documents (`METADATA_FIELDS`).
 //! - `scan`: byte-level JSON scanning (ends of strings, eight bytes at a time, and of values)
 //!   for the fast paths.
+//!
+//! A setting the pipeline parses (routes, projection, metadata) that is bad is a
+//! [`SettingError`] naming the variable; `config` wraps it.
 pub mod bulk;
 pub mod change;
 pub mod convert;
@@ -22,3 +25,21 @@ pub mod metadata;
 pub mod projection;
 pub mod routing;
 pub(crate) mod scan;
+
+/// A setting of routing, projection or metadata that cannot be used: the variable it came from
+/// and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{variable}: {reason}")]
+pub struct SettingError {
+    pub variable: &'static str,
+    pub reason: String,
+}
+
+impl SettingError {
+    pub fn new(variable: &'static str, reason: impl Into<String>) -> SettingError {
+        SettingError {
+            variable,
+            reason: reason.into(),
+        }
+    }
+}

@@ -5,7 +5,7 @@
 //! attribute inside a list is not addressed (the list is kept or dropped whole), and an included
 //! path through an attribute that is not a map keeps that attribute whole.
 
-use crate::config::ConfigError;
+use crate::pipeline::SettingError;
 
 /// The configured projection; [`Projection::default`] keeps everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -67,11 +67,11 @@ impl<'p> Filter<'p> {
 
 impl Projection {
     /// From `EXCLUDE_ATTRIBUTES` and `INCLUDE_ATTRIBUTES` (at most one of them).
-    pub fn parse(exclude: Option<&str>, include: Option<&str>) -> Result<Projection, ConfigError> {
+    pub fn parse(exclude: Option<&str>, include: Option<&str>) -> Result<Projection, SettingError> {
         let (variable, mode, list) = match (exclude, include) {
             (None, None) => return Ok(Projection::default()),
             (Some(_), Some(_)) => {
-                return Err(ConfigError::new(
+                return Err(SettingError::new(
                     "INCLUDE_ATTRIBUTES",
                     "set either EXCLUDE_ATTRIBUTES or INCLUDE_ATTRIBUTES, not both",
                 ));
@@ -87,7 +87,7 @@ impl Projection {
             let mut node = &mut root;
             for part in path.split('.') {
                 if part.is_empty() {
-                    return Err(ConfigError::new(
+                    return Err(SettingError::new(
                         variable,
                         format!("{path:?} has an empty attribute name"),
                     ));
@@ -104,7 +104,7 @@ impl Projection {
             node.whole = true;
         }
         if root.children.is_empty() {
-            return Err(ConfigError::new(variable, "names no attribute"));
+            return Err(SettingError::new(variable, "names no attribute"));
         }
         Ok(Projection {
             mode: Some((mode, root)),

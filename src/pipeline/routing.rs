@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, validate_index_name};
+use crate::pipeline::SettingError;
 
 /// Where an item goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +88,7 @@ const BUILT_NAMES: usize = 16;
 const TABLE: &str = "{table}";
 
 impl IndexName {
-    fn parse(variable: &'static str, text: &str) -> Result<IndexName, ConfigError> {
+    fn parse(variable: &'static str, text: &str) -> Result<IndexName, SettingError> {
         // Validated with a stand-in table name: the rest must be a valid name on its own.
         validate_index_name(variable, &text.replace(TABLE, "t"))?;
         Ok(if text.contains(TABLE) {
@@ -159,7 +159,7 @@ impl Router {
     }
 
     /// From `OPENSEARCH_INDEX` (optional when `ROUTES` is set) and `ROUTES` (a JSON array).
-    pub fn parse(index: Option<&str>, routes: Option<&str>) -> Result<Router, ConfigError> {
+    pub fn parse(index: Option<&str>, routes: Option<&str>) -> Result<Router, SettingError> {
         let default = index
             .map(|i| IndexName::parse("OPENSEARCH_INDEX", i))
             .transpose()?;
@@ -170,11 +170,11 @@ impl Router {
                     rules: Vec::new(),
                     attributes: Vec::new(),
                 }),
-                None => Err(ConfigError::new("OPENSEARCH_INDEX", "is required")),
+                None => Err(SettingError::new("OPENSEARCH_INDEX", "is required")),
             };
         };
         let texts: Vec<RuleText> = serde_json::from_str(routes).map_err(|e| {
-            ConfigError::new(
+            SettingError::new(
                 "ROUTES",
                 format!(
                     "must be a JSON array of rules ({})",
@@ -186,7 +186,7 @@ impl Router {
         let mut attributes: Vec<String> = Vec::new();
         for (n, t) in texts.into_iter().enumerate() {
             let rule =
-                |reason: String| ConfigError::new("ROUTES", format!("rule {}: {reason}", n + 1));
+                |reason: String| SettingError::new("ROUTES", format!("rule {}: {reason}", n + 1));
             let w = t.when;
             if w.attribute.is_empty() {
                 return Err(rule("when.attribute is empty".into()));
@@ -360,6 +360,25 @@ pub fn table_of(event_source_arn: &str) -> Option<&str> {
     let name = rest.split('/').next()?;
     let allowed = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.');
     (!name.is_empty() && name.len() <= 255 && name.bytes().all(allowed)).then_some(name)
+}
+
+/// OpenSearch index names: lowercase, no `\ / * ? " < > | space , #`, not starting with `-_+`.
+pub fn validate_index_name(variable: &'static str, name: &str) -> Result<(), SettingError> {
+    let bad = name.is_empty()
+        || name.len() > 255
+        || name.starts_with(['-', '_', '+'])
+        || name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c.is_uppercase() || "\\/*?\"<>| ,#:".contains(c));
+    if bad {
+        return Err(SettingError::new(
+            variable,
+            format!("{name:?} is not a valid index or alias name"),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

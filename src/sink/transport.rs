@@ -1,14 +1,22 @@
 //! The one place that talks HTTP to OpenSearch.
 //!
-//! On reqwest and `aws-sigv4` directly, not on the `opensearch` crate the project is specified
-//! on. That is not a choice made for users: the move is unfinished work (issue 33, item 3),
-//! and no user-visible reason against the crate was found. Its `TransportBuilder` can take the
-//! certificates of [`root_store`] (`CertificateValidation::Full`), a per-request timeout and
-//! SigV4 for `es` and `aoss` (`aws-auth`). What the move must keep: the function and the tools
-//! trust the same store (roots compiled in, or the one `SSL_CERT_FILE` / `SSL_CERT_DIR` name),
-//! the `_bulk` query (`filter_path`) is sent exactly as signed, and one signing and one TLS
-//! configuration serve both. Here rustls gets the roots of [`root_store`] and requests are
-//! signed by [`sigv4`](super::sigv4) with `aws-sigv4`.
+//! On reqwest and `aws-sigv4` directly, for the function's `_bulk` path and the tools' requests
+//! alike, not on the `opensearch` crate the project is specified on. Its latest release (2.4.0)
+//! cannot carry the TLS configuration users get here, or send a query as it signs it:
+//! - Its `TransportBuilder` builds its own reqwest client. Its one TLS setting
+//!   (`CertificateValidation::Full`) adds roots to reqwest's platform verifier, which reads the
+//!   system's CA store when the client is built (`rustls_native_certs::load_native_certs` in
+//!   `rustls-platform-verifier`) and trusts it besides the roots given. So neither "Mozilla's
+//!   roots compiled in, no file read at start" nor "only the store `SSL_CERT_FILE` /
+//!   `SSL_CERT_DIR` name" (a private CA, and nothing else) could hold.
+//! - Its typed calls serialise the query with `serde_urlencoded`, which leaves `*` raw while
+//!   SigV4 signs `%2A` (`filter_path=items.*.status`): a proxy or signer that checks the query as
+//!   received refuses the request. Here every query goes out as it is signed.
+//!
+//! Its unreleased main branch can hand the transport a configured client
+//! (`with_client_initializer`); once that is on crates.io the tools' calls can move to it with
+//! this module's TLS configuration and signing. Until then one TLS configuration ([`root_store`]
+//! given to rustls) and one signing ([`sigv4`](super::sigv4), `aws-sigv4`) serve every request.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
