@@ -87,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
     let keys = vec!["pk".to_string()];
     let mut bodies = Vec::new();
     for page in items.chunks(1000) {
-        let payload = backfill::synthetic_batch(&table, &keys, page, 1);
+        let payload = stream_indexer::tools::read_time::synthetic_batch(&table, &keys, page, 1);
         let plan = change::plan(
             &payload,
             &VersionSource::Fixed(1),

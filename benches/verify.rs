@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use stream_indexer::handler::Indexer;
 use stream_indexer::sink::template;
-use stream_indexer::tools::backfill;
 
 mod support;
 
@@ -37,9 +36,13 @@ async fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     for start in (0..n).step_by(1000) {
         let items: Vec<_> = (start..(start + 1000).min(n)).map(support::item).collect();
-        let (versions, secs) =
-            backfill::read_versions(std::time::SystemTime::now(), Duration::from_secs(5), None);
-        let payload = backfill::synthetic_batch(&table, &keys, &items, secs);
+        let (versions, secs) = stream_indexer::tools::read_time::read_versions(
+            std::time::SystemTime::now(),
+            Duration::from_secs(5),
+            None,
+        );
+        let payload =
+            stream_indexer::tools::read_time::synthetic_batch(&table, &keys, &items, secs);
         let h = indexer
             .handle_versioned(
                 &payload,

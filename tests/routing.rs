@@ -480,7 +480,7 @@ fn backfill_records_route_like_stream_records() {
             ("sk".to_string(), A::S("L".into())),
         ]),
     ];
-    let payload = stream_indexer::tools::backfill::synthetic_batch(
+    let payload = stream_indexer::tools::read_time::synthetic_batch(
         "Shop",
         &["pk".to_string(), "sk".to_string()],
         &items,

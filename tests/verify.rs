@@ -16,7 +16,6 @@ use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use stream_indexer::handler::Indexer;
-use stream_indexer::tools::backfill;
 use stream_indexer::tools::runner::{self, InProcess, Settings};
 use stream_indexer::tools::verify::{self, Drift, Options, Report};
 
@@ -45,9 +44,12 @@ fn id(i: usize) -> String {
 async fn load_index(indexer: &Indexer, table: &str, items: &[Item]) {
     let keys = ["pk".to_string(), "sk".to_string()];
     for page in items.chunks(1000) {
-        let (versions, secs) =
-            backfill::read_versions(SystemTime::now(), Duration::from_secs(5), None);
-        let payload = backfill::synthetic_batch(table, &keys, page, secs);
+        let (versions, secs) = stream_indexer::tools::read_time::read_versions(
+            SystemTime::now(),
+            Duration::from_secs(5),
+            None,
+        );
+        let payload = stream_indexer::tools::read_time::synthetic_batch(table, &keys, page, secs);
         let h = indexer
             .handle_versioned(&payload, far_deadline(), &versions)
             .await
@@ -428,7 +430,8 @@ async fn verify_follows_routes_and_finds_copies_left_in_the_wrong_index() {
     )
     .await;
     let keys = ["pk".to_string(), "sk".to_string()];
-    let payload = backfill::synthetic_batch(&table, &keys, &items, 1_700_000_000);
+    let payload =
+        stream_indexer::tools::read_time::synthetic_batch(&table, &keys, &items, 1_700_000_000);
     indexer
         .handle_versioned(
             &payload,

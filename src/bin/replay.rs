@@ -7,7 +7,7 @@ use stream_indexer::handler::Indexer;
 
 use stream_indexer::{
     telemetry,
-    tools::{aws, replay, verify},
+    tools::{aws, replay},
 };
 
 /// Replay the records quarantined for OPENSEARCH_INDEX (read from QUARANTINE_INDEX).
@@ -75,7 +75,7 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
     let key_names = match (&ddb, &args.table) {
-        (Some(ddb), Some(table)) => verify::key_names(ddb, table).await?,
+        (Some(ddb), Some(table)) => stream_indexer::tools::table::key_names(ddb, table).await?,
         _ => Vec::new(),
     };
     let opts = replay::Options {

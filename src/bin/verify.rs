@@ -8,10 +8,7 @@ use clap::Parser;
 use stream_indexer::config::Config;
 use stream_indexer::handler::Indexer;
 use stream_indexer::tools::verify::{self, Options, Report};
-use stream_indexer::{
-    telemetry,
-    tools::{aws, backfill},
-};
+use stream_indexer::{telemetry, tools::aws};
 
 /// Compare a DynamoDB table with its OpenSearch index, item by item, values exact.
 ///
@@ -112,7 +109,7 @@ async fn verify_table(args: &Args) -> anyhow::Result<Report> {
         clock_skew: Duration::from_secs(args.clock_skew),
         ..Options::new(&args.table)
     };
-    let (items, _) = backfill::table_size(&ddb, &args.table).await?;
+    let (items, _) = stream_indexer::tools::table::table_size(&ddb, &args.table).await?;
     let expected = (items.max(0) as f64 * args.sample.unwrap_or(1.0)) as u64;
     let progress = Arc::new(AtomicU64::new(0));
     let bar = telemetry::Progress::start(

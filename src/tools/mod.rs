@@ -10,7 +10,10 @@
 //!   read-time versions.
 //! - [`replay`]: re-drives quarantined records.
 //! - [`runner`]: polls a stream and invokes the function as Lambda's event source mapping does.
-//! - [`table`]: items read back by key (consistent, fail-closed), for verify and replay.
+//! - [`table`]: the table's key schema, size and scan segments; items read back by key
+//!   (consistent, fail-closed), for verify and replay.
+//! - [`read_time`]: items read from the table as a stream batch at read-time versions (the
+//!   backfill, verify's repair, replay).
 //! - [`rate`]: the read rates the tools keep to (a token bucket).
 //! - [`aws`], [`ddb_json`]: AWS SDK configuration; SDK attribute values → DynamoDB JSON.
 pub mod aws;
@@ -18,6 +21,7 @@ pub mod backfill;
 pub mod ddb_json;
 pub mod export;
 pub mod rate;
+pub mod read_time;
 pub mod rebuild;
 pub mod replay;
 pub mod runner;

@@ -32,10 +32,11 @@ use crate::handler::{Indexer, RecordOutcome};
 use crate::pipeline::bulk::ItemOutcome;
 use crate::pipeline::change::{self, Change, Disposition, VersionSource};
 use crate::pipeline::docid;
+use crate::sink::gc_deletes;
 use crate::sink::quarantine::{Entry, Part, entry_id};
 use crate::sink::transport::RequestError;
-use crate::tools::backfill::{self, SyntheticBatch, from_export::gc_deletes_window};
 use crate::tools::ddb_json;
+use crate::tools::read_time::{SyntheticBatch, read_versions};
 use crate::tools::table::{self, Item};
 
 /// Entries per page (one handler batch).
@@ -440,7 +441,7 @@ async fn remembered(
         let window = match windows.get(&index) {
             Some(w) => *w,
             None => {
-                let w = gc_deletes_window(indexer, &index)
+                let w = gc_deletes::window(&indexer.opensearch, &index)
                     .await
                     .map_err(|e| ReplayError::Response(e.to_string()))?;
                 windows.insert(index.clone(), w);
@@ -492,7 +493,7 @@ async fn from_table(
         .await
         .map_err(|e| ReplayError::Table(e.to_string()))?;
     let attribute = indexer.config.version_attribute.as_deref();
-    let (versions, approximate_secs) = backfill::read_versions(read_at, t.clock_skew, attribute);
+    let (versions, approximate_secs) = read_versions(read_at, t.clock_skew, attribute);
     let mut batch = SyntheticBatch::new(t.table, approximate_secs);
     let mut present = Vec::new();
     let mut deletes: Vec<Change> = Vec::new();

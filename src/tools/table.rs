@@ -1,12 +1,16 @@
-//! Items read back by key, for the tools that must see the table as it is now before they write
-//! (verify, replay): consistent `BatchGetItem`, throttled keys asked again, and any answer that
-//! does not match the request refused. A tool deletes a document when its item is absent, so an
-//! answer it cannot tie to a key it asked for must never read as "no item".
+//! The table as the tools read it: its key schema and size (`DescribeTable`), the scan's segments
+//! for that size, and items read back by key, for the tools that must see the table as it is now
+//! before they write (verify, replay): consistent `BatchGetItem`, throttled keys asked again, and
+//! any answer that does not match the request refused. A tool deletes a document when its item
+//! is absent, so an answer it cannot tie to a key it asked for must never read as "no item".
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, ReturnConsumedCapacity};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, KeysAndAttributes, ReturnConsumedCapacity, ScalarAttributeType,
+    TableDescription,
+};
 
 use crate::sink::backoff::Backoff;
 use crate::tools::rate::RateLimiter;
@@ -25,6 +29,92 @@ const ATTEMPTS: u32 = 10;
 pub struct ReadError {
     pub table: String,
     pub reason: String,
+}
+
+/// `DescribeTable` failed, or described no usable table.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DescribeError(pub String);
+
+/// The table's key attributes and their types, in attribute-name order (the order of ids).
+pub async fn key_schema(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> Result<Vec<(String, ScalarAttributeType)>, DescribeError> {
+    let out = ddb
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .map_err(|e| {
+            DescribeError(format!(
+                "DescribeTable {table}: {}",
+                crate::telemetry::error_chain(&e)
+            ))
+        })?;
+    let t = out
+        .table
+        .unwrap_or_else(|| TableDescription::builder().build());
+    let types = t.attribute_definitions.unwrap_or_default();
+    let mut keys = Vec::new();
+    for k in t.key_schema.unwrap_or_default() {
+        let kind = types
+            .iter()
+            .find(|d| d.attribute_name == k.attribute_name)
+            .map(|d| d.attribute_type.clone())
+            .ok_or_else(|| {
+                DescribeError(format!(
+                    "table {table}: key attribute {} has no definition",
+                    k.attribute_name
+                ))
+            })?;
+        keys.push((k.attribute_name, kind));
+    }
+    keys.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(keys)
+}
+
+/// The table's key attribute names, in attribute-name order.
+pub async fn key_names(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> Result<Vec<String>, DescribeError> {
+    Ok(key_schema(ddb, table)
+        .await?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect())
+}
+
+/// The table's estimated item count and size in bytes (DescribeTable, updated about every 6 h).
+pub async fn table_size(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> Result<(i64, i64), DescribeError> {
+    let t = ddb
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .map_err(|e| {
+            DescribeError(format!(
+                "DescribeTable {table}: {}",
+                crate::telemetry::error_chain(&e)
+            ))
+        })?
+        .table
+        .ok_or_else(|| DescribeError(format!("DescribeTable {table}: no table")))?;
+    Ok((t.item_count.unwrap_or(0), t.table_size_bytes.unwrap_or(0)))
+}
+
+/// A sensible number of segments: one per 512 MiB of table, and at least twice the bulk
+/// concurrency, so that while some segments wait for their page to land others are reading;
+/// at most 256.
+pub fn default_segments(table_size_bytes: i64, bulk_concurrency: usize) -> u32 {
+    let per = 512 * 1024 * 1024;
+    let floor = (2 * bulk_concurrency as u32).clamp(1, 256);
+    let by_size = (table_size_bytes.max(0) / per).min(255) as u32 + 1;
+    by_size.clamp(floor, 256)
 }
 
 /// Reads items of one table by key.
@@ -158,6 +248,14 @@ fn key_position(item: &Item, key_names: &[String], keys: &[&Item]) -> Option<usi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segments_grow_with_the_table() {
+        assert_eq!(default_segments(0, 4), 8);
+        assert_eq!(default_segments(0, 1), 2);
+        assert_eq!(default_segments(10 * 1024 * 1024 * 1024, 4), 21);
+        assert_eq!(default_segments(i64::MAX, 4), 256);
+    }
 
     #[test]
     fn an_answer_is_tied_to_a_requested_key_exactly_or_not_at_all() {

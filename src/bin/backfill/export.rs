@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use stream_indexer::handler::Indexer;
+use stream_indexer::telemetry;
 use stream_indexer::tools::backfill::{self, from_export};
 use stream_indexer::tools::export::{self, Location};
-use stream_indexer::{telemetry, tools::verify};
 
 use super::Args;
 
@@ -89,7 +89,7 @@ pub async fn run(
     };
     let key_names = match &e.keys {
         Some(keys) => keys.clone(),
-        None => verify::key_names(ddb, &table)
+        None => stream_indexer::tools::table::key_names(ddb, &table)
             .await
             .with_context(|| format!("the key attributes of {table} (or give them with --keys)"))?,
     };

@@ -189,7 +189,7 @@ async fn main() -> anyhow::Result<()> {
         dry_run: args.dry_run,
         page_timeout: Duration::from_secs(args.page_timeout),
     };
-    let (estimate, _) = backfill::table_size(&ddb, &table).await?;
+    let (estimate, _) = stream_indexer::tools::table::table_size(&ddb, &table).await?;
     let stop = Arc::new(AtomicBool::new(false));
     backfill::stop_on_ctrl_c(stop.clone());
     let scanned = Arc::new(AtomicU64::new(0));

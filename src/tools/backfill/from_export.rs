@@ -26,10 +26,12 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::{BackfillError, Sink, Summary, SyntheticBatch};
+use super::{BackfillError, Sink, Summary};
 use crate::handler::Indexer;
 use crate::pipeline::change::{MAX_CLOCK_AHEAD_SECS, VersionSource};
+use crate::sink::gc_deletes;
 use crate::tools::export::{DataFile, Export, Share};
+use crate::tools::read_time::{SyntheticBatch, read_versions};
 
 /// A page is sent once it holds this many bytes of records, even short of `page_size` items:
 /// bounds the memory of each file in flight whatever the items' size.
@@ -278,7 +280,7 @@ impl<'a> Loader<'a> {
         stop: &'a AtomicBool,
         counters: &'a Counters,
     ) -> Loader<'a> {
-        let (versions, approximate_secs) = super::read_versions(
+        let (versions, approximate_secs) = read_versions(
             opts.export_time,
             opts.clock_skew,
             indexer.config.version_attribute.as_deref(),
@@ -422,7 +424,7 @@ async fn check_deletes_remembered(
     export_time: SystemTime,
     clock_skew: Duration,
 ) -> Result<(), BackfillError> {
-    let window = gc_deletes_window(indexer, index).await?;
+    let window = gc_deletes::window(&indexer.opensearch, index).await?;
     let age = SystemTime::now()
         .duration_since(export_time)
         .unwrap_or_default()
@@ -439,41 +441,6 @@ async fn check_deletes_remembered(
         )));
     }
     Ok(())
-}
-
-/// `index.gc_deletes` now (OpenSearch's default, 60 s, when unset). An index that does not exist
-/// yet has recorded no delete at all, so its window is zero.
-pub async fn gc_deletes_window(indexer: &Indexer, index: &str) -> Result<Duration, BackfillError> {
-    let setting = match super::gc_deletes(indexer, index).await {
-        Ok(setting) => setting,
-        Err(e) if e.status == Some(404) => return Ok(Duration::ZERO),
-        Err(e) => return Err(e.into()),
-    };
-    Ok(setting
-        .set
-        .or(setting.default)
-        .as_deref()
-        .and_then(parse_time_value)
-        .unwrap_or(Duration::from_secs(60)))
-}
-
-/// An OpenSearch time value: `60s`, `12h`, `1d`, `500ms`, `90m`.
-pub fn parse_time_value(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().ok()?;
-    let seconds = match unit {
-        "d" => 86_400,
-        "h" => 3_600,
-        "m" => 60,
-        "s" => 1,
-        "ms" => return Some(Duration::from_millis(n)),
-        "micros" => return Some(Duration::from_micros(n)),
-        "nanos" => return Some(Duration::from_nanos(n)),
-        _ => return None,
-    };
-    Some(Duration::from_secs(n.checked_mul(seconds)?))
 }
 
 #[cfg(test)]
@@ -496,18 +463,6 @@ mod tests {
         assert_eq!(e.kind(), "ExportData");
         assert!(e.to_string().contains("301 s ahead"), "{e}");
         assert!(at(3 * 365 * 86_400).is_err());
-    }
-
-    #[test]
-    fn time_values_as_opensearch_writes_them() {
-        assert_eq!(parse_time_value("60s"), Some(Duration::from_secs(60)));
-        assert_eq!(parse_time_value("12h"), Some(Duration::from_secs(43_200)));
-        assert_eq!(parse_time_value("2d"), Some(Duration::from_secs(172_800)));
-        assert_eq!(parse_time_value("90m"), Some(Duration::from_secs(5_400)));
-        assert_eq!(parse_time_value("500ms"), Some(Duration::from_millis(500)));
-        for bad in ["", "12", "h", "1y", "-1s"] {
-            assert_eq!(parse_time_value(bad), None, "{bad}");
-        }
     }
 
     #[test]

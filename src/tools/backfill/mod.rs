@@ -23,9 +23,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use crate::sink::transport::Method;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -33,10 +32,12 @@ use tokio::time::Instant;
 
 use crate::handler::{Indexer, RecordOutcome};
 use crate::pipeline::change::VersionSource;
+use crate::sink::gc_deletes;
 use crate::sink::transport::RequestError;
 use crate::tools::ddb_json;
 use crate::tools::rate::RateLimiter;
-use crate::tools::verify;
+use crate::tools::read_time::{read_versions, synthetic_batch};
+use crate::tools::table::{self, default_segments, table_size};
 
 pub mod from_export;
 pub mod worker;
@@ -98,7 +99,7 @@ pub enum BackfillError {
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: String, reason: String },
     #[error(transparent)]
-    Verify(#[from] verify::VerifyError),
+    Describe(#[from] table::DescribeError),
     #[error(transparent)]
     Export(#[from] crate::tools::export::ExportError),
     /// A data file that cannot be read as an export: names the file, the line and why.
@@ -123,7 +124,7 @@ impl BackfillError {
             BackfillError::Dynamo(_) => "Dynamo",
             BackfillError::OpenSearch(_) => "OpenSearch",
             BackfillError::Checkpoint { .. } => "Checkpoint",
-            BackfillError::Verify(_) => "Verify",
+            BackfillError::Describe(_) => "Dynamo",
             BackfillError::Export(_) => "Export",
             BackfillError::ExportData(_) => "ExportData",
             BackfillError::StaleExport(_) => "StaleExport",
@@ -188,16 +189,6 @@ pub(crate) fn save_json<T: Serialize>(path: &Path, value: &T) -> Result<(), Back
     std::fs::rename(&tmp, path).map_err(fail)
 }
 
-/// A sensible number of segments: one per 512 MiB of table, and at least twice the bulk
-/// concurrency, so that while some segments wait for their page to land others are reading;
-/// at most 256.
-pub fn default_segments(table_size_bytes: i64, bulk_concurrency: usize) -> u32 {
-    let per = 512 * 1024 * 1024;
-    let floor = (2 * bulk_concurrency as u32).clamp(1, 256);
-    let by_size = (table_size_bytes.max(0) / per).min(255) as u32 + 1;
-    by_size.clamp(floor, 256)
-}
-
 struct Shared<'a> {
     indexer: &'a Indexer,
     ddb: &'a aws_sdk_dynamodb::Client,
@@ -238,7 +229,7 @@ pub async fn run(
     // Every index the routes can send this table's items to (one, without ROUTES).
     let indexes = every_index(indexer, &opts.table);
     let index = indexes.join(",");
-    let key_names = verify::key_names(ddb, &opts.table).await?;
+    let key_names = table::key_names(ddb, &opts.table).await?;
     if key_names.is_empty() {
         return Err(BackfillError::Dynamo(format!(
             "table {} has no key schema",
@@ -320,27 +311,6 @@ pub async fn run(
         r?;
     }
     Ok(summary)
-}
-
-/// The table's estimated item count and size in bytes (DescribeTable, updated about every 6 h).
-pub async fn table_size(
-    ddb: &aws_sdk_dynamodb::Client,
-    table: &str,
-) -> Result<(i64, i64), BackfillError> {
-    let t = ddb
-        .describe_table()
-        .table_name(table)
-        .send()
-        .await
-        .map_err(|e| {
-            BackfillError::Dynamo(format!(
-                "DescribeTable {table}: {}",
-                crate::telemetry::error_chain(&e)
-            ))
-        })?
-        .table
-        .ok_or_else(|| BackfillError::Dynamo(format!("DescribeTable {table}: no table")))?;
-    Ok((t.item_count.unwrap_or(0), t.table_size_bytes.unwrap_or(0)))
 }
 
 async fn scan_segment(shared: &Shared<'_>, segment: u32, total: u32) -> Result<(), BackfillError> {
@@ -567,7 +537,7 @@ pub async fn prepare_indexes(
         for index in indexes {
             previous.push((
                 index.clone(),
-                set_gc_deletes(indexer, index, Some(value)).await?,
+                gc_deletes::set(&indexer.opensearch, index, Some(value)).await?,
             ));
         }
     }
@@ -580,126 +550,9 @@ pub async fn restore_gc_deletes(
     previous: Vec<(String, Option<String>)>,
 ) -> Result<(), BackfillError> {
     for (index, value) in previous {
-        set_gc_deletes(indexer, &index, value.as_deref()).await?;
+        gc_deletes::set(&indexer.opensearch, &index, value.as_deref()).await?;
     }
     Ok(())
-}
-
-/// The versions for copies of items read at `read_at` (module docs): with stream-time versions
-/// `floor(read − skew)·1000 − 1`, below every stream change made at or after the read; with a
-/// version attribute, the item's own. Also the `ApproximateCreationDateTime` to give the
-/// copies' synthetic records.
-pub fn read_versions(
-    read_at: SystemTime,
-    clock_skew: Duration,
-    version_attribute: Option<&str>,
-) -> (VersionSource, u64) {
-    let read_secs = read_at
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let safe_secs = read_secs.saturating_sub(clock_skew.as_secs().max(1));
-    let versions = match version_attribute {
-        Some(name) => VersionSource::Attribute(name.to_string()),
-        None => VersionSource::Fixed((safe_secs * 1000).saturating_sub(1)),
-    };
-    (versions, safe_secs.saturating_sub(1))
-}
-
-/// A page as a stream batch of INSERT records: the same conversion, ids and quarantine entries
-/// (with a replayable record) as the stream.
-pub fn synthetic_batch(
-    table: &str,
-    key_names: &[String],
-    items: &[HashMap<String, AttributeValue>],
-    approximate_secs: u64,
-) -> String {
-    let mut batch = SyntheticBatch::new(table, approximate_secs);
-    let (mut keys_json, mut item_json) = (String::new(), String::new());
-    for item in items {
-        let keys: HashMap<String, AttributeValue> = key_names
-            .iter()
-            .filter_map(|k| item.get(k).map(|v| (k.clone(), v.clone())))
-            .collect();
-        keys_json.clear();
-        ddb_json::table::write_item(&mut keys_json, &keys);
-        item_json.clear();
-        ddb_json::table::write_item(&mut item_json, item);
-        batch.push(&keys_json, &item_json);
-    }
-    batch.finish()
-}
-
-/// A stream batch of INSERT records built one item at a time, from DynamoDB JSON text.
-///
-/// Each record's eventID (and SequenceNumber) is a digest of the table, the item's key and the
-/// read's time: unique per item copy, and the same if one read is handled twice. Ids from a
-/// page counter would restart with every `--resume` and make two items share a quarantine entry.
-pub struct SyntheticBatch {
-    out: String,
-    table: String,
-    /// The table's stream ARN shape as a JSON string, so that routing finds the table for
-    /// `{table}`.
-    arn: String,
-    approximate_secs: u64,
-    records: usize,
-}
-
-impl SyntheticBatch {
-    pub fn new(table: &str, approximate_secs: u64) -> SyntheticBatch {
-        SyntheticBatch {
-            out: String::from("{\"Records\":["),
-            table: table.to_string(),
-            arn: serde_json::to_string(&format!(
-                "arn:aws:dynamodb:::table/{table}/stream/backfill"
-            ))
-            .expect("string"),
-            approximate_secs,
-            records: 0,
-        }
-    }
-
-    /// Adds an item: `keys_json` its key attributes and `item_json` the whole item, each a
-    /// DynamoDB JSON object.
-    pub fn push(&mut self, keys_json: &str, item_json: &str) {
-        use sha2::{Digest, Sha256};
-        use std::fmt::Write as _;
-        if self.records > 0 {
-            self.out.push(',');
-        }
-        self.records += 1;
-        let digest = Sha256::new()
-            .chain_update(self.table.as_bytes())
-            .chain_update([0])
-            .chain_update(keys_json.as_bytes())
-            .chain_update([0])
-            .chain_update(self.approximate_secs.to_be_bytes())
-            .finalize();
-        let id = format!("backfill-{digest:x}");
-        let _ = write!(
-            self.out,
-            "{{\"eventID\":\"{id}\",\"eventName\":\"INSERT\",\"eventSource\":\"backfill\",\"eventSourceARN\":{},\"dynamodb\":{{\"ApproximateCreationDateTime\":{},\"SequenceNumber\":\"{id}\",\"StreamViewType\":\"NEW_IMAGE\",\"Keys\":{keys_json},\"NewImage\":{item_json}}}}}",
-            self.arn, self.approximate_secs
-        );
-    }
-
-    pub fn len(&self) -> usize {
-        self.records
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.records == 0
-    }
-
-    /// Bytes written so far.
-    pub fn bytes(&self) -> usize {
-        self.out.len()
-    }
-
-    pub fn finish(mut self) -> String {
-        self.out.push_str("]}");
-        self.out
-    }
 }
 
 fn parse_key(text: &str) -> Result<HashMap<String, AttributeValue>, BackfillError> {
@@ -734,57 +587,6 @@ fn parse_key(text: &str) -> Result<HashMap<String, AttributeValue>, BackfillErro
         .collect()
 }
 
-/// Sets `index.gc_deletes` on `index` (or resets it with `None`); returns the previous value
-/// (`None` when it was the default).
-pub async fn set_gc_deletes(
-    indexer: &Indexer,
-    index: &str,
-    value: Option<&str>,
-) -> Result<Option<String>, RequestError> {
-    let previous = gc_deletes(indexer, index).await?.set;
-    let body = serde_json::json!({"index": {"gc_deletes": value}});
-    indexer
-        .opensearch
-        .request(
-            Method::Put,
-            &format!("/{index}/_settings"),
-            Some(body.to_string().into_bytes()),
-            Duration::from_secs(30),
-        )
-        .await?;
-    Ok(previous)
-}
-
-/// An index's `index.gc_deletes`: the value set on it, and OpenSearch's default.
-pub(crate) struct GcDeletes {
-    pub set: Option<String>,
-    pub default: Option<String>,
-}
-
-/// Reads `index`'s `index.gc_deletes` (with the default, `include_defaults`).
-pub(crate) async fn gc_deletes(indexer: &Indexer, index: &str) -> Result<GcDeletes, RequestError> {
-    let (_, body) = indexer
-        .opensearch
-        .request(
-            Method::Get,
-            &format!("/{index}/_settings/index.gc_deletes?include_defaults=true"),
-            None,
-            Duration::from_secs(30),
-        )
-        .await?;
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let of = |part: &str| {
-        v.as_object()
-            .and_then(|m| m.values().next())
-            .and_then(|s| s[part]["index"]["gc_deletes"].as_str())
-            .map(str::to_string)
-    };
-    Ok(GcDeletes {
-        set: of("settings"),
-        default: of("defaults"),
-    })
-}
-
 /// Stops the run after the pages in flight on Ctrl-C.
 pub fn stop_on_ctrl_c(stop: Arc<AtomicBool>) {
     tokio::spawn(async move {
@@ -797,14 +599,6 @@ pub fn stop_on_ctrl_c(stop: Arc<AtomicBool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn segments_grow_with_the_table() {
-        assert_eq!(default_segments(0, 4), 8);
-        assert_eq!(default_segments(0, 1), 2);
-        assert_eq!(default_segments(10 * 1024 * 1024 * 1024, 4), 21);
-        assert_eq!(default_segments(i64::MAX, 4), 256);
-    }
 
     #[test]
     fn a_key_survives_the_checkpoint() {

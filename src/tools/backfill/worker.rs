@@ -131,7 +131,7 @@ impl Worker {
                 gc_deletes,
                 run,
             } => {
-                let keys = crate::tools::verify::key_names(&self.ddb, &table).await?;
+                let keys = crate::tools::table::key_names(&self.ddb, &table).await?;
                 let indexes = super::every_index(&self.indexer, &table);
                 let gc = gc_deletes.unwrap_or_else(|| "12h".into());
                 let mut leased = Vec::new();
@@ -293,7 +293,9 @@ impl Worker {
             }
             return Ok(held.previous.clone());
         }
-        let previous = super::gc_deletes(&self.indexer, index).await?.set;
+        let previous = crate::sink::gc_deletes::read(&self.indexer.opensearch, index)
+            .await?
+            .set;
         let lease = Lease {
             run: run.to_string(),
             since_ms: std::time::SystemTime::now()
@@ -324,7 +326,12 @@ impl Worker {
         for (name, mut meta, lease) in self.leases(index).await? {
             match lease {
                 Some(l) if l.run == run => {
-                    super::set_gc_deletes(&self.indexer, &name, l.previous.as_deref()).await?;
+                    crate::sink::gc_deletes::set(
+                        &self.indexer.opensearch,
+                        &name,
+                        l.previous.as_deref(),
+                    )
+                    .await?;
                     meta.remove(LEASE_KEY);
                     template::put_mapping_meta(&self.indexer.opensearch, &name, &meta).await?;
                 }

@@ -417,7 +417,7 @@ impl Verifier<'_> {
     /// it wins); with a version attribute, one above the document's own.
     pub(super) async fn delete_documents(&self, index: &str, docs: &[&IdHit], read_at: SystemTime) {
         let attribute = self.indexer.config.version_attribute.as_deref();
-        let (versions, _) = backfill::read_versions(read_at, self.opts.clock_skew, attribute);
+        let (versions, _) = read_time::read_versions(read_at, self.opts.clock_skew, attribute);
         let index: Arc<str> = Arc::from(index);
         let changes: Vec<Change> = docs
             .iter()

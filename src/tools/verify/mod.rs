@@ -10,7 +10,7 @@
 //!   document whose item is gone, or is routed elsewhere, is extra.
 //! - A difference counts only if a second read of the item and a second fetch of the document
 //!   still show it: a change the stream delivered meanwhile is not drift.
-//! - Repair writes with the backfill's read-time versions ([`backfill::read_versions`]), so any
+//! - Repair writes with the backfill's read-time versions ([`read_time::read_versions`]), so any
 //!   stream change made after the read wins over the repair.
 //! - Memory: a page per scan segment and a page of ids per index, whatever the table's size.
 //! - Before anything is read, each index's recorded write settings must agree with this
@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::sink::transport::Method;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, ConsumedCapacity, ReturnConsumedCapacity, ScalarAttributeType, TableDescription,
+    AttributeValue, ConsumedCapacity, ReturnConsumedCapacity, ScalarAttributeType,
 };
 use rand::SeedableRng as _;
 use serde::{Deserialize, Serialize};
@@ -39,7 +39,7 @@ use crate::pipeline::change::{self, Action, Change, Disposition, VersionSource};
 use crate::sink::transport::{OpenSearch, RequestError};
 use crate::{
     pipeline::{convert, docid},
-    tools::{backfill, ddb_json, table},
+    tools::{ddb_json, read_time, table},
 };
 
 mod index_side;
@@ -48,6 +48,12 @@ mod table_side;
 #[derive(Debug, thiserror::Error)]
 #[error("verify: {0}")]
 pub struct VerifyError(pub String);
+
+impl From<table::DescribeError> for VerifyError {
+    fn from(e: table::DescribeError) -> VerifyError {
+        VerifyError(e.0)
+    }
+}
 
 /// JSON text in a canonical form that keeps numbers exact: object keys sorted, strings
 /// re-escaped one way, number text untouched. Two documents are equal when their canonical
@@ -83,7 +89,7 @@ pub fn canonical(json: &str) -> Result<String, serde_json::Error> {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub table: String,
-    /// Parallel scan segments; `None`: as the backfill chooses ([`backfill::default_segments`]).
+    /// Parallel scan segments; `None`: as the backfill chooses ([`table::default_segments`]).
     pub segments: Option<u32>,
     /// Items per Scan page, and documents per page of the index walk.
     pub page_size: u32,
@@ -293,7 +299,7 @@ pub async fn run(
     opts: &Options,
     progress: &AtomicU64,
 ) -> Result<Report, VerifyError> {
-    let keys = key_schema(ddb, &opts.table).await?;
+    let keys = table::key_schema(ddb, &opts.table).await?;
     // Read with other settings, live documents would read as extra or different, and a repair
     // would write versions of another scheme. A repair records the settings where an index has
     // none yet; a read-only run only checks.
@@ -355,56 +361,6 @@ pub async fn compare(
         ..Options::new(table)
     };
     run(indexer, ddb, &opts, &AtomicU64::new(0)).await
-}
-
-/// The table's key attributes and their types, in attribute-name order (the order of ids).
-pub async fn key_schema(
-    ddb: &aws_sdk_dynamodb::Client,
-    table: &str,
-) -> Result<Vec<(String, ScalarAttributeType)>, VerifyError> {
-    let out = ddb
-        .describe_table()
-        .table_name(table)
-        .send()
-        .await
-        .map_err(|e| {
-            VerifyError(format!(
-                "DescribeTable {table}: {}",
-                crate::telemetry::error_chain(&e)
-            ))
-        })?;
-    let t = out
-        .table
-        .unwrap_or_else(|| TableDescription::builder().build());
-    let types = t.attribute_definitions.unwrap_or_default();
-    let mut keys = Vec::new();
-    for k in t.key_schema.unwrap_or_default() {
-        let kind = types
-            .iter()
-            .find(|d| d.attribute_name == k.attribute_name)
-            .map(|d| d.attribute_type.clone())
-            .ok_or_else(|| {
-                VerifyError(format!(
-                    "table {table}: key attribute {} has no definition",
-                    k.attribute_name
-                ))
-            })?;
-        keys.push((k.attribute_name, kind));
-    }
-    keys.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(keys)
-}
-
-/// The table's key attribute names, in attribute-name order.
-pub async fn key_names(
-    ddb: &aws_sdk_dynamodb::Client,
-    table: &str,
-) -> Result<Vec<String>, VerifyError> {
-    Ok(key_schema(ddb, table)
-        .await?
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect())
 }
 
 /// One run's shared state.

@@ -16,8 +16,8 @@ impl Verifier<'_> {
     pub(super) async fn table_side(&self) -> Result<(), VerifyError> {
         let parallel = match self.opts.segments {
             Some(n) => n,
-            None => backfill::default_segments(
-                backfill::table_size(self.ddb, self.table())
+            None => table::default_segments(
+                table::table_size(self.ddb, self.table())
                     .await
                     .map_err(|e| VerifyError(e.to_string()))?
                     .1,
@@ -124,12 +124,12 @@ impl Verifier<'_> {
     /// Items read at `read_at` as the backfill hands them to the function: a synthetic batch
     /// and its read-time versions.
     pub(super) fn as_batch(&self, items: &[Item], read_at: SystemTime) -> (String, VersionSource) {
-        let (versions, secs) = backfill::read_versions(
+        let (versions, secs) = read_time::read_versions(
             read_at,
             self.opts.clock_skew,
             self.indexer.config.version_attribute.as_deref(),
         );
-        let payload = backfill::synthetic_batch(self.table(), &self.key_names, items, secs);
+        let payload = read_time::synthetic_batch(self.table(), &self.key_names, items, secs);
         (payload, versions)
     }
 
