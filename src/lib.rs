@@ -12,8 +12,10 @@
 //!   in, or the store `SSL_CERT_*` names; SigV4 by [`sigv4`](sink::sigv4)),
 //!   [`dispatch`](sink::dispatch) (bodies in flight, retried until the deadline),
 //!   [`backoff`](sink::backoff) (the only sleep), [`quarantine`](sink::quarantine),
-//!   [`template`](sink::template) (the index template, and the write settings each index
-//!   records in its mapping `_meta`, which the function and every tool must agree with).
+//!   [`template`](sink::template) (the index templates, schemaless by default or typed, and
+//!   the write settings each index records in its mapping `_meta`, which the function and every
+//!   tool must agree with), [`gc_deletes`](sink::gc_deletes) (how long an index remembers
+//!   deletes).
 //! - [`handler`]: one invocation end to end (plan → deliver → quarantine → account),
 //!   `batchItemFailures` and the accounting log line.
 //! - [`config`]: environment configuration, validated once at cold start; the write settings
@@ -29,9 +31,13 @@
 //!   through [`export`](tools::export); the export-loader function's steps),
 //!   [`verify`](tools::verify) (table versus index, repair), [`rebuild`](tools::rebuild),
 //!   [`replay`](tools::replay) (entries re-read from the table before they are written),
-//!   [`runner`](tools::runner) (a stream driven locally), [`table`](tools::table) (items read
-//!   back by key, fail-closed), [`rate`](tools::rate) (read rates), [`aws`](tools::aws),
-//!   [`ddb_json`](tools::ddb_json).
+//!   [`runner`](tools::runner) (a stream driven locally), and what several tools share:
+//!   [`table`](tools::table) (key schema, size and scan segments; items read back by key,
+//!   fail-closed), [`read_time`](tools::read_time) (items as a stream batch at read-time
+//!   versions), [`rate`](tools::rate) (read rates), [`aws`](tools::aws),
+//!   [`ddb_json`](tools::ddb_json). The pipeline's settings (routes, projection, metadata)
+//!   fail with the pipeline's own [`SettingError`](pipeline::SettingError), which `config`
+//!   wraps: imports point down.
 pub mod config;
 pub mod handler;
 pub mod lambda;
