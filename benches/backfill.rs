@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::types::AttributeValue;
 use futures::stream::{self, StreamExt};
 use stream_indexer::handler::Indexer;
-use stream_indexer::pipeline::change::{self, VersionSource};
+use stream_indexer::pipeline::plan;
+use stream_indexer::pipeline::version::VersionSource;
 use stream_indexer::tools::backfill::{self, Options, from_export};
 use stream_indexer::tools::export::{self, Location, Share};
 use stream_indexer::{pipeline::bulk, sink::template, tools::ddb_json};
@@ -88,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
     let mut bodies = Vec::new();
     for page in items.chunks(1000) {
         let payload = stream_indexer::tools::read_time::synthetic_batch(&table, &keys, page, 1);
-        let plan = change::plan(
+        let plan = plan::plan(
             &payload,
             &VersionSource::Fixed(1),
             &ceiling.config.shape(),

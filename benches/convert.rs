@@ -4,10 +4,11 @@
 use std::time::{Duration, Instant};
 
 use stream_indexer::pipeline::bulk;
-use stream_indexer::pipeline::change::{self, VersionSource};
 use stream_indexer::pipeline::metadata::Metadata;
+use stream_indexer::pipeline::plan;
 use stream_indexer::pipeline::projection::Projection;
 use stream_indexer::pipeline::routing::Router;
+use stream_indexer::pipeline::version::VersionSource;
 use support::record;
 
 mod support;
@@ -67,10 +68,10 @@ fn measure(
     let max_bytes = 5 * 1024 * 1024;
 
     let run = || {
-        let plan = change::plan(
+        let plan = plan::plan(
             &payload,
             &versions,
-            &change::Shape {
+            &plan::Shape {
                 router,
                 projection,
                 metadata: &Metadata::default(),

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::metrics::MetricsConfig;
-use crate::pipeline::change::Shape;
 use crate::pipeline::metadata::Metadata;
+use crate::pipeline::plan::Shape;
 use crate::pipeline::projection::Projection;
 use crate::pipeline::routing::Router;
 

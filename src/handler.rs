@@ -8,7 +8,9 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::pipeline::bulk::ItemOutcome;
-use crate::pipeline::change::{self, Disposition, NotAStreamEvent, Plan, VersionSource};
+use crate::pipeline::change::{self, Disposition, NotAStreamEvent};
+use crate::pipeline::plan::{self, Plan};
+use crate::pipeline::version::VersionSource;
 use crate::redact;
 use crate::sink::backoff::Backoff;
 use crate::sink::dispatch::{self, DeliveryStats, Limits};
@@ -215,7 +217,7 @@ impl Indexer {
         versions: &VersionSource,
     ) -> Result<Handled, InvocationError> {
         let started = Instant::now();
-        let plan = change::plan(
+        let plan = plan::plan(
             payload,
             versions,
             &self.config.shape(),

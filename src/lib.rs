@@ -3,8 +3,9 @@
 //! # Layout
 //! - [`pipeline`]: the pure part, no I/O: [`convert`](pipeline::convert) (DynamoDB JSON →
 //!   exact documents), [`docid`](pipeline::docid) (keys → `_id`), [`change`](pipeline::change)
-//!   (stream batch → one versioned action per id, all their lines in one buffer; `event` reads
-//!   the batch in one pass), [`bulk`](pipeline::bulk) (NDJSON bodies, slices of that buffer
+//!   (a batch's records and the changes planned from them, all their lines in one buffer),
+//!   [`plan`](pipeline::plan) (stream batch → one action per id; `event` reads the batch in one
+//!   pass), [`version`](pipeline::version) (where versions come from, which change wins), [`bulk`](pipeline::bulk) (NDJSON bodies, slices of that buffer
 //!   where they can be; responses → outcomes),
 //!   [`routing`](pipeline::routing), [`projection`](pipeline::projection),
 //!   [`metadata`](pipeline::metadata).

@@ -467,8 +467,9 @@ async fn two_tables_streams_through_one_function_land_in_two_indexes() {
 #[test]
 fn backfill_records_route_like_stream_records() {
     use aws_sdk_dynamodb::types::AttributeValue as A;
-    use stream_indexer::pipeline::change::{self, VersionSource};
+    use stream_indexer::pipeline::plan;
     use stream_indexer::pipeline::routing::Router;
+    use stream_indexer::pipeline::version::VersionSource;
     let items = vec![
         std::collections::HashMap::from([
             ("pk".to_string(), A::S("USER#1".into())),
@@ -488,10 +489,10 @@ fn backfill_records_route_like_stream_records() {
     );
     // The index of each planned change under a router.
     let indexes = |router: &Router| -> Vec<String> {
-        let plan = change::plan(
+        let plan = plan::plan(
             &payload,
             &VersionSource::Fixed(1),
-            &change::Shape {
+            &plan::Shape {
                 router,
                 projection: &Default::default(),
                 metadata: &Default::default(),

@@ -436,7 +436,7 @@ async fn verify_follows_routes_and_finds_copies_left_in_the_wrong_index() {
         .handle_versioned(
             &payload,
             far_deadline(),
-            &stream_indexer::pipeline::change::VersionSource::Fixed(1),
+            &stream_indexer::pipeline::version::VersionSource::Fixed(1),
         )
         .await
         .unwrap();

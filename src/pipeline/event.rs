@@ -8,7 +8,7 @@
 //!
 //! [`read`] is a shortcut, never a second definition: it gives up (`None`) on anything serde's
 //! derive might read differently — a field named with an escape, a repeated field, a value of an
-//! unexpected type — and `change::plan` then parses the event with serde from the start. Every
+//! unexpected type — and `plan::plan` then parses the event with serde from the start. Every
 //! value it does not read itself is checked as serde would check it (as a `RawValue`: grammar,
 //! any nesting), by `scan::json_end` in the pass that finds its end or by serde where that pass
 //! leaves the judgement to serde, except `Keys` and the NewImage, which `plan` checks where

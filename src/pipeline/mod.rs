@@ -4,7 +4,11 @@
 //! - [`convert`]: DynamoDB JSON image → exact document JSON, streamed, no value tree; a
 //!   strict byte-level fast path (`convert::fast`), the serde walk for the rest.
 //! - [`docid`]: key attributes → document `_id`, injective, hashed past 512 bytes.
-//! - [`change`]: stream batch → one versioned index/delete per document id (last change wins).
+//! - [`change`]: a stream batch's records as they arrive, and the changes planned from them (one
+//!   bulk action per document id, its NDJSON lines).
+//! - [`plan`]: stream batch → one change per document id (last change wins): keys, routes,
+//!   conversion, versions checked.
+//! - [`version`]: where versions come from, their OpenSearch version type, which change wins.
 //! - `event`: the one-pass reading of a stream event (each record planned as it is read, its
 //!   NewImage converted where the reading meets it).
 //! - [`bulk`]: changes → byte-bounded NDJSON bodies; `_bulk` responses → outcomes by position.
@@ -22,9 +26,11 @@ pub mod convert;
 pub mod docid;
 pub(crate) mod event;
 pub mod metadata;
+pub mod plan;
 pub mod projection;
 pub mod routing;
 pub(crate) mod scan;
+pub mod version;
 
 /// A setting of routing, projection or metadata that cannot be used: the variable it came from
 /// and why.

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use crate::pipeline::change::VersionSource;
+use crate::pipeline::version::VersionSource;
 use crate::tools::ddb_json;
 
 /// The versions for copies of items read at `read_at` (module docs): with stream-time versions

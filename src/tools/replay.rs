@@ -30,8 +30,10 @@ use tokio::time::Instant;
 
 use crate::handler::{Indexer, RecordOutcome};
 use crate::pipeline::bulk::ItemOutcome;
-use crate::pipeline::change::{self, Change, Disposition, VersionSource};
+use crate::pipeline::change::{Change, Disposition};
 use crate::pipeline::docid;
+use crate::pipeline::plan;
+use crate::pipeline::version::VersionSource;
 use crate::sink::gc_deletes;
 use crate::sink::quarantine::{Entry, Part, entry_id};
 use crate::sink::transport::RequestError;
@@ -321,7 +323,7 @@ pub async fn replay(indexer: &Indexer, opts: &Options<'_>) -> Result<ReplayRepor
         let pending = kept;
         if opts.dry_run {
             let payload = batch_of(pending.iter().map(|p| p.text.as_str()));
-            if let Ok(plan) = change::plan(
+            if let Ok(plan) = plan::plan(
                 &payload,
                 &indexer.versions(),
                 &indexer.config.shape(),

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 use super::{BackfillError, Sink, Summary};
 use crate::handler::Indexer;
-use crate::pipeline::change::{MAX_CLOCK_AHEAD_SECS, VersionSource};
+use crate::pipeline::version::{MAX_CLOCK_AHEAD_SECS, VersionSource};
 use crate::sink::gc_deletes;
 use crate::tools::export::{DataFile, Export, Share};
 use crate::tools::read_time::{SyntheticBatch, read_versions};

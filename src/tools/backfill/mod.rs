@@ -31,7 +31,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::handler::{Indexer, RecordOutcome};
-use crate::pipeline::change::VersionSource;
+use crate::pipeline::version::VersionSource;
 use crate::sink::gc_deletes;
 use crate::sink::transport::RequestError;
 use crate::tools::ddb_json;
@@ -446,7 +446,7 @@ impl<'a> Sink<'a> {
     ) -> Result<(), BackfillError> {
         let config = &self.indexer.config;
         if self.dry_run {
-            let plan = crate::pipeline::change::plan(
+            let plan = crate::pipeline::plan::plan(
                 payload,
                 versions,
                 &config.shape(),

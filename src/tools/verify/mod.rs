@@ -35,7 +35,9 @@ use tokio::time::Instant;
 
 use crate::handler::{Indexer, RecordOutcome};
 use crate::pipeline::bulk::ItemOutcome;
-use crate::pipeline::change::{self, Action, Change, Disposition, VersionSource};
+use crate::pipeline::change::{Action, Change, Disposition};
+use crate::pipeline::plan;
+use crate::pipeline::version::VersionSource;
 use crate::sink::transport::{OpenSearch, RequestError};
 use crate::{
     pipeline::{convert, docid},

@@ -138,9 +138,9 @@ impl Verifier<'_> {
         &self,
         payload: &'p str,
         versions: &VersionSource,
-    ) -> Result<change::Plan<'p>, VerifyError> {
+    ) -> Result<plan::Plan<'p>, VerifyError> {
         let config = &self.indexer.config;
-        change::plan(payload, versions, &config.shape(), config.bulk_max_bytes)
+        plan::plan(payload, versions, &config.shape(), config.bulk_max_bytes)
             .map_err(|e| self.fail("planning a page", e))
     }
 
