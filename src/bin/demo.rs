@@ -6,12 +6,12 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue as A, BillingMode, KeySchemaElement, KeyType,
     ScalarAttributeType, StreamSpecification, StreamViewType,
 };
 use clap::Parser;
+use serde::Serialize;
 use stream_indexer::config::Config;
 use stream_indexer::handler::Indexer;
 use stream_indexer::sink::transport::Method;
@@ -192,91 +192,61 @@ async fn write_changes(
         seed
     };
     let colors = ["blue", "green", "red", "black"];
-    let item = |i: usize, version: u64, r: u64| -> HashMap<String, A> {
-        let mut m = HashMap::new();
-        m.insert("pk".into(), A::S(format!("product#{i:04}")));
-        m.insert("sk".into(), A::N(format!("{}", i % 7)));
-        m.insert(
-            "name".into(),
-            A::S(format!("Prodüct {i} «{}»", colors[(r % 4) as usize])),
-        );
-        // Type drift, as schemaless tables have it: some prices are text, some stock counts
-        // booleans, and the history list mixes strings, numbers and booleans.
-        let price = if i % 9 == 4 {
-            A::S("on request".into())
-        } else {
-            A::N(format!("{}.{:02}", r % 1000, r % 100))
+    let item = |i: usize, version: u64, r: u64| -> anyhow::Result<HashMap<String, A>> {
+        let color = colors[(r % 4) as usize];
+        let product = Product {
+            pk: format!("product#{i:04}"),
+            sk: (i % 7) as u64,
+            name: format!("Prodüct {i} «{color}»"),
+            // Type drift, as schemaless tables have it: some prices are text, some stock
+            // counts booleans, and the history list mixes strings, numbers and booleans.
+            price: if i % 9 == 4 {
+                Price::Text("on request")
+            } else {
+                Price::Amount(format!("{}.{:02}", r % 1000, r % 100).parse()?)
+            },
+            stock: if i % 13 == 5 {
+                Stock::Flag(false)
+            } else {
+                Stock::Count((r % 5000) as i64 - 100)
+            },
+            active: !r.is_multiple_of(3),
+            discontinued: None,
+            thumbnail: Binary(r.to_le_bytes().repeat(4)),
+            tags: vec![color.into(), format!("batch-{}", i / 50)],
+            sizes: vec![36.0, 38.5, 42.0],
+            checksums: vec![Binary(vec![1, 2, 3]), Binary(vec![(r % 256) as u8])],
+            history: vec![
+                Entry::Text(format!("v{version}")),
+                Entry::Number(version),
+                Entry::Flag(version == 1),
+            ],
+            dimensions: Dimensions {
+                w: r % 300,
+                unit: "cm",
+                inner: Inner {
+                    fragile: r.is_multiple_of(2),
+                },
+            },
+            version,
+            manual: (i % 150 == 7).then(|| "§ ".repeat(380 * 1024 / 3)),
         };
-        m.insert("price".into(), price);
-        let stock = if i % 13 == 5 {
-            A::Bool(false)
-        } else {
-            A::N(format!("{}", (r % 5000) as i64 - 100))
-        };
-        m.insert("stock".into(), stock);
-        m.insert(
+        let mut item: HashMap<String, A> = serde_dynamo::to_item(&product)?;
+        // Numbers at DynamoDB's edges go in as the SDK's values: through serde they would be an
+        // f64 (or a u128, which serde_dynamo does not take), losing digits or their text.
+        item.insert(
             "precise".into(),
             A::N(format!("1234567890123456789012345678901234567{}", r % 10)),
         );
-        m.insert("tiny".into(), A::N(format!("{}E-130", 1 + r % 9)));
-        m.insert("huge".into(), A::N(format!("{}E+125", 1 + r % 9)));
-        m.insert("active".into(), A::Bool(!r.is_multiple_of(3)));
-        m.insert("discontinued".into(), A::Null(true));
-        m.insert(
-            "thumbnail".into(),
-            A::B(Blob::new(r.to_le_bytes().repeat(4))),
-        );
-        m.insert(
-            "tags".into(),
-            A::Ss(vec![
-                colors[(r % 4) as usize].into(),
-                format!("batch-{}", i / 50),
-            ]),
-        );
-        m.insert(
-            "sizes".into(),
-            A::Ns(vec!["36".into(), "38.5".into(), "42".into()]),
-        );
-        m.insert(
-            "checksums".into(),
-            A::Bs(vec![
-                Blob::new(vec![1u8, 2, 3]),
-                Blob::new(vec![(r % 256) as u8]),
-            ]),
-        );
-        m.insert(
-            "history".into(),
-            A::L(vec![
-                A::S(format!("v{version}")),
-                A::N(version.to_string()),
-                A::Bool(version == 1),
-            ]),
-        );
-        m.insert(
-            "dimensions".into(),
-            A::M(HashMap::from([
-                ("w".to_string(), A::N(format!("{}", r % 300))),
-                ("unit".to_string(), A::S("cm".into())),
-                (
-                    "box".to_string(),
-                    A::M(HashMap::from([(
-                        "fragile".to_string(),
-                        A::Bool(r.is_multiple_of(2)),
-                    )])),
-                ),
-            ])),
-        );
-        m.insert("version".into(), A::N(version.to_string()));
-        if i % 150 == 7 {
-            m.insert("manual".into(), A::S("§ ".repeat(380 * 1024 / 3)));
-        }
-        m
+        item.insert("tiny".into(), A::N(format!("{}E-130", 1 + r % 9)));
+        item.insert("huge".into(), A::N(format!("{}E+125", 1 + r % 9)));
+        Ok(item)
     };
     for i in 0..n {
         let r = next();
         ddb.put_item()
             .table_name(table)
-            .set_item(Some(item(i, 1, r)))
+            .set_item(Some(item(i, 1, r)?))
             .send()
             .await
             .context("PutItem")?;
@@ -286,7 +256,7 @@ async fn write_changes(
         let r = next();
         ddb.put_item()
             .table_name(table)
-            .set_item(Some(item(i, 2, r)))
+            .set_item(Some(item(i, 2, r)?))
             .send()
             .await
             .context("PutItem")?;
@@ -303,4 +273,73 @@ async fn write_changes(
         deletes += 1;
     }
     Ok((n, updates, deletes))
+}
+
+/// A demo item, written with serde_dynamo.
+#[derive(Serialize)]
+struct Product {
+    pk: String,
+    sk: u64,
+    name: String,
+    price: Price,
+    stock: Stock,
+    active: bool,
+    /// `NULL`.
+    discontinued: Option<String>,
+    thumbnail: Binary,
+    #[serde(with = "serde_dynamo::string_set")]
+    tags: Vec<String>,
+    #[serde(with = "serde_dynamo::number_set")]
+    sizes: Vec<f64>,
+    #[serde(with = "serde_dynamo::binary_set")]
+    checksums: Vec<Binary>,
+    history: Vec<Entry>,
+    dimensions: Dimensions,
+    version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    manual: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Price {
+    Amount(f64),
+    Text(&'static str),
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Stock {
+    Count(i64),
+    Flag(bool),
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Entry {
+    Text(String),
+    Number(u64),
+    Flag(bool),
+}
+
+#[derive(Serialize)]
+struct Dimensions {
+    w: u64,
+    unit: &'static str,
+    #[serde(rename = "box")]
+    inner: Inner,
+}
+
+#[derive(Serialize)]
+struct Inner {
+    fragile: bool,
+}
+
+/// Bytes serde_dynamo writes as a binary (`B`), not as a list of numbers.
+struct Binary(Vec<u8>);
+
+impl Serialize for Binary {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
 }
