@@ -451,6 +451,9 @@ pub async fn put_items(
 }
 
 /// An item with every attribute type and exact-number edge cases; `version` varies its values.
+/// Built from the SDK's values, not a typed struct through serde_dynamo (as the demo's items
+/// are): its numbers are the edges of DynamoDB's range and precision (38 digits, `1E-130`,
+/// `9.99…E+125`), which serde would carry as an `f64` and change.
 pub fn every_type_item(
     i: usize,
     version: u32,
