@@ -7,7 +7,7 @@ use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventR
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::pipeline::bulk::ItemOutcome;
+use crate::pipeline::bulk::{self, ItemOutcome};
 use crate::pipeline::change::{self, Disposition, NotAStreamEvent};
 use crate::pipeline::plan::{self, Plan};
 use crate::pipeline::version::VersionSource;
@@ -263,8 +263,17 @@ impl Indexer {
         let stop_at = deadline
             .checked_sub(self.config.deadline_margin)
             .unwrap_or_else(Instant::now);
-        let (change_outcomes, stats) =
+        let (mut change_outcomes, stats) =
             dispatch::deliver(&self.opensearch, &plan.changes, &self.limits(stop_at)).await;
+        // A mapping refusal names the field; the quarantine entry also says what it is in the
+        // item and what the index maps it as.
+        for (change, outcome) in plan.changes.iter().zip(&mut change_outcomes) {
+            if let (ItemOutcome::Permanent(reason), Some(document)) = (outcome, change.document())
+                && let Some(explained) = bulk::explain_refusal(reason, document)
+            {
+                reason.push_str(&explained);
+            }
+        }
         let outcomes = plan
             .records
             .iter()

@@ -260,6 +260,90 @@ pub fn outcomes(response: &[u8], actions: &[Action]) -> Vec<ItemOutcome> {
         .collect()
 }
 
+/// What a mapping refusal means for the item: the attribute the index names, what it is in the
+/// document that was refused, and what the index maps it as. OpenSearch names the field and at
+/// most one of the two kinds (`failed to parse field [price] of type [keyword]` for a map where
+/// strings were, `object mapping for [dims] ... found a concrete value` for the reverse); the
+/// quarantine entry then says both, in DynamoDB's terms: `; NewImage: price: a map (M) in this
+/// item, mapped as keyword in the index`. `None` for other refusals, or when the document has
+/// no such attribute.
+pub fn explain_refusal(reason: &str, document: &[u8]) -> Option<String> {
+    let (path, mapped) = refused_field(reason)?;
+    let doc: serde_json::Value = serde_json::from_slice(document).ok()?;
+    let value = lookup(&doc, &path)?;
+    Some(format!(
+        "; NewImage: {path}: {} in this item, mapped as {mapped} in the index",
+        kind_of(value)
+    ))
+}
+
+/// The field a mapping refusal names, and what the index maps it as.
+fn refused_field(reason: &str) -> Option<(String, String)> {
+    let between = |text: &str, start: &str, end: &str| -> Option<String> {
+        let from = text.find(start)? + start.len();
+        let len = text[from..].find(end)?;
+        Some(text[from..from + len].to_string())
+    };
+    if let Some(field) = between(reason, "failed to parse field [", "]") {
+        let mapped = between(reason, &format!("field [{field}] of type ["), "]")?;
+        return Some((field, mapped));
+    }
+    if let Some(field) = between(reason, "object mapping for [", "]")
+        && reason.contains("but found a concrete value")
+    {
+        return Some((field, "an object (a map)".into()));
+    }
+    if let Some(field) = between(reason, "can't merge a non object mapping [", "]") {
+        return Some((field, "a scalar".into()));
+    }
+    if let Some(field) = between(reason, "mapper [", "] cannot be changed from type [") {
+        let mapped = between(reason, "cannot be changed from type [", "]")?;
+        return Some((field, mapped));
+    }
+    None
+}
+
+/// The value at a dotted field path of a document. An attribute name may hold dots itself, so
+/// at each level the longest name that matches is taken; inside a list, the first element that
+/// has the name.
+fn lookup<'v>(value: &'v serde_json::Value, path: &str) -> Option<&'v serde_json::Value> {
+    if path.is_empty() {
+        return Some(value);
+    }
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut ends: Vec<usize> = path.match_indices('.').map(|(i, _)| i).collect();
+            ends.push(path.len());
+            ends.into_iter().rev().find_map(|end| {
+                let found = map.get(&path[..end])?;
+                lookup(found, path.get(end + 1..).unwrap_or(""))
+            })
+        }
+        serde_json::Value::Array(items) => items.iter().find_map(|v| lookup(v, path)),
+        _ => None,
+    }
+}
+
+/// A document value's kind, as the DynamoDB types it comes from.
+fn kind_of(value: &serde_json::Value) -> &'static str {
+    use serde_json::Value::*;
+    match value {
+        Object(_) => "a map (M)",
+        Array(items) => {
+            let maps = items.iter().filter(|v| v.is_object()).count();
+            match maps {
+                0 => "a list or set of scalars (L, SS, NS or BS)",
+                n if n == items.len() => "a list of maps (L)",
+                _ => "a list mixing maps and scalars (L)",
+            }
+        }
+        String(_) => "a string (S or B)",
+        Number(_) => "a number (N)",
+        Bool(_) => "a boolean (BOOL)",
+        Null => "NULL",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,5 +465,48 @@ mod tests {
         assert!(got.iter().all(ItemOutcome::is_retry), "{got:?}");
         let got = outcomes(b"<html>Bad gateway</html>", &[Action::Delete]);
         assert!(got[0].is_retry());
+    }
+
+    /// Mapping refusals, as OpenSearch words them, gain what the attribute is in the item and
+    /// what the index maps it as; other refusals and absent attributes gain nothing.
+    #[test]
+    fn a_mapping_refusal_says_what_the_attribute_is_and_how_it_is_mapped() {
+        let doc =
+            br#"{"pk":"a","price":{"amount":3},"dims":"XL","tags":["x",{"k":1}],"a.b":{"c":true}}"#;
+        let cases = [
+            (
+                "400 mapper_parsing_exception: failed to parse field [price] of type [keyword] in document with id 'a'. Preview of field's value: '{amount=3}'",
+                Some("; NewImage: price: a map (M) in this item, mapped as keyword in the index"),
+            ),
+            (
+                "400 mapper_parsing_exception: object mapping for [dims] tried to parse field [dims] as object, but found a concrete value",
+                Some(
+                    "; NewImage: dims: a string (S or B) in this item, mapped as an object (a map) in the index",
+                ),
+            ),
+            (
+                "400 illegal_argument_exception: can't merge a non object mapping [tags] with an object mapping",
+                Some(
+                    "; NewImage: tags: a list mixing maps and scalars (L) in this item, mapped as a scalar in the index",
+                ),
+            ),
+            (
+                "400 illegal_argument_exception: mapper [a.b.c] cannot be changed from type [double] to [boolean]",
+                Some(
+                    "; NewImage: a.b.c: a boolean (BOOL) in this item, mapped as double in the index",
+                ),
+            ),
+            (
+                "400 mapper_parsing_exception: failed to parse field [gone] of type [keyword]",
+                None,
+            ),
+            (
+                "400 strict_dynamic_mapping_exception: mapping set to strict",
+                None,
+            ),
+        ];
+        for (reason, want) in cases {
+            assert_eq!(explain_refusal(reason, doc).as_deref(), want, "{reason}");
+        }
     }
 }
