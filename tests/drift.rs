@@ -240,15 +240,7 @@ async fn the_aws_sample_event_and_a_drift_batch_land_exactly_and_stay_searchable
 
     // The typed template, for contrast: the same batch is refused where types disagree.
     let typed = unique_index("drift-typed");
-    let body = IndexTemplate::Typed.body().replace("INDEX_PATTERN", &typed);
-    let res = http()
-        .put(format!("{}/_index_template/tpl-{typed}", opensearch_url()))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+    apply_template_of(IndexTemplate::Typed, &format!("tpl-{typed}"), &typed).await;
     let typed_quarantine = format!("{typed}-quarantine");
     let typed_indexer = indexer(
         &opensearch_url(),
@@ -333,23 +325,12 @@ async fn a_drifting_table_backfills_by_scan_and_by_export_and_verifies_equal() {
     assert_eq!(verify_summary(&scanned, &table), summary);
 
     // An export backfill (the binary, on moto's export).
-    ddb.update_continuous_backups()
-        .table_name(&table)
-        .point_in_time_recovery_specification(
-            aws_sdk_dynamodb::types::PointInTimeRecoverySpecification::builder()
-                .point_in_time_recovery_enabled(true)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
-    let bucket = unique_index("drift-exports");
-    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    enable_pitr(&ddb, &table).await;
+    let bucket = create_bucket(&s3).await;
     let exported = unique_index("drift-export");
     create_index(&exported).await;
     let ckpt = std::env::temp_dir().join(format!("{}.json", unique_index("ckpt")));
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_backfill"));
+    let mut cmd = backfill_command(&exported, &opensearch_url());
     // moto needs a prefix (it fails on an export request without `S3Prefix`).
     cmd.args([
         "--export",
@@ -361,15 +342,7 @@ async fn a_drifting_table_backfills_by_scan_and_by_export_and_verifies_equal() {
     ])
     .args(["--s3-prefix", "nightly"])
     .arg("--checkpoint")
-    .arg(&ckpt)
-    .env("OPENSEARCH_URL", opensearch_url())
-    .env("OPENSEARCH_INDEX", &exported)
-    .env("AWS_ENDPOINT_URL", moto_url())
-    .env("RUST_LOG", "warn")
-    .env_remove("DYNAMODB_ENDPOINT")
-    .env_remove("AWS_PROFILE")
-    .env_remove("AWS_ACCESS_KEY_ID")
-    .env_remove("AWS_REGION");
+    .arg(&ckpt);
     let (ok, stdout, stderr) = run_binary(cmd);
     assert!(ok, "{stdout}\n{stderr}");
     assert!(

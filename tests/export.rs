@@ -16,27 +16,6 @@ use stream_indexer::tools::runner::{self, InProcess};
 use stream_indexer::tools::verify;
 use tokio::io::AsyncWriteExt as _;
 
-async fn create_bucket(s3: &aws_sdk_s3::Client) -> String {
-    let bucket = unique_index("exports");
-    s3.create_bucket().bucket(&bucket).send().await.unwrap();
-    bucket
-}
-
-async fn enable_pitr(ddb: &aws_sdk_dynamodb::Client, table: &str) {
-    use aws_sdk_dynamodb::types::PointInTimeRecoverySpecification;
-    ddb.update_continuous_backups()
-        .table_name(table)
-        .point_in_time_recovery_specification(
-            PointInTimeRecoverySpecification::builder()
-                .point_in_time_recovery_enabled(true)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
-}
-
 fn temp_path(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("{}-{name}", unique_index("ckpt")))
 }
@@ -191,19 +170,6 @@ fn rfc3339(t: SystemTime) -> String {
     aws_sdk_dynamodb::primitives::DateTime::from(t)
         .fmt(aws_sdk_dynamodb::primitives::DateTimeFormat::DateTime)
         .unwrap()
-}
-
-fn backfill_command(index: &str, opensearch: &str) -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"));
-    cmd.env("OPENSEARCH_URL", opensearch)
-        .env("OPENSEARCH_INDEX", index)
-        .env("AWS_ENDPOINT_URL", moto_url())
-        .env("RUST_LOG", "warn")
-        .env_remove("DYNAMODB_ENDPOINT")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_REGION");
-    cmd
 }
 
 /// `backfill --export` on moto: the export is requested, waited for, found (moto names its

@@ -41,19 +41,8 @@ pub async fn key_schema(
     ddb: &aws_sdk_dynamodb::Client,
     table: &str,
 ) -> Result<Vec<(String, ScalarAttributeType)>, DescribeError> {
-    let out = ddb
-        .describe_table()
-        .table_name(table)
-        .send()
-        .await
-        .map_err(|e| {
-            DescribeError(format!(
-                "DescribeTable {table}: {}",
-                crate::telemetry::error_chain(&e)
-            ))
-        })?;
-    let t = out
-        .table
+    let t = describe(ddb, table)
+        .await?
         .unwrap_or_else(|| TableDescription::builder().build());
     let types = t.attribute_definitions.unwrap_or_default();
     let mut keys = Vec::new();
@@ -86,12 +75,12 @@ pub async fn key_names(
         .collect())
 }
 
-/// The table's estimated item count and size in bytes (DescribeTable, updated about every 6 h).
-pub async fn table_size(
+/// `DescribeTable`'s description of `table`, if it gave one.
+async fn describe(
     ddb: &aws_sdk_dynamodb::Client,
     table: &str,
-) -> Result<(i64, i64), DescribeError> {
-    let t = ddb
+) -> Result<Option<TableDescription>, DescribeError> {
+    let out = ddb
         .describe_table()
         .table_name(table)
         .send()
@@ -101,8 +90,17 @@ pub async fn table_size(
                 "DescribeTable {table}: {}",
                 crate::telemetry::error_chain(&e)
             ))
-        })?
-        .table
+        })?;
+    Ok(out.table)
+}
+
+/// The table's estimated item count and size in bytes (DescribeTable, updated about every 6 h).
+pub async fn table_size(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> Result<(i64, i64), DescribeError> {
+    let t = describe(ddb, table)
+        .await?
         .ok_or_else(|| DescribeError(format!("DescribeTable {table}: no table")))?;
     Ok((t.item_count.unwrap_or(0), t.table_size_bytes.unwrap_or(0)))
 }

@@ -18,6 +18,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use stream_indexer::config::Config;
 use stream_indexer::handler::Indexer;
+pub use stream_indexer::sink::template::IndexTemplate;
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -108,11 +109,15 @@ pub fn http() -> reqwest::Client {
         .unwrap()
 }
 
-/// Installs `infra/index-template.json` for indices matching `pattern`.
+/// Installs `infra/index-template.json` (the default, schemaless template) for indices
+/// matching `pattern`.
 pub async fn apply_template(name: &str, pattern: &str) {
-    let body = std::fs::read_to_string(repo_root().join("infra/index-template.json"))
-        .unwrap()
-        .replace("INDEX_PATTERN", pattern);
+    apply_template_of(IndexTemplate::Schemaless, name, pattern).await
+}
+
+/// Installs the `kind` template for indices matching `pattern`.
+pub async fn apply_template_of(kind: IndexTemplate, name: &str, pattern: &str) {
+    let body = kind.body().replace("INDEX_PATTERN", pattern);
     let res = http()
         .put(format!("{}/_index_template/{name}", opensearch_url()))
         .header("content-type", "application/json")
@@ -364,6 +369,43 @@ fn start_moto() -> Dynamo {
     let _ = child.kill();
     let _ = child.wait();
     panic!("moto_server did not start on {url}");
+}
+
+/// A new bucket in moto's S3.
+pub async fn create_bucket(s3: &aws_sdk_s3::Client) -> String {
+    let bucket = unique_index("exports");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    bucket
+}
+
+/// Point-in-time recovery on, which an export needs.
+pub async fn enable_pitr(ddb: &aws_sdk_dynamodb::Client, table: &str) {
+    use aws_sdk_dynamodb::types::PointInTimeRecoverySpecification;
+    ddb.update_continuous_backups()
+        .table_name(table)
+        .point_in_time_recovery_specification(
+            PointInTimeRecoverySpecification::builder()
+                .point_in_time_recovery_enabled(true)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+}
+
+/// The `backfill` binary's command for `index` on `opensearch`, its AWS calls to moto.
+pub fn backfill_command(index: &str, opensearch: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"));
+    cmd.env("OPENSEARCH_URL", opensearch)
+        .env("OPENSEARCH_INDEX", index)
+        .env("AWS_ENDPOINT_URL", moto_url())
+        .env("RUST_LOG", "warn")
+        .env_remove("DYNAMODB_ENDPOINT")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_REGION");
+    cmd
 }
 
 pub async fn dynamo_clients() -> (aws_sdk_dynamodb::Client, aws_sdk_dynamodbstreams::Client) {

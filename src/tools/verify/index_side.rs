@@ -145,14 +145,8 @@ impl Verifier<'_> {
         body: &serde_json::Value,
         what: &str,
     ) -> Result<serde_json::Value, VerifyError> {
-        let (_, answer) = self
-            .os()
-            .request(
-                Method::Post,
-                path,
-                Some(body.to_string().into_bytes()),
-                self.opts.timeout,
-            )
+        let answer = self
+            .search(path, body)
             .await
             .map_err(|e| self.fail(what, e))?;
         serde_json::from_slice(&answer).map_err(|e| self.fail(what, e))
